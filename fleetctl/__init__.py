@@ -1,0 +1,1 @@
+"""fleetctl: the command-line client. Must start fast: import heavy libraries lazily."""
