@@ -1,0 +1,64 @@
+"""What the cluster reports about itself: machines and the systemd state of units.
+
+Plain records shared by the registry (which stores them), the engine and the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import UnitFile
+
+
+@dataclass(frozen=True)
+class MachineState:
+    """A live machine as its agent registered it."""
+
+    id: str
+    public_ip: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+    version: str = ""
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """systemd's view of one unit on one machine, as the owning agent last published it."""
+
+    name: str
+    machine_id: str
+    hash: str
+    load_state: str
+    active_state: str
+    sub_state: str
+
+
+@dataclass(frozen=True)
+class StoredUnit:
+    """A unit as the cluster stores it: its body and what the user wants of it."""
+
+    name: str
+    file: UnitFile
+    desired: DesiredState
+
+    @property
+    def hash(self) -> str:
+        return self.file.hash()
+
+
+@dataclass(frozen=True)
+class ScheduledUnit:
+    """What an agent is told to run: the unit body and its desired state on that machine."""
+
+    name: str
+    file: UnitFile
+    desired: DesiredState
+
+    @property
+    def hash(self) -> str:
+        return self.file.hash()

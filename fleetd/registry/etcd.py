@@ -1,0 +1,407 @@
+"""The etcd v3 connection: endpoints with failover, TLS, credentials, resumable watches.
+
+A thin layer over ``aetcd`` that adds what the registry needs and aetcd lacks: several
+endpoints (a connection failure moves on to the next one), TLS with client certificates,
+and watches that survive a disconnect by resuming from the revision after the last event
+seen. When etcd has compacted that revision away, the watch reports ``Resync`` so the
+caller reloads its view from a fresh read instead of silently missing changes.
+
+Only the registry package uses this module; nothing else may import aetcd or grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.exceptions
+import aetcd.rpc
+import aetcd.transactions
+from aetcd import rpc
+
+log = logging.getLogger(__name__)
+
+# etcd's default --max-txn-ops is 128: every batched write stays at or below this.
+MAX_TXN_OPS = 128
+
+EtcdError = aetcd.exceptions.ClientError
+ConnectionLost = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """How to reach etcd. ``endpoints`` are URLs (``http://host:port`` or ``https://...``)."""
+
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    request_timeout: float = 1.0
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.ca_file or self.cert_file) or any(
+            e.startswith("https://") for e in self.endpoints
+        )
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of each endpoint; a missing port means etcd's 2379."""
+        result = []
+        for endpoint in self.endpoints:
+            parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+            if not parts.hostname:
+                raise ValueError(f"etcd endpoint {endpoint!r} has no host")
+            result.append((parts.hostname, parts.port or 2379))
+        return result
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One stored key, with the revisions the registry compares against."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """A put (``value`` set) or a delete (``value`` None) of one key at ``revision``."""
+
+    key: str
+    value: bytes | None
+    revision: int
+    lease: int = 0
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+
+class Resync(Exception):
+    """The watch could not resume (history compacted): reload from a fresh read."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"watch history compacted at revision {revision}; resync needed")
+        self.revision = revision
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+class _LeaseCompare(aetcd.transactions.BaseCompare):
+    """Compare a key's lease id (etcd supports it; aetcd has no class for it)."""
+
+    def build_compare(self, compare: Any) -> None:
+        compare.target = rpc.Compare.LEASE
+        compare.lease = int(self.value)
+
+
+class _Client(aetcd.Client):
+    """aetcd's client, connecting over TLS when configured (aetcd itself only does plaintext)."""
+
+    def __init__(self, config: EtcdConfig, host: str, port: int) -> None:
+        super().__init__(
+            host=host,
+            port=port,
+            username=config.username,
+            password=config.password,
+            timeout=max(1, int(round(config.request_timeout))),
+            options={
+                "grpc.keepalive_time_ms": 5000,
+                "grpc.keepalive_timeout_ms": 3000,
+                "grpc.keepalive_permit_without_calls": 1,
+                "grpc.initial_reconnect_backoff_ms": 200,
+                "grpc.max_reconnect_backoff_ms": 1000,
+                "grpc.max_receive_message_length": 64 * 1024 * 1024,
+            },
+        )
+        self._config = config
+
+    async def connect(self) -> None:
+        if not self._config.uses_tls:
+            await super().connect()
+            return
+        if self._connected.is_set():
+            return
+        import grpc  # only for the credentials object
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(self._config.ca_file),
+            private_key=_read(self._config.key_file),
+            certificate_chain=_read(self._config.cert_file),
+        )
+        original = rpc.insecure_channel
+
+        def secure(target: str, options: Any = None) -> Any:
+            return rpc.secure_channel(target, credentials, options=options)
+
+        # aetcd builds its channel with rpc.insecure_channel; swap in a secure one for
+        # this connect only (no await runs between the swap and the channel creation).
+        aetcd.rpc.insecure_channel = secure  # type: ignore[assignment]
+        try:
+            await super().connect()
+        finally:
+            aetcd.rpc.insecure_channel = original  # type: ignore[assignment]
+
+
+class Etcd:
+    """A connection to an etcd cluster through one of several endpoints.
+
+    Every operation goes to the current endpoint; on a connection failure the next
+    endpoint is tried, so a cluster survives losing the member a client talked to.
+    """
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self.config = config
+        self._addresses = config.addresses()
+        self._index = 0
+        self._client: _Client | None = None
+        self._lock = asyncio.Lock()
+        self.requests = 0  # operations sent, for benchmarks
+
+    # -- connection ------------------------------------------------------------------
+
+    async def client(self) -> _Client:
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    host, port = self._addresses[self._index % len(self._addresses)]
+                    client = _Client(self.config, host, port)
+                    await client.connect()
+                    self._client = client
+        return self._client
+
+    async def failover(self) -> None:
+        """Drop the current connection and move to the next endpoint."""
+        async with self._lock:
+            old, self._client = self._client, None
+            self._index += 1
+        if old is not None:
+            try:
+                await old.close()
+            except Exception:  # noqa: BLE001 - a dead connection may fail to close
+                log.debug("closing a failed etcd connection", exc_info=True)
+
+    async def close(self) -> None:
+        old, self._client = self._client, None
+        if old is not None:
+            await old.close()
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one client operation, trying each endpoint once on connection failure."""
+        attempts = len(self._addresses)
+        for attempt in range(attempts):
+            client = await self.client()
+            self.requests += 1
+            try:
+                return await getattr(client, name)(*args, **kwargs)
+            except ConnectionLost:
+                if attempt == attempts - 1:
+                    raise
+                log.info("etcd endpoint failed, trying the next one")
+                await self.failover()
+        raise AssertionError("unreachable")
+
+    # -- key-value -------------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue | None:
+        result = await self._call("get", key.encode())
+        if result is None:
+            return None
+        return KeyValue(key, result.value, result.create_revision, result.mod_revision, result.lease)
+
+    async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` and the store revision the read saw."""
+        result = await self._call("get_prefix", prefix.encode())
+        items = [
+            KeyValue(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+            for kv in result
+        ]
+        return items, int(result.header.revision)
+
+    async def revision(self) -> int:
+        """The current store revision (a cheap ranged read of one key)."""
+        result = await self._call("get_range", b"\x00", b"\x00\x01")
+        return int(result.header.revision)
+
+    async def put(self, key: str, value: bytes, lease: int | None = None) -> None:
+        await self._call("put", key.encode(), value, lease=lease)
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self._call("delete", key.encode()))
+
+    async def delete_prefix(self, prefix: str) -> None:
+        await self._call("delete_prefix", prefix.encode())
+
+    # -- transactions ----------------------------------------------------------------
+
+    def op_put(self, key: str, value: bytes, lease: int | None = None) -> Any:
+        return aetcd.transactions.Put(key.encode(), value, lease=lease)
+
+    def op_delete(self, key: str) -> Any:
+        return aetcd.transactions.Delete(key.encode())
+
+    def op_get(self, key: str) -> Any:
+        return aetcd.transactions.Get(key.encode())
+
+    def cmp_value(self, key: str, value: bytes) -> Any:
+        return aetcd.transactions.Value(key.encode()) == value
+
+    def cmp_create(self, key: str, revision: int) -> Any:
+        return aetcd.transactions.Create(key.encode()) == revision
+
+    def cmp_mod(self, key: str, revision: int) -> Any:
+        return aetcd.transactions.Mod(key.encode()) == revision
+
+    def cmp_absent(self, key: str) -> Any:
+        return aetcd.transactions.Create(key.encode()) == 0
+
+    def cmp_present(self, key: str) -> Any:
+        return aetcd.transactions.Create(key.encode()) > 0
+
+    def cmp_lease(self, key: str, lease: int) -> Any:
+        return _LeaseCompare(key.encode()) == lease
+
+    def txn_op(self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
+        """A nested transaction, as one operation of an outer one (per-item conditions)."""
+        return aetcd.transactions.Txn(list(compare), list(success), list(failure))
+
+    async def txn(
+        self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
+    ) -> tuple[bool, list[Any]]:
+        if len(success) > MAX_TXN_OPS or len(failure) > MAX_TXN_OPS:
+            raise ValueError(f"a transaction holds at most {MAX_TXN_OPS} operations")
+        succeeded, responses = await self._call(
+            "transaction", compare=list(compare), success=list(success), failure=list(failure)
+        )
+        return bool(succeeded), responses
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> int:
+        lease = await self._call("lease", ttl)
+        return int(lease.id)
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; returns the TTL left, 0 when the lease no longer exists."""
+        reply = await self._call("refresh_lease", lease_id)
+        return 0 if reply is None else int(reply.TTL)
+
+    async def revoke(self, lease_id: int) -> None:
+        try:
+            await self._call("revoke_lease", lease_id)
+        except aetcd.exceptions.ClientError:
+            log.debug("revoking lease %x failed", lease_id, exc_info=True)
+
+    # -- watches ---------------------------------------------------------------------
+
+    async def watch_prefix(
+        self, prefix: str, start_revision: int, retry_delay: float = 0.2
+    ) -> AsyncIterator[list[WatchEvent]]:
+        """Yield batches of events under ``prefix`` from ``start_revision`` on, forever.
+
+        After a disconnect the watch is re-created from the revision after the last event
+        yielded, on the next endpoint if need be. Raises ``Resync`` when that revision has
+        been compacted away. Events are yielded in batches (everything already queued) so a
+        burst of thousands of changes costs one wake-up of the consumer, not thousands.
+        """
+        next_revision = start_revision
+        while True:
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            watch = None
+            try:
+                client = await self.client()
+                self.requests += 1
+                watch = await client.watch_prefix(prefix.encode(), start_revision=next_revision)
+                pump = asyncio.ensure_future(_pump(watch, queue))
+                try:
+                    while True:
+                        batch = [await queue.get()]
+                        while not queue.empty():
+                            batch.append(queue.get_nowait())
+                        events: list[WatchEvent] = []
+                        for item in batch:
+                            if isinstance(item, BaseException):
+                                raise item
+                            events.append(item)
+                        if events:
+                            next_revision = events[-1].revision + 1
+                            yield events
+                finally:
+                    pump.cancel()
+            except aetcd.exceptions.RevisionCompactedError as exc:
+                raise Resync(int(exc.compacted_revision)) from exc
+            except Exception as exc:  # noqa: BLE001 - any stream failure: resume elsewhere
+                log.info("watch on %s lost (%s); resuming at %d", prefix, exc, next_revision)
+                await self.failover()
+                await asyncio.sleep(retry_delay)
+            finally:
+                if watch is not None:
+                    try:
+                        await watch.cancel()
+                    except Exception:  # noqa: BLE001 - the stream may already be gone
+                        pass
+
+
+class _StreamEnded(Exception):
+    """The watch stream closed without an error; treated like a lost connection."""
+
+
+async def _pump(watch: Any, queue: asyncio.Queue[Any]) -> None:
+    """Move events from an aetcd watch into a queue, converting as they come."""
+    try:
+        async for event in watch:
+            kv = event.kv
+            deleted = event.kind == "DELETE"
+            queue.put_nowait(
+                WatchEvent(
+                    key=kv.key.decode(),
+                    value=None if deleted else kv.value,
+                    revision=int(kv.mod_revision),
+                    lease=int(kv.lease),
+                )
+            )
+        queue.put_nowait(_StreamEnded("watch stream ended"))
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer to decide
+        queue.put_nowait(exc)
+
+
+@dataclass
+class BatchWriter:
+    """Collects operations and commits them in transactions of at most ``MAX_TXN_OPS``.
+
+    ``guard`` compares are added to every transaction (the engine's leadership check), so
+    a batch either fully applies under the guard or stops at the first refused chunk.
+    """
+
+    etcd: Etcd
+    guard: Sequence[Any] = ()
+    ops: list[Any] = field(default_factory=list)
+
+    def add(self, op: Any) -> None:
+        self.ops.append(op)
+
+    async def commit(self) -> bool:
+        """Write every chunk; False as soon as a guarded chunk is refused."""
+        ops, self.ops = self.ops, []
+        for start in range(0, len(ops), MAX_TXN_OPS):
+            ok, _ = await self.etcd.txn(self.guard, ops[start : start + MAX_TXN_OPS])
+            if not ok:
+                return False
+        return True
