@@ -1,0 +1,156 @@
+"""Unit names: validation, fleetctl's mangling, templates/instances and specifiers.
+
+The rules are systemd's (as fleet enforced them): a name that systemd would refuse must be
+refused at submit time, not discovered later by an agent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fleetd.model.errors import UnitNameError
+
+MAX_NAME_LENGTH = 256
+UNIT_SUFFIXES = frozenset(
+    {
+        "automount", "busname", "device", "mount", "path", "scope", "service", "slice",
+        "snapshot", "socket", "swap", "target", "timer",
+    }
+)
+# Only these unit types may be templates or instances (contain "@").
+TEMPLATE_SUFFIXES = frozenset({"path", "service", "socket", "target", "timer"})
+DEFAULT_SUFFIX = "service"
+
+_BAD_CHAR_RE = re.compile(r"[^A-Za-z0-9:_.@-]")
+_SPECIFIER_RE = re.compile(r"%(.)", re.DOTALL)
+
+
+def _invalid(name: str, rule: str) -> UnitNameError:
+    return UnitNameError(f'invalid unit name "{name}": {rule}', name)
+
+
+def validate_unit_name(name: str) -> None:
+    """Raise :class:`UnitNameError` naming ``name`` and the first rule it breaks."""
+    if not name:
+        raise UnitNameError("invalid unit name: empty", name)
+    if len(name) > MAX_NAME_LENGTH:
+        raise _invalid(name, f"longer than {MAX_NAME_LENGTH} characters ({len(name)})")
+    bad = _BAD_CHAR_RE.search(name)
+    if bad:
+        raise _invalid(
+            name, f"invalid character {bad.group()!r} (allowed: A-Z a-z 0-9 : _ . @ -)"
+        )
+    if "." not in name:
+        raise _invalid(name, 'no type suffix (a name must contain ".", e.g. "foo.service")')
+    if name.startswith("@"):
+        raise _invalid(name, 'must not start with "@"')
+    if name.endswith("."):
+        raise _invalid(name, 'must not end with "."')
+    stem, _, suffix = name.rpartition(".")
+    if suffix not in UNIT_SUFFIXES:
+        known = ", ".join(sorted(UNIT_SUFFIXES))
+        raise _invalid(name, f'unknown type suffix ".{suffix}" (one of {known})')
+    if not stem:
+        raise _invalid(name, "empty name before the suffix")
+    if "@" in stem and suffix not in TEMPLATE_SUFFIXES:
+        allowed = ", ".join(sorted(TEMPLATE_SUFFIXES))
+        raise _invalid(name, f'"@" (template or instance) is only allowed for {allowed} units')
+
+
+def is_valid_unit_name(name: str) -> bool:
+    """``True`` when :func:`validate_unit_name` accepts ``name``."""
+    try:
+        validate_unit_name(name)
+    except UnitNameError:
+        return False
+    return True
+
+
+def has_unit_suffix(name: str) -> bool:
+    """Whether ``name`` ends in a recognised ``.<type>`` suffix."""
+    _, dot, suffix = name.rpartition(".")
+    return bool(dot) and suffix in UNIT_SUFFIXES
+
+
+def mangle_unit_name(arg: str) -> str:
+    """Turn a fleetctl argument into a unit name, as fleetctl does.
+
+    The argument may be a path to a local file (``units/web`` or ``/x/foo.socket``): keep
+    the basename, and append ``.service`` when it has no recognised suffix. The result is
+    not validated here; callers validate so they can report the original argument.
+    """
+    base = arg.rstrip("/").rpartition("/")[2]
+    if not base:
+        raise UnitNameError(f'no unit name in argument "{arg}"', arg)
+    return base if has_unit_suffix(base) else f"{base}.{DEFAULT_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class UnitName:
+    """A unit name split into its parts.
+
+    ``suffix`` is the type without the dot (``service``). ``instance`` is ``None`` for a
+    plain unit, ``""`` for a template (``foo@.service``) and the text after ``@`` for an
+    instance; ``prefix`` is the part before ``@`` (the whole stem when there is none).
+    """
+
+    full: str
+    prefix: str
+    instance: str | None
+    suffix: str
+
+    @property
+    def stem(self) -> str:
+        """The name without its suffix (systemd's ``%N``)."""
+        stem, dot, _ = self.full.rpartition(".")
+        return stem if dot else self.full
+
+    @property
+    def is_template(self) -> bool:
+        return self.instance == ""
+
+    @property
+    def is_instance(self) -> bool:
+        return bool(self.instance)
+
+    @property
+    def template(self) -> str | None:
+        """The template an instance (or template) derives from; ``None`` for plain units."""
+        if self.instance is None:
+            return None
+        return f"{self.prefix}@.{self.suffix}"
+
+
+def _split(name: str) -> UnitName:
+    """Split without validating (a name with no dot is all stem)."""
+    stem, dot, suffix = name.rpartition(".")
+    if not dot:
+        stem, suffix = name, ""
+    prefix, at, instance = stem.partition("@")
+    return UnitName(name, prefix, instance if at else None, suffix)
+
+
+def parse_unit_name(name: str) -> UnitName:
+    """Validate ``name`` and split it into a :class:`UnitName`."""
+    validate_unit_name(name)
+    return _split(name)
+
+
+def expand_specifiers(value: str, name: str) -> str:
+    """Expand ``%n %N %p %i %%`` in ``value`` for the unit ``name``, in a single pass.
+
+    fleet replaced them one after the other (so ``%%i`` went wrong); a single pass gives
+    systemd's meaning. Unknown specifiers and a trailing lone ``%`` stay as written.
+    """
+    if "%" not in value:
+        return value
+    parts = _split(name)
+    table = {
+        "n": name,
+        "N": parts.stem,
+        "p": parts.prefix,
+        "i": parts.instance or "",
+        "%": "%",
+    }
+    return _SPECIFIER_RE.sub(lambda m: table.get(m.group(1), m.group(0)), value)

@@ -1,0 +1,193 @@
+"""systemd unit files as plain data: parse, serialise, hash.
+
+A unit file is kept as its ordered list of options, not as text: that is what fleet stores
+and what its API exchanges, and it makes the hash independent of comments and layout.
+Options are held grouped by section (sections in first-appearance order, options in file
+order within a section) because that is the canonical serialisation fleet hashes; keeping
+the same order in memory means ``parse(serialise(u)) == u`` exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from fleetd.model.errors import UnitFileError
+
+COMMENT_PREFIXES = ("#", ";")
+
+# Section names: anything printable without brackets, no surrounding whitespace.
+_SECTION_RE = re.compile(r"[^\[\]\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True)
+class UnitOption:
+    """One ``Name=Value`` line of a section; ``line`` only points errors at the source."""
+
+    section: str
+    name: str
+    value: str
+    line: int | None = field(default=None, compare=False)
+
+
+def _canonical_order(options: Iterable[UnitOption]) -> tuple[UnitOption, ...]:
+    """Group options by section, sections in first-appearance order, stable within each."""
+    rank: dict[str, int] = {}
+    items = tuple(options)
+    for opt in items:
+        rank.setdefault(opt.section, len(rank))
+    return tuple(sorted(items, key=lambda o: rank[o.section]))
+
+
+@dataclass(frozen=True)
+class UnitFile:
+    """An immutable unit file: its options in canonical order (see the module docstring)."""
+
+    options: tuple[UnitOption, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Normalise here so every construction path (parser, API, tests) compares equal
+        # when, and only when, the canonical serialisation (and so the hash) is equal.
+        object.__setattr__(self, "options", _canonical_order(self.options))
+
+    def sections(self) -> list[str]:
+        """Section names, unique, in first-appearance order."""
+        return list(dict.fromkeys(opt.section for opt in self.options))
+
+    def section(self, section: str) -> tuple[UnitOption, ...]:
+        """All options of one section, in order."""
+        return tuple(opt for opt in self.options if opt.section == section)
+
+    def values(self, section: str, name: str) -> list[str]:
+        """Every value of a (possibly repeated) option, in order."""
+        return [opt.value for opt in self.options if opt.section == section and opt.name == name]
+
+    def get(self, section: str, name: str) -> str | None:
+        """The last value of an option (systemd's rule for single-valued options)."""
+        found = self.values(section, name)
+        return found[-1] if found else None
+
+    @property
+    def description(self) -> str | None:
+        """``[Unit] Description=``, shown by ``list-unit-files --fields=desc``."""
+        return self.get("Unit", "Description")
+
+    @cached_property
+    def _serialised(self) -> str:
+        blocks: list[str] = []
+        for name in self.sections():
+            lines = [f"[{name}]"] + [f"{o.name}={o.value}" for o in self.section(name)]
+            blocks.append("".join(line + "\n" for line in lines))
+        return "\n".join(blocks)
+
+    def serialize(self) -> str:
+        """The canonical text: ``[Section]`` then ``Name=Value`` lines, blank line between."""
+        return self._serialised
+
+    @property
+    def contents(self) -> str:
+        """The canonical text as ``str`` (fleet shows this for ``fleetctl cat``)."""
+        return self._serialised
+
+    def hash(self) -> str:
+        """40-hex SHA-1 of the canonical serialisation, as fleet computes a unit's hash."""
+        return hashlib.sha1(self._serialised.encode("utf-8")).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        """The 7-character hash fleetctl prints without ``--full``."""
+        return self.hash()[:7]
+
+    @classmethod
+    def from_options(cls, options: Iterable[Mapping[str, str]]) -> UnitFile:
+        """Build from the API shape ``[{"section", "name", "value"}, ...]``, validating it.
+
+        Rejects what could not survive serialisation (line breaks, missing fields, names a
+        parser would read as a comment or section header), so the hash stays meaningful.
+        """
+        result: list[UnitOption] = []
+        for index, raw in enumerate(options):
+            where = f"option {index}"
+            try:
+                section, name, value = raw["section"], raw["name"], raw["value"]
+            except (KeyError, TypeError):
+                raise UnitFileError(f"{where}: needs section, name and value") from None
+            if not all(isinstance(part, str) for part in (section, name, value)):
+                raise UnitFileError(f"{where}: section, name and value must be strings")
+            _check_section_name(section, None, None)
+            if not name.strip() or "=" in name or name.strip() != name or name[0] in "#;[":
+                raise UnitFileError(f"{where}: invalid option name {name!r}")
+            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+                raise UnitFileError(f"{where}: option {name!r} contains a line break")
+            result.append(UnitOption(section, name, value))
+        return cls(tuple(result))
+
+    def to_options(self) -> list[dict[str, str]]:
+        """The API shape: a list of ``{"section", "name", "value"}`` dicts."""
+        return [{"section": o.section, "name": o.name, "value": o.value} for o in self.options]
+
+
+def _check_section_name(name: str, filename: str | None, line: int | None) -> None:
+    if not _SECTION_RE.fullmatch(name) or name.strip() != name:
+        raise UnitFileError(f"invalid section name {name!r}", filename, line)
+
+
+def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+    """Yield ``(first physical line number, joined stripped line)`` for non-comment lines.
+
+    A trailing backslash continues onto the next line; the two parts are joined by a single
+    space (systemd turns the backslash into a space; we also drop the whitespace around it
+    so the result does not depend on indentation). Comment lines inside a continuation are
+    skipped, as systemd does; a blank line ends it.
+    """
+    pending: str | None = None
+    start = 0
+    for number, raw in enumerate(text.split("\n"), start=1):
+        stripped = raw.strip()
+        if stripped.startswith(COMMENT_PREFIXES):
+            continue
+        if pending is None:
+            start, joined = number, stripped
+        else:
+            joined = " ".join(part for part in (pending, stripped) if part)
+        if stripped.endswith("\\"):
+            pending = joined[:-1].rstrip()
+            continue
+        pending = None
+        if joined:
+            yield start, joined
+    if pending:
+        yield start, pending
+
+
+def parse_unit_file(text: str, filename: str | None = None) -> UnitFile:
+    """Parse systemd INI text into a :class:`UnitFile`.
+
+    Repeated keys are separate options in order; ``Key=`` is an empty value. Anything
+    systemd would refuse is a :class:`UnitFileError` pointing at the file and line, so a
+    bad file is refused before it reaches the cluster.
+    """
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    section: str | None = None
+    options: list[UnitOption] = []
+    for number, line in _logical_lines(text):
+        if line.startswith("["):
+            if not line.endswith("]"):
+                raise UnitFileError(f"unterminated section header {line!r}", filename, number)
+            section = line[1:-1]
+            _check_section_name(section, filename, number)
+            continue
+        if section is None:
+            raise UnitFileError(f"option {line!r} before any [Section] header", filename, number)
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UnitFileError(f"line {line!r} is not Key=Value", filename, number)
+        key = key.strip()
+        if not key:
+            raise UnitFileError(f"empty option name in {line!r}", filename, number)
+        options.append(UnitOption(section, key, value.strip(), number))
+    return UnitFile(tuple(options))
