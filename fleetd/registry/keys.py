@@ -8,6 +8,7 @@
 <prefix>schedule/<id>/<name>        placement with body + desired  (written by the engine)
 <prefix>states/<name>/<id>          systemd state of a unit        (agent's lease)
 <prefix>engine/leader               engine leadership              (engine's lease)
+<prefix>engine/unplaceable/<name>   why the engine cannot place a unit (engine-written)
 ```
 
 Per-machine schedule prefixes let an agent watch only its own placements; the engine
@@ -58,7 +59,14 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}engine/leader"
 
+    @property
+    def unplaceable_prefix(self) -> str:
+        return f"{self.prefix}engine/unplaceable/"
+
     # single keys
+    def unplaceable(self, name: str) -> str:
+        return f"{self.unplaceable_prefix}{name}"
+
     def unit(self, name: str) -> str:
         return f"{self.units}{name}"
 

@@ -295,13 +295,21 @@ class Registry:
     async def resign(self, leadership: Leadership) -> None:
         await self.etcd.txn(self.leader_guard(leadership), [self.etcd.op_delete(self.keys.leader)])
 
+    async def unplaceable(self) -> dict[str, str]:
+        """unit name -> the engine's reason it cannot be placed (what users are shown)."""
+        prefix = self.keys.unplaceable_prefix
+        items, _ = await self.etcd.get_prefix(prefix)
+        return {kv.key[len(prefix):]: kv.value.decode() for kv in items}
+
     async def apply_schedule(
         self,
         leadership: Leadership,
         puts: Iterable[tuple[str, ScheduledUnit]],
         deletes: Iterable[tuple[str, str]],
+        reasons: Mapping[str, str | None] | None = None,
     ) -> None:
-        """Write placements ``(machine, unit)`` and remove ``(machine, name)``, guarded.
+        """Write placements ``(machine, unit)``, remove ``(machine, name)``, and set or clear
+        unplaceable reasons (``None`` clears), all guarded by leadership.
 
         Deletes go first so a unit moving between machines is never briefly on both.
         Raises :class:`NotLeader` when the guard fails: nothing of that chunk was written.
@@ -311,5 +319,8 @@ class Registry:
             writer.add(self.etcd.op_delete(self.keys.placement(machine_id, name)))
         for machine_id, unit in puts:
             writer.add(self.etcd.op_put(self.keys.placement(machine_id, unit.name), encode_unit(unit)))
+        for name, reason in (reasons or {}).items():
+            key = self.keys.unplaceable(name)
+            writer.add(self.etcd.op_delete(key) if reason is None else self.etcd.op_put(key, reason.encode()))
         if not await writer.commit():
             raise NotLeader(f"engine on {leadership.machine_id} lost leadership; write refused")

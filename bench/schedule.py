@@ -1,0 +1,111 @@
+"""Benchmark: how fast does the cluster place and start a flood of units?
+
+A real etcd, one real engine, and M SIMULATED agents (in-memory service managers, see
+fleetd.agent.simulated) in this process. N units with desired state ``launched`` are
+submitted at once; the clock stops when every unit's running state has been published
+to etcd by its agent. Prints figures, ending with ``units_per_s=<float>``.
+
+    python bench/schedule.py --machines 100 --units 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fleetd.agent.agent import Agent  # noqa: E402
+from fleetd.agent.simulated import SimulatedManager  # noqa: E402
+from fleetd.engine.engine import Engine  # noqa: E402
+from fleetd.model.state import MachineState, StoredUnit  # noqa: E402
+from fleetd.model.unit import DesiredState  # noqa: E402
+from fleetd.model.unitfile import parse_unit_file  # noqa: E402
+from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
+from fleetd.registry.registry import Registry  # noqa: E402
+from fleetd.settings import Settings  # noqa: E402
+from fleetd.testing.etcd import EtcdCluster  # noqa: E402
+
+
+async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def run(machines: int, units: int, clients: int, timeout: float) -> float:
+    settings = Settings(agent_ttl=10.0, engine_ttl=10.0)
+    with EtcdCluster() as cluster:
+        config = EtcdConfig(endpoints=tuple(cluster.endpoints), request_timeout=30)
+        prefix = "/bench/"
+        etcds = [Etcd(config) for _ in range(clients)]
+        engine_etcd = Etcd(config)
+        submit_etcd = Etcd(config)
+        agents = []
+        for index in range(machines):
+            registry = Registry(etcds[index % clients], prefix)
+            machine = MachineState(uuid.uuid4().hex, f"10.0.{index // 250}.{index % 250 + 1}", {})
+            agents.append(Agent(registry, SimulatedManager(), machine, settings))
+        engine = Engine(Registry(engine_etcd, prefix), "engine-bench", settings)
+        tasks = [asyncio.create_task(agent.run()) for agent in agents]
+        tasks.append(asyncio.create_task(engine.run()))
+        await wait_for(lambda: all(a.ready.is_set() for a in agents), 60, "agents to register")
+        await wait_for(engine.leading.is_set, 30, "engine leadership")
+
+        body = parse_unit_file("[Unit]\nDescription=bench\n[Service]\nExecStart=/bin/sleep infinity\n")
+        batch = [(StoredUnit(f"bench-{i:06}.service", body, DesiredState.LAUNCHED), False) for i in range(units)]
+        requests_before = sum(e.requests for e in [*etcds, engine_etcd, submit_etcd])
+        started = time.perf_counter()
+        await Registry(submit_etcd, prefix).create_units(batch)
+        submitted = time.perf_counter() - started
+
+        def running() -> int:
+            return sum(
+                1 for a in agents for s in a._published.values() if s.active_state == "active"
+            )
+
+        await wait_for(lambda: running() >= units, timeout, f"{units} units running", 0.02)
+        elapsed = time.perf_counter() - started
+        requests = sum(e.requests for e in [*etcds, engine_etcd, submit_etcd]) - requests_before
+        per_machine = sorted(len(a.schedule) for a in agents)
+
+        for agent in agents:
+            agent.stop()
+        engine.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for e in [*etcds, engine_etcd, submit_etcd]:
+            await e.close()
+
+    rate = units / elapsed
+    print(f"machines={machines} units={units}")
+    print(f"submit_s={submitted:.3f}")
+    print(f"all_running_s={elapsed:.3f}")
+    print(f"engine_plans={engine.stats.plans} engine_last_plan_s={engine.stats.last_plan_s:.3f}")
+    print(f"units_per_machine_min={per_machine[0]} max={per_machine[-1]}")
+    print(f"etcd_requests={requests} etcd_requests_per_unit={requests / units:.3f}")
+    print(f"units_per_s={rate:.1f}")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machines", type=int, default=100)
+    parser.add_argument("--units", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4, help="etcd connections shared by the agents")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(run(args.machines, args.units, args.clients, args.timeout))
+
+
+if __name__ == "__main__":
+    main()

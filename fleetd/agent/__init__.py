@@ -1,0 +1,1 @@
+"""The agent: makes this machine's systemd run what the engine scheduled here."""

@@ -1,0 +1,290 @@
+"""The agent loop: register this machine, follow its schedule, drive the unit manager.
+
+An agent watches only its own schedule prefix and the small set of global units, never
+the whole tree (fleet's agents all woke on every change). It holds one lease that carries
+its machine entry and every unit state it publishes, so when the machine dies all of it
+vanishes together and the engine sees the deletes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from fleetd.agent.manager import SystemdState, UnitManager
+from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
+from fleetd.model.unit import DesiredState, build_unit
+from fleetd.registry.etcd import Resync
+from fleetd.registry.registry import MachineIdInUse, Registry, decode_scheduled_unit, decode_stored_unit
+from fleetd.scheduler.agent import AgentTask, Current, Desired, agent_plan
+from fleetd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentStatus:
+    """What the API reports about this agent (e.g. why it is not part of the cluster)."""
+
+    registered: bool = False
+    error: str | None = None
+    lease: int = 0
+
+
+@dataclass
+class Agent:
+    registry: Registry
+    manager: UnitManager
+    machine: MachineState
+    settings: Settings = field(default_factory=Settings)
+    status: AgentStatus = field(default_factory=AgentStatus)
+
+    def __post_init__(self) -> None:
+        self.schedule: dict[str, ScheduledUnit] = {}
+        self.globals: dict[str, StoredUnit] = {}
+        self._dirty = asyncio.Event()
+        self._states_dirty = asyncio.Event()
+        self._pending_states: dict[str, SystemdState] = {}
+        self._published: dict[str, UnitState] = {}
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.manager.subscribe(self._on_state)
+
+    @property
+    def machine_id(self) -> str:
+        return self.machine.id
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- lease and registration ------------------------------------------------------------
+
+    async def _register(self) -> int:
+        """Get a lease and publish the machine entry, retrying while the id is taken."""
+        etcd = self.registry.etcd
+        ttl = max(1, round(self.settings.agent_ttl))
+        while True:
+            lease = await etcd.grant(ttl)
+            try:
+                await self.registry.register_machine(self.machine, lease)
+            except MachineIdInUse as exc:
+                await etcd.revoke(lease)
+                self.status.error = str(exc)
+                log.error("%s", exc)
+                await asyncio.sleep(min(2.0, self.settings.agent_ttl / 3))
+                continue
+            self.status = AgentStatus(registered=True, lease=lease)
+            self._published.clear()  # the new lease holds no states yet: republish all
+            for name, local in (await self.manager.units()).items():
+                self._pending_states[name] = local.state
+            self._states_dirty.set()
+            return lease
+
+    async def _keepalive(self) -> None:
+        interval = self.settings.keepalive_interval(self.settings.agent_ttl)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ttl = await self.registry.etcd.keepalive(self.status.lease)
+            except Exception:  # noqa: BLE001 - etcd away: keep units running, keep trying
+                log.info("agent keepalive failed; retrying", exc_info=True)
+                continue
+            if ttl <= 0:
+                log.warning("agent lease lost; registering again")
+                self.status.registered = False
+                await self._register()
+
+    # -- following the schedule ------------------------------------------------------------
+
+    async def _load(self) -> tuple[int, int]:
+        schedule, rev_schedule = await self.registry.machine_schedule(self.machine_id)
+        globals_, rev_globals = await self.registry.global_units()
+        self.schedule = schedule
+        self.globals = globals_
+        self._dirty.set()
+        return rev_schedule, rev_globals
+
+    async def _follow_schedule(self, revision: int) -> None:
+        keys = self.registry.keys
+        prefix = keys.machine_schedule(self.machine_id)
+        async for batch in self.registry.etcd.watch_prefix(prefix, revision):
+            for event in batch:
+                name = event.key[len(prefix):]
+                if event.value is None:
+                    self.schedule.pop(name, None)
+                else:
+                    self.schedule[name] = decode_scheduled_unit(event.value)
+            self._dirty.set()
+
+    async def _follow_globals(self, revision: int) -> None:
+        prefix = self.registry.keys.globals
+        async for batch in self.registry.etcd.watch_prefix(prefix, revision):
+            for event in batch:
+                name = event.key[len(prefix):]
+                if event.value is None:
+                    self.globals.pop(name, None)
+                else:
+                    self.globals[name] = decode_stored_unit(event.value)
+            self._dirty.set()
+
+    def desired(self) -> dict[str, Desired]:
+        """What should be on this machine: its schedule plus the global units for it."""
+        result = {
+            name: Desired(unit.desired, unit.hash)
+            for name, unit in self.schedule.items()
+            if unit.desired is not DesiredState.INACTIVE
+        }
+        for name, unit in self.globals.items():
+            if unit.desired is DesiredState.INACTIVE or name in result:
+                continue
+            if self._global_runs_here(name, unit):
+                result[name] = Desired(unit.desired, unit.hash)
+        return result
+
+    def _global_runs_here(self, name: str, unit: StoredUnit) -> bool:
+        try:
+            parsed, _ = build_unit(name, unit.file)
+        except ValueError:
+            return False
+        req = parsed.requirements
+        if not req.metadata_matches(self.machine.metadata):
+            return False
+        # a global unit yields to conflicting units scheduled here
+        for other in self.schedule:
+            if req.conflicts_with(other):
+                return False
+        return True
+
+    def _file_of(self, name: str) -> ScheduledUnit | StoredUnit:
+        return self.schedule.get(name) or self.globals[name]
+
+    # -- acting ------------------------------------------------------------------------------
+
+    async def reconcile(self) -> list[AgentTask]:
+        local = await self.manager.units()
+        current = {
+            name: Current(loaded=True, active=unit.state.is_active, hash=unit.hash)
+            for name, unit in local.items()
+        }
+        tasks = agent_plan(self.desired(), current)
+        await self._apply(tasks)
+        return tasks
+
+    async def _apply(self, tasks: list[AgentTask]) -> None:
+        by_kind: dict[str, list[str]] = {}
+        for task in tasks:
+            by_kind.setdefault(task.verb, []).append(task.unit)
+        # fleet's order: unload, load, stop, start; each kind as one batch
+        if by_kind.get("unload"):
+            await self.manager.unload(by_kind["unload"])
+            for name in by_kind["unload"]:
+                self._pending_states.pop(name, None)
+            await self._unpublish(by_kind["unload"])
+        if by_kind.get("load"):
+            await self.manager.load({name: self._file_of(name).file for name in by_kind["load"]})
+        if by_kind.get("stop"):
+            await self.manager.stop(by_kind["stop"])
+        if by_kind.get("start"):
+            await self.manager.start(by_kind["start"])
+
+    def _on_state(self, name: str, state: SystemdState) -> None:
+        self._pending_states[name] = state
+        self._states_dirty.set()
+
+    async def _unpublish(self, names: list[str]) -> None:
+        gone = [name for name in names if self._published.pop(name, None) is not None]
+        if gone and self.status.registered:
+            await self.registry.publish_states(self.machine_id, self.status.lease, [], gone)
+
+    async def _publisher(self) -> None:
+        """Write state changes in batches: a burst of 1,000 starts is a handful of txns."""
+        while True:
+            await self._states_dirty.wait()
+            await asyncio.sleep(self.settings.debounce)
+            self._states_dirty.clear()
+            pending, self._pending_states = self._pending_states, {}
+            local = await self.manager.units()
+            changed = []
+            for name, state in pending.items():
+                unit = local.get(name)
+                if unit is None:
+                    continue
+                record = UnitState(name, self.machine_id, unit.hash, state.load, state.active, state.sub)
+                if self._published.get(name) != record:
+                    changed.append(record)
+            if not changed:
+                continue
+            try:
+                await self.registry.publish_states(self.machine_id, self.status.lease, changed)
+            except Exception:  # noqa: BLE001 - etcd away: retry these later
+                log.info("publishing unit states failed; will retry", exc_info=True)
+                for record in changed:
+                    self._pending_states.setdefault(record.name, SystemdState(record.load_state, record.active_state, record.sub_state))
+                await asyncio.sleep(0.5)
+                self._states_dirty.set()
+                continue
+            for record in changed:
+                self._published[record.name] = record
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.agent_reconcile_interval):
+                    await self._dirty.wait()
+            except TimeoutError:
+                pass
+            await asyncio.sleep(self.settings.debounce)
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - a failed action is retried on the next pass
+                log.warning("agent reconcile failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+            self.ready.set()
+
+    async def run(self) -> None:
+        """Run until stopped; on a compacted watch, reload and carry on."""
+        lease_tasks = []
+        try:
+            await self._register()
+            lease_tasks = [asyncio.create_task(self._keepalive()), asyncio.create_task(self._publisher())]
+            while not self._stopping.is_set():
+                rev_schedule, rev_globals = await self._load()
+                tasks = [
+                    asyncio.create_task(self._follow_schedule(rev_schedule + 1)),
+                    asyncio.create_task(self._follow_globals(rev_globals + 1)),
+                    asyncio.create_task(self._loop()),
+                ]
+                stopper = asyncio.create_task(self._stopping.wait())
+                done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+                for task in [*tasks, stopper]:
+                    task.cancel()
+                for task in [*tasks, stopper]:
+                    with contextlib.suppress(BaseException):
+                        await task
+                for task in done:
+                    if task is not stopper and not task.cancelled() and task.exception() is not None:
+                        exc = task.exception()
+                        if not isinstance(exc, Resync):
+                            raise exc  # type: ignore[misc]
+                        log.warning("agent watch compacted; reloading")
+        finally:
+            for task in lease_tasks:
+                task.cancel()
+            for task in lease_tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def leave(self, unload_units: bool = True) -> None:
+        """Graceful exit: optionally unload every local unit, then drop the lease."""
+        if unload_units:
+            local = await self.manager.units()
+            if local:
+                await self.manager.unload(list(local))
+        if self.status.lease:
+            await self.registry.etcd.revoke(self.status.lease)
+            self.status.registered = False
+

@@ -1,0 +1,70 @@
+"""A SIMULATED service manager: units live in memory, nothing runs.
+
+For tests of scale and benchmarks only, where hundreds of machines run in one process.
+It is never the default; the daemon always uses the real systemd adapter. Starting a unit
+here reports ``active/running`` at once (optionally after ``start_delay``), so it measures
+fleet's own overhead, not systemd's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+from fleetd.agent.manager import LocalUnit, StateCallback, SystemdState
+from fleetd.model.unitfile import UnitFile
+
+LOADED = SystemdState("loaded", "inactive", "dead")
+RUNNING = SystemdState("loaded", "active", "running")
+
+
+class SimulatedManager:
+    def __init__(self, start_delay: float = 0.0) -> None:
+        self.files: dict[str, UnitFile] = {}
+        self.states: dict[str, SystemdState] = {}
+        self.start_delay = start_delay
+        self.calls = 0
+        self.starts: dict[str, int] = {}  # how often each unit was started (restart detection)
+        self._callbacks: list[StateCallback] = []
+
+    def subscribe(self, callback: StateCallback) -> None:
+        self._callbacks.append(callback)
+
+    def _set(self, name: str, state: SystemdState) -> None:
+        self.states[name] = state
+        for callback in self._callbacks:
+            callback(name, state)
+
+    async def load(self, units: Mapping[str, UnitFile]) -> None:
+        self.calls += 1
+        for name, file in units.items():
+            self.files[name] = file
+            if name not in self.states:
+                self._set(name, LOADED)
+
+    async def unload(self, names: Sequence[str]) -> None:
+        self.calls += 1
+        for name in names:
+            self.files.pop(name, None)
+            self.states.pop(name, None)
+
+    async def start(self, names: Sequence[str]) -> None:
+        self.calls += 1
+        if self.start_delay:
+            await asyncio.sleep(self.start_delay)
+        for name in names:
+            if name in self.files:
+                self.starts[name] = self.starts.get(name, 0) + 1
+                self._set(name, RUNNING)
+
+    async def stop(self, names: Sequence[str]) -> None:
+        self.calls += 1
+        for name in names:
+            if name in self.files:
+                self._set(name, LOADED)
+
+    async def units(self) -> dict[str, LocalUnit]:
+        return {
+            name: LocalUnit(name, file.hash(), self.states.get(name, LOADED))
+            for name, file in self.files.items()
+        }

@@ -1,0 +1,1 @@
+"""The engine: one elected fleetd places units on machines (watch -> snapshot -> plan -> apply)."""

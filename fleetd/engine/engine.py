@@ -1,0 +1,237 @@
+"""The engine loop: win leadership, keep a live snapshot from watches, plan, apply.
+
+Thin on purpose: every decision is made by the pure scheduler over an in-memory snapshot.
+The snapshot is loaded once from etcd, then kept current by watch events on units,
+machines and the schedule, so a machine whose lease expires is noticed by its delete
+event at once, not by polling. A timer replans every ``engine_reconcile_interval`` and
+re-reads everything every ``engine_resync_interval`` as a safety net.
+
+Every write is guarded by the leadership term (see ``Registry.apply_schedule``): an engine
+that lost its lease while partitioned cannot change anything once another has taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from fleetd.engine.reconcile import ClusterView, schedule_changes
+from fleetd.registry.etcd import Resync
+from fleetd.registry.registry import Leadership, NotLeader, Registry
+from fleetd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """Counters for tests and benchmarks."""
+
+    plans: int = 0
+    writes: int = 0
+    terms: int = 0
+    last_plan_s: float = 0.0
+    placed_total: int = 0
+
+
+@dataclass
+class Engine:
+    registry: Registry
+    machine_id: str
+    settings: Settings = field(default_factory=Settings)
+    stats: EngineStats = field(default_factory=EngineStats)
+
+    def __post_init__(self) -> None:
+        self._stopping = asyncio.Event()
+        self.leading = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self.view = ClusterView()
+        self.reasons: dict[str, str] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Campaign for leadership forever; lead while elected; stand by otherwise."""
+        etcd = self.registry.etcd
+        while not self._stopping.is_set():
+            lease = 0
+            try:
+                lease = await etcd.grant(max(1, round(self.settings.engine_ttl)))
+                leadership = await self.registry.acquire_leadership(self.machine_id, lease)
+                if leadership is None:
+                    await etcd.revoke(lease)
+                    lease = 0
+                    await self._wait_for_vacancy()
+                    continue
+                self.stats.terms += 1
+                log.info("engine on %s is the leader (term %d)", self.machine_id, leadership.create_revision)
+                await self._lead(leadership)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - etcd trouble: step down, retry
+                log.warning("engine on %s: stepping down after an error", self.machine_id, exc_info=True)
+                await self._sleep(min(1.0, self.settings.engine_ttl / 4))
+            finally:
+                self.leading.clear()
+                if lease:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(etcd.revoke(lease))
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _wait_for_vacancy(self) -> None:
+        """Return when the leader key is gone (watched), or after a while to re-check."""
+        etcd = self.registry.etcd
+        kv = await etcd.get(self.registry.keys.leader)
+        if kv is None:
+            return
+        watcher = etcd.watch_prefix(self.registry.keys.leader, kv.mod_revision + 1)
+
+        async def deleted() -> None:
+            async for batch in watcher:
+                if any(event.deleted for event in batch):
+                    return
+
+        waiter = asyncio.ensure_future(deleted())
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {waiter, stopper},
+                timeout=self.settings.engine_ttl,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher.aclose()
+
+    # -- leading -------------------------------------------------------------------------
+
+    async def _lead(self, leadership: Leadership) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        lost = asyncio.Event()
+        try:
+            revision = await self._load()
+            self.leading.set()
+            tasks.append(asyncio.create_task(self._keepalive(leadership.lease, lost)))
+            for prefix in (self.registry.keys.units, self.registry.keys.machines, self.registry.keys.schedule):
+                tasks.append(asyncio.create_task(self._follow(prefix, revision + 1, lost)))
+            tasks.append(asyncio.create_task(self._timer()))
+            await self._plan_loop(leadership, lost)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _load(self) -> int:
+        """Read units, machines and the schedule; the lowest revision seen is where watches start."""
+        etcd, keys = self.registry.etcd, self.registry.keys
+        view = ClusterView()
+        revisions = []
+        for prefix, apply in (
+            (keys.units, view.apply_unit),
+            (keys.machines, view.apply_machine),
+            (keys.schedule, view.apply_placement),
+        ):
+            items, revision = await etcd.get_prefix(prefix)
+            revisions.append(revision)
+            for kv in items:
+                apply(keys, kv.key, kv.value)
+        self.reasons = await self.registry.unplaceable()
+        self.view = view
+        self._dirty.set()
+        # start watching after the oldest read: replaying a few events is harmless
+        return min(revisions)
+
+    async def _keepalive(self, lease: int, lost: asyncio.Event) -> None:
+        interval = self.settings.keepalive_interval(self.settings.engine_ttl)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ttl = await self.registry.etcd.keepalive(lease)
+            except Exception:  # noqa: BLE001 - retried until the lease is surely gone
+                log.info("engine lease keepalive failed; retrying", exc_info=True)
+                continue
+            if ttl <= 0:
+                log.warning("engine lease expired; stepping down")
+                lost.set()
+                self._dirty.set()
+                return
+
+    async def _follow(self, prefix: str, revision: int, lost: asyncio.Event) -> None:
+        keys = self.registry.keys
+        method = {keys.units: "apply_unit", keys.machines: "apply_machine", keys.schedule: "apply_placement"}[prefix]
+        try:
+            async for batch in self.registry.etcd.watch_prefix(prefix, revision):
+                apply = getattr(self.view, method)  # the view is replaced on a resync
+                for event in batch:
+                    apply(keys, event.key, event.value)
+                self._dirty.set()
+        except Resync:
+            log.warning("engine watch on %s compacted; reloading", prefix)
+            lost.set()  # simplest correct recovery: re-run the term from a fresh read
+            self._dirty.set()
+
+    async def _timer(self) -> None:
+        last_resync = time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.engine_reconcile_interval)
+            if time.monotonic() - last_resync >= self.settings.engine_resync_interval:
+                last_resync = time.monotonic()
+                self.view.force_resync = True
+            self._dirty.set()
+
+    async def _plan_loop(self, leadership: Leadership, lost: asyncio.Event) -> None:
+        while not self._stopping.is_set() and not lost.is_set():
+            stop_wait = asyncio.ensure_future(self._stopping.wait())
+            dirty_wait = asyncio.ensure_future(self._dirty.wait())
+            try:
+                await asyncio.wait({stop_wait, dirty_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+                dirty_wait.cancel()
+            if self._stopping.is_set() or lost.is_set():
+                return
+            # let a burst of events land before planning
+            await asyncio.sleep(self.settings.debounce)
+            self._dirty.clear()
+            if self.view.force_resync:
+                await self._load()
+                self._dirty.clear()
+            await self._reconcile(leadership)
+
+    async def _reconcile(self, leadership: Leadership) -> None:
+        started = time.perf_counter()
+        changes = schedule_changes(self.view, self.reasons)
+        self.stats.plans += 1
+        if changes.empty:
+            self.stats.last_plan_s = time.perf_counter() - started
+            return
+        for line in changes.log_lines():
+            log.info("%s", line)
+        try:
+            await self.registry.apply_schedule(leadership, changes.puts, changes.deletes, changes.reasons)
+        except NotLeader:
+            log.warning("engine on %s was deposed; its writes were refused", self.machine_id)
+            raise
+        # reflect our own writes now instead of waiting for their watch events
+        self.view.record_own_writes(changes)
+        for name, reason in changes.reasons.items():
+            if reason is None:
+                self.reasons.pop(name, None)
+            else:
+                self.reasons[name] = reason
+        self.stats.writes += len(changes.puts) + len(changes.deletes)
+        self.stats.placed_total += len(changes.puts)
+        self.stats.last_plan_s = time.perf_counter() - started

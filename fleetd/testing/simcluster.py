@@ -1,0 +1,151 @@
+"""A cluster of SIMULATED machines on a real etcd, for engine tests and benchmarks.
+
+Each machine is a real ``Agent`` talking to the real registry, with an in-memory service
+manager instead of systemd; engines are real ``Engine`` instances. Everything runs in the
+caller's event loop. Crashing a machine cancels its agent without leaving (its lease then
+expires as a dead machine's would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from fleetd.agent.agent import Agent
+from fleetd.agent.simulated import SimulatedManager
+from fleetd.engine.engine import Engine
+from fleetd.model.state import MachineState, StoredUnit
+from fleetd.model.unit import DesiredState, build_unit
+from fleetd.model.unitfile import parse_unit_file
+from fleetd.registry.etcd import Etcd, EtcdConfig
+from fleetd.registry.registry import Registry
+from fleetd.settings import Settings
+
+T = TypeVar("T")
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> float:
+    """Poll ``predicate`` until true; return the time it took; raise naming ``what``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+    return time.monotonic() - started
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Await ``probe`` until it returns something other than None/False; return that."""
+    started = time.monotonic()
+    while True:
+        result = await probe()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class SimMachine:
+    agent: Agent
+    task: asyncio.Task[None]
+
+    @property
+    def id(self) -> str:
+        return self.agent.machine_id
+
+    @property
+    def manager(self) -> SimulatedManager:
+        assert isinstance(self.agent.manager, SimulatedManager)
+        return self.agent.manager
+
+    def running(self) -> set[str]:
+        return {name for name, state in self.manager.states.items() if state.active == "active"}
+
+
+@dataclass
+class SimEngine:
+    engine: Engine
+    task: asyncio.Task[None]
+
+
+@dataclass
+class SimCluster:
+    endpoints: tuple[str, ...]
+    prefix: str
+    settings: Settings = field(default_factory=lambda: Settings(agent_ttl=2, engine_ttl=2, engine_reconcile_interval=0.5))
+    machines: dict[str, SimMachine] = field(default_factory=dict)
+    engines: list[SimEngine] = field(default_factory=list)
+    clients: list[Etcd] = field(default_factory=list)
+
+    def _etcd(self) -> Etcd:
+        client = Etcd(EtcdConfig(endpoints=self.endpoints, request_timeout=5))
+        self.clients.append(client)
+        return client
+
+    def registry(self) -> Registry:
+        return Registry(self._etcd(), self.prefix)
+
+    async def add_machine(self, metadata: Mapping[str, str] | None = None, machine_id: str | None = None) -> SimMachine:
+        machine = MachineState(machine_id or uuid.uuid4().hex, "", dict(metadata or {}))
+        agent = Agent(self.registry(), SimulatedManager(), machine, self.settings)
+        sim = SimMachine(agent, asyncio.create_task(agent.run()))
+        self.machines[machine.id] = sim
+        await wait_until(agent.ready.is_set, 10, f"machine {machine.id[:8]} to start")
+        return sim
+
+    async def add_engine(self, name: str | None = None) -> SimEngine:
+        engine = Engine(self.registry(), name or f"engine-{len(self.engines)}", self.settings)
+        sim = SimEngine(engine, asyncio.create_task(engine.run()))
+        self.engines.append(sim)
+        return sim
+
+    def leader(self) -> SimEngine | None:
+        return next((e for e in self.engines if e.engine.leading.is_set() and not e.task.done()), None)
+
+    async def crash_machine(self, machine_id: str) -> None:
+        """Kill the agent without leaving: its lease expires after agent_ttl."""
+        sim = self.machines.pop(machine_id)
+        await _cancel(sim.task)
+
+    async def crash_engine(self, sim: SimEngine) -> None:
+        await _cancel(sim.task)
+        sim.engine.leading.clear()
+
+    async def submit(self, name: str, text: str, desired: DesiredState = DesiredState.LAUNCHED) -> None:
+        file = parse_unit_file(text, name)
+        unit, _ = build_unit(name, file)
+        registry = Registry(self.clients[0] if self.clients else self._etcd(), self.prefix)
+        await registry.create_unit(StoredUnit(name, file, desired), unit.requirements.global_)
+
+    def where(self, name: str) -> list[str]:
+        """Machines whose (simulated) systemd runs ``name`` right now."""
+        return sorted(m.id for m in self.machines.values() if name in m.running())
+
+    def placement(self) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {}
+        for machine in self.machines.values():
+            for name in machine.running():
+                result.setdefault(name, []).append(machine.id)
+        return {name: sorted(ids) for name, ids in result.items()}
+
+    async def close(self) -> None:
+        for sim in list(self.machines.values()):
+            await _cancel(sim.task)
+        for engine in self.engines:
+            await _cancel(engine.task)
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task

@@ -1,0 +1,172 @@
+"""Engine and agents on a real etcd (agents use the in-memory service manager).
+
+Placement, machine loss, leader failover, fenced writes and unplaceable reasons, end to
+end through the registry: every assertion is about what the agents actually run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fleetd.model.unit import DesiredState
+from fleetd.testing.etcd import EtcdCluster
+from fleetd.testing.simcluster import SimCluster, eventually, wait_until
+
+pytestmark = pytest.mark.integration
+
+SLEEP = "[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+def with_fleet(*lines: str) -> str:
+    return SLEEP + "[X-Fleet]\n" + "".join(line + "\n" for line in lines)
+
+
+@pytest.fixture
+async def sim(etcd: EtcdCluster, key_prefix: str) -> AsyncIterator[SimCluster]:
+    cluster = SimCluster(tuple(etcd.endpoints), key_prefix)
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+async def three_machines(sim: SimCluster) -> list[str]:
+    ids = []
+    for index, region in enumerate(("us", "us", "eu")):
+        machine = await sim.add_machine({"region": region, "n": str(index)})
+        ids.append(machine.id)
+    await sim.add_engine()
+    return ids
+
+
+async def test_units_are_placed_spread_and_run_once(sim: SimCluster) -> None:
+    await three_machines(sim)
+    for i in range(6):
+        await sim.submit(f"web{i}.service", SLEEP)
+    await wait_until(lambda: len(sim.placement()) == 6, 10, "6 units running")
+    placement = sim.placement()
+    assert all(len(ids) == 1 for ids in placement.values())
+    per_machine = sorted(sum(1 for ids in placement.values() if m in ids) for m in sim.machines)
+    assert per_machine == [2, 2, 2]  # least loaded spreads them evenly
+
+
+async def test_loaded_units_are_loaded_not_started(sim: SimCluster) -> None:
+    await three_machines(sim)
+    await sim.submit("idle.service", SLEEP, DesiredState.LOADED)
+    await wait_until(
+        lambda: any("idle.service" in m.manager.files for m in sim.machines.values()), 10, "unit loaded"
+    )
+    assert sim.where("idle.service") == []
+
+
+async def test_machine_loss_moves_only_its_units(sim: SimCluster) -> None:
+    await three_machines(sim)
+    for i in range(6):
+        await sim.submit(f"app{i}.service", SLEEP)
+    await wait_until(lambda: len(sim.placement()) == 6, 10, "6 units running")
+    before = sim.placement()
+    victim = next(iter(sim.machines))
+    moved = {name for name, ids in before.items() if victim in ids}
+    await sim.crash_machine(victim)
+    took = await wait_until(
+        lambda: len(sim.placement()) == 6 and all(victim not in ids for ids in sim.placement().values()),
+        sim.settings.agent_ttl + 5,
+        "units of the crashed machine to run elsewhere",
+    )
+    after = sim.placement()
+    for name, ids in before.items():
+        if name not in moved:
+            assert after[name] == ids, f"{name} moved although its machine is alive"
+    assert took < sim.settings.agent_ttl + 2
+
+
+async def test_leader_failover_and_new_leader_places(sim: SimCluster) -> None:
+    await three_machines(sim)
+    second = await sim.add_engine("standby")
+    await wait_until(lambda: sim.leader() is not None, 10, "a leader")
+    first = sim.leader()
+    assert first is not None
+    await sim.submit("before.service", SLEEP)
+    await wait_until(lambda: bool(sim.where("before.service")), 10, "before.service running")
+    await sim.crash_engine(first)
+    await wait_until(
+        lambda: sim.leader() is not None and sim.leader() is not first, sim.settings.engine_ttl + 5, "a new leader"
+    )
+    assert sim.leader() in (second, *sim.engines)
+    await sim.submit("after.service", SLEEP)
+    await wait_until(lambda: bool(sim.where("after.service")), 10, "after.service placed by the new leader")
+    assert len(sim.where("before.service")) == 1
+
+
+async def test_unplaceable_unit_carries_a_reason(sim: SimCluster) -> None:
+    await three_machines(sim)
+    await sim.submit("eu-only.service", with_fleet("MachineMetadata=region=ap"))
+    registry = sim.registry()
+
+    async def reason() -> str | None:
+        return (await registry.unplaceable()).get("eu-only.service")
+
+    found = await eventually(reason, 10, "an unplaceable reason")
+    assert "region=ap" in found, found
+    assert sim.where("eu-only.service") == []
+
+
+async def test_conflicting_units_spread_and_the_rest_wait(sim: SimCluster) -> None:
+    await three_machines(sim)
+    for i in range(5):
+        await sim.submit(f"db{i}.service", with_fleet("Conflicts=db*"))
+    await wait_until(lambda: len(sim.placement()) == 3, 10, "3 conflicting units placed")
+    placement = sim.placement()
+    machines_used = [ids[0] for ids in placement.values()]
+    assert len(set(machines_used)) == 3
+    registry = sim.registry()
+
+    async def two_reasons() -> dict[str, str] | None:
+        reasons = {n: r for n, r in (await registry.unplaceable()).items() if n.startswith("db")}
+        return reasons if len(reasons) == 2 else None
+
+    reasons = await eventually(two_reasons, 10, "reasons for the 2 units left over")
+    assert all("conflict" in r for r in reasons.values()), reasons
+
+
+async def test_machine_of_follows_its_target(sim: SimCluster) -> None:
+    await three_machines(sim)
+    await sim.submit("db.service", SLEEP)
+    await sim.submit("backup.service", with_fleet("MachineOf=db.service"))
+    await wait_until(lambda: len(sim.placement()) == 2, 10, "both running")
+    assert sim.where("db.service") == sim.where("backup.service")
+    await sim.crash_machine(sim.where("db.service")[0])
+    await wait_until(
+        lambda: len(sim.placement()) == 2 and sim.where("db.service") == sim.where("backup.service"),
+        sim.settings.agent_ttl + 5,
+        "both moved together",
+    )
+
+
+async def test_global_unit_runs_everywhere_that_matches(sim: SimCluster) -> None:
+    ids = await three_machines(sim)
+    await sim.submit("everywhere.service", with_fleet("Global=true"))
+    await sim.submit("us-only.service", with_fleet("Global=true", "MachineMetadata=region=us"))
+    await wait_until(lambda: len(sim.where("everywhere.service")) == 3, 10, "global on all 3")
+    await wait_until(lambda: len(sim.where("us-only.service")) == 2, 10, "global on the 2 us machines")
+    assert ids[2] not in sim.where("us-only.service")
+    joined = await sim.add_machine({"region": "us"})
+    await wait_until(lambda: joined.id in sim.where("us-only.service"), 10, "new machine gets the global")
+
+
+async def test_desired_state_changes_reach_the_agent(sim: SimCluster) -> None:
+    await three_machines(sim)
+    await sim.submit("svc.service", SLEEP)
+    await wait_until(lambda: bool(sim.where("svc.service")), 10, "running")
+    registry = sim.registry()
+    await registry.set_desired_state("svc.service", DesiredState.LOADED)
+    await wait_until(lambda: not sim.where("svc.service"), 10, "stopped")
+    assert any("svc.service" in m.manager.files for m in sim.machines.values())
+    await registry.set_desired_state("svc.service", DesiredState.INACTIVE)
+    await wait_until(
+        lambda: not any("svc.service" in m.manager.files for m in sim.machines.values()), 10, "unloaded"
+    )
+    await registry.destroy_unit("svc.service")
+    assert await registry.placements() == {}
