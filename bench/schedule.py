@@ -1,6 +1,7 @@
 """Benchmark: how fast does the cluster place and start a flood of units?
 
-A real etcd, one real engine, and M SIMULATED agents (in-memory service managers, see
+A real etcd, one real engine in its own process (as on a real cluster, where the engine
+runs on one of the machines), and M SIMULATED agents (in-memory service managers, see
 fleetd.agent.simulated) in this process. N units with desired state ``launched`` are
 submitted at once; the clock stops when every unit's running state has been published
 to etcd by its agent. Prints figures, ending with ``units_per_s=<float>``.
@@ -53,11 +54,17 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
             registry = Registry(etcds[index % clients], prefix)
             machine = MachineState(uuid.uuid4().hex, f"10.0.{index // 250}.{index % 250 + 1}", {})
             agents.append(Agent(registry, SimulatedManager(), machine, settings))
-        engine = Engine(Registry(engine_etcd, prefix), "engine-bench", settings)
         tasks = [asyncio.create_task(agent.run()) for agent in agents]
-        tasks.append(asyncio.create_task(engine.run()))
+        engine_proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--role", "engine", "--endpoints", ",".join(cluster.endpoints),
+            "--prefix", prefix, stdout=asyncio.subprocess.PIPE,
+        )
         await wait_for(lambda: all(a.ready.is_set() for a in agents), 60, "agents to register")
-        await wait_for(engine.leading.is_set, 30, "engine leadership")
+        leader_registry = Registry(engine_etcd, prefix)
+        for _ in range(600):
+            if await leader_registry.leader():
+                break
+            await asyncio.sleep(0.05)
 
         body = parse_unit_file("[Unit]\nDescription=bench\n[Service]\nExecStart=/bin/sleep infinity\n")
         batch = [(StoredUnit(f"bench-{i:06}.service", body, DesiredState.LAUNCHED), False) for i in range(units)]
@@ -66,19 +73,21 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
         await Registry(submit_etcd, prefix).create_units(batch)
         submitted = time.perf_counter() - started
 
-        def running() -> int:
-            return sum(
-                1 for a in agents for s in a._published.values() if s.active_state == "active"
-            )
+        def all_running() -> bool:
+            # cheap test first: the full count only once enough states are published
+            if sum(len(a._published) for a in agents) < units:
+                return False
+            return sum(1 for a in agents for s in a._published.values() if s.active_state == "active") >= units
 
-        await wait_for(lambda: running() >= units, timeout, f"{units} units running", 0.02)
+        await wait_for(all_running, timeout, f"{units} units running", 0.02)
         elapsed = time.perf_counter() - started
         requests = sum(e.requests for e in [*etcds, engine_etcd, submit_etcd]) - requests_before
         per_machine = sorted(len(a.schedule) for a in agents)
 
+        engine_proc.terminate()
+        engine_out = (await engine_proc.communicate())[0].decode().strip()
         for agent in agents:
             agent.stop()
-        engine.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -89,11 +98,28 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
     print(f"machines={machines} units={units}")
     print(f"submit_s={submitted:.3f}")
     print(f"all_running_s={elapsed:.3f}")
-    print(f"engine_plans={engine.stats.plans} engine_last_plan_s={engine.stats.last_plan_s:.3f}")
+    print(engine_out)
     print(f"units_per_machine_min={per_machine[0]} max={per_machine[-1]}")
+    engine_requests = int(engine_out.rsplit("engine_etcd_requests=", 1)[1]) if "engine_etcd_requests=" in engine_out else 0
+    requests += engine_requests
     print(f"etcd_requests={requests} etcd_requests_per_unit={requests / units:.3f}")
     print(f"units_per_s={rate:.1f}")
     return rate
+
+
+async def run_engine(endpoints: str, prefix: str) -> None:
+    """The engine process: lead until SIGTERM, then print its counters."""
+    import signal
+
+    settings = Settings(agent_ttl=10.0, engine_ttl=10.0)
+    etcd = Etcd(EtcdConfig(endpoints=tuple(endpoints.split(",")), request_timeout=30))
+    engine = Engine(Registry(etcd, prefix), "engine-bench", settings)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, engine.stop)
+    await engine.run()
+    stats = engine.stats
+    print(f"engine_plans={stats.plans} engine_last_plan_s={stats.last_plan_s:.3f} "
+          f"engine_etcd_requests={etcd.requests}", flush=True)
+    await etcd.close()
 
 
 def main() -> None:
@@ -102,8 +128,14 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4, help="etcd connections shared by the agents")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--role", choices=("bench", "engine"), default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--endpoints", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.role == "engine":
+        asyncio.run(run_engine(args.endpoints, args.prefix))
+        return
     asyncio.run(run(args.machines, args.units, args.clients, args.timeout))
 
 

@@ -22,6 +22,7 @@ class SimulatedManager:
     def __init__(self, start_delay: float = 0.0) -> None:
         self.files: dict[str, UnitFile] = {}
         self.states: dict[str, SystemdState] = {}
+        self._local: dict[str, LocalUnit] = {}
         self.start_delay = start_delay
         self.calls = 0
         self.starts: dict[str, int] = {}  # how often each unit was started (restart detection)
@@ -32,6 +33,7 @@ class SimulatedManager:
 
     def _set(self, name: str, state: SystemdState) -> None:
         self.states[name] = state
+        self._local[name] = LocalUnit(name, self.files[name].hash(), state)
         for callback in self._callbacks:
             callback(name, state)
 
@@ -39,14 +41,14 @@ class SimulatedManager:
         self.calls += 1
         for name, file in units.items():
             self.files[name] = file
-            if name not in self.states:
-                self._set(name, LOADED)
+            self._set(name, self.states.get(name, LOADED))
 
     async def unload(self, names: Sequence[str]) -> None:
         self.calls += 1
         for name in names:
             self.files.pop(name, None)
             self.states.pop(name, None)
+            self._local.pop(name, None)
 
     async def start(self, names: Sequence[str]) -> None:
         self.calls += 1
@@ -64,7 +66,4 @@ class SimulatedManager:
                 self._set(name, LOADED)
 
     async def units(self) -> dict[str, LocalUnit]:
-        return {
-            name: LocalUnit(name, file.hash(), self.states.get(name, LOADED))
-            for name, file in self.files.items()
-        }
+        return dict(self._local)

@@ -92,9 +92,13 @@ class UnitFile:
         """The canonical text as ``str`` (fleet shows this for ``fleetctl cat``)."""
         return self._serialised
 
+    @cached_property
+    def _hash(self) -> str:
+        return hashlib.sha1(self._serialised.encode("utf-8")).hexdigest()
+
     def hash(self) -> str:
         """40-hex SHA-1 of the canonical serialisation, as fleet computes a unit's hash."""
-        return hashlib.sha1(self._serialised.encode("utf-8")).hexdigest()
+        return self._hash
 
     @property
     def short_hash(self) -> str:
