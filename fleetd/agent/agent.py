@@ -45,6 +45,8 @@ class Agent:
         self.schedule: dict[str, ScheduledUnit] = {}
         self.globals: dict[str, StoredUnit] = {}
         self._dirty = asyncio.Event()
+        # units whose desired state changed since the last pass; None means "all of them"
+        self._dirty_names: set[str] | None = None
         self._states_dirty = asyncio.Event()
         self._pending_states: dict[str, SystemdState] = {}
         self._published: dict[str, UnitState] = {}
@@ -103,6 +105,7 @@ class Agent:
         globals_, rev_globals = await self.registry.global_units()
         self.schedule = schedule
         self.globals = globals_
+        self._dirty_names = None
         self._dirty.set()
         return rev_schedule, rev_globals
 
@@ -116,6 +119,7 @@ class Agent:
                     self.schedule.pop(name, None)
                 else:
                     self.schedule[name] = decode_scheduled_unit(event.value)
+                self._mark(name)
             self._dirty.set()
 
     async def _follow_globals(self, revision: int) -> None:
@@ -127,19 +131,26 @@ class Agent:
                     self.globals.pop(name, None)
                 else:
                     self.globals[name] = decode_stored_unit(event.value)
+            self._dirty_names = None  # a global unit can change what else may run here
             self._dirty.set()
 
-    def desired(self) -> dict[str, Desired]:
-        """What should be on this machine: its schedule plus the global units for it."""
-        result = {
-            name: Desired(unit.desired, unit.hash)
-            for name, unit in self.schedule.items()
-            if unit.desired is not DesiredState.INACTIVE
-        }
-        for name, unit in self.globals.items():
-            if unit.desired is DesiredState.INACTIVE or name in result:
+    def _mark(self, name: str) -> None:
+        if self._dirty_names is not None:
+            self._dirty_names.add(name)
+
+    def desired(self, names: set[str] | None = None) -> dict[str, Desired]:
+        """What should be on this machine (all of it, or just ``names``): its schedule
+        plus the global units meant for it."""
+        candidates = set(self.schedule) | set(self.globals) if names is None else names
+        result: dict[str, Desired] = {}
+        for name in candidates:
+            scheduled = self.schedule.get(name)
+            if scheduled is not None:
+                if scheduled.desired is not DesiredState.INACTIVE:
+                    result[name] = Desired(scheduled.desired, scheduled.hash)
                 continue
-            if self._global_runs_here(name, unit):
+            unit = self.globals.get(name)
+            if unit is not None and unit.desired is not DesiredState.INACTIVE and self._global_runs_here(name, unit):
                 result[name] = Desired(unit.desired, unit.hash)
         return result
 
@@ -162,13 +173,21 @@ class Agent:
 
     # -- acting ------------------------------------------------------------------------------
 
-    async def reconcile(self) -> list[AgentTask]:
+    async def reconcile(self, names: set[str] | None = None) -> list[AgentTask]:
+        """Bring systemd in line with the desired state, for ``names`` only or for all.
+
+        Passing only the units that changed keeps a burst of placements linear: each
+        event costs work for its own unit, not for every unit on the machine.
+        """
         local = await self.manager.units()
+        desired = self.desired(names)
+        if names is not None:
+            local = {name: local[name] for name in names if name in local}
         current = {
             name: Current(loaded=True, active=unit.state.is_active, hash=unit.hash)
             for name, unit in local.items()
         }
-        tasks = agent_plan(self.desired(), current)
+        tasks = agent_plan(desired, current)
         await self._apply(tasks)
         return tasks
 
@@ -234,13 +253,15 @@ class Agent:
                 async with asyncio.timeout(self.settings.agent_reconcile_interval):
                     await self._dirty.wait()
             except TimeoutError:
-                pass
+                self._dirty_names = None  # the periodic pass looks at everything
             await asyncio.sleep(self.settings.debounce)
             self._dirty.clear()
+            names, self._dirty_names = self._dirty_names, set()
             try:
-                await self.reconcile()
+                await self.reconcile(names)
             except Exception:  # noqa: BLE001 - a failed action is retried on the next pass
                 log.warning("agent reconcile failed; retrying", exc_info=True)
+                self._dirty_names = None
                 await asyncio.sleep(0.5)
                 self._dirty.set()
             self.ready.set()

@@ -9,6 +9,7 @@ holds the id, and every engine write guarded by its leadership.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -139,15 +140,19 @@ class Registry:
         batch is harmless.
         """
         batch: list[tuple[StoredUnit, bool]] = list(units)
-        for start in range(0, len(batch), MAX_TXN_OPS // 2):
-            chunk = batch[start : start + MAX_TXN_OPS // 2]
+        size = MAX_TXN_OPS // 2  # a global unit takes two operations
+        chunks = [batch[start : start + size] for start in range(0, len(batch), size)]
+        in_flight = asyncio.Semaphore(4)
+
+        async def write(chunk: list[tuple[StoredUnit, bool]]) -> None:
             ops = [
-                self.etcd.txn_op(
-                    [self.etcd.cmp_absent(self.keys.unit(u.name))], self._unit_ops(u, g)
-                )
+                self.etcd.txn_op([self.etcd.cmp_absent(self.keys.unit(u.name))], self._unit_ops(u, g))
                 for u, g in chunk
             ]
-            await self.etcd.txn([], ops)
+            async with in_flight:
+                await self.etcd.txn([], ops)
+
+        await asyncio.gather(*(write(chunk) for chunk in chunks))
 
     async def replace_unit(self, unit: StoredUnit, is_global: bool) -> None:
         """Swap a unit's body (``--replace``) keeping the name; creates it when absent."""

@@ -1,0 +1,47 @@
+"""Pure scheduling decisions: snapshot in, plan out. No I/O, no asyncio, no third parties.
+
+- :func:`plan` — the engine's decision: which units to place on or take off which machines,
+  each with a reason, and why the rest cannot be placed.
+- :func:`global_machines` / :func:`global_unplaceable_reason` / :func:`global_placements` —
+  where global units run (agents and the engine both use these, so they agree).
+- :func:`agent_plan` — one machine's systemd actions to reach its desired state.
+
+Everything is deterministic: the same snapshot always gives the same plan.
+"""
+
+from fleetd.scheduler.agent import AgentTask, Current, Desired, Load, Start, Stop, Unload, agent_plan
+from fleetd.scheduler.filters import FILTERS, Rejection, resolve_machine_id
+from fleetd.scheduler.global_units import (
+    global_machines,
+    global_placements,
+    global_unplaceable_reason,
+)
+from fleetd.scheduler.placement import plan
+from fleetd.scheduler.snapshot import JobInfo, MachineInfo, Snapshot, short_id
+from fleetd.scheduler.tasks import Place, Plan, Task, Unplace
+
+__all__ = [
+    "FILTERS",
+    "AgentTask",
+    "Current",
+    "Desired",
+    "JobInfo",
+    "Load",
+    "MachineInfo",
+    "Place",
+    "Plan",
+    "Rejection",
+    "Snapshot",
+    "Start",
+    "Stop",
+    "Task",
+    "Unload",
+    "Unplace",
+    "agent_plan",
+    "global_machines",
+    "global_placements",
+    "global_unplaceable_reason",
+    "plan",
+    "resolve_machine_id",
+    "short_id",
+]
