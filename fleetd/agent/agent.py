@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fleetd.agent.manager import SystemdState, UnitManager
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState, build_unit
 from fleetd.registry.etcd import Resync
 from fleetd.registry.registry import MachineIdInUse, Registry, decode_scheduled_unit, decode_stored_unit
+from fleetd.scheduler import JobInfo, MachineInfo, Snapshot, global_placements
 from fleetd.scheduler.agent import AgentTask, Current, Desired, agent_plan
 from fleetd.settings import Settings
 
@@ -47,6 +48,7 @@ class Agent:
         self._dirty = asyncio.Event()
         # units whose desired state changed since the last pass; None means "all of them"
         self._dirty_names: set[str] | None = None
+        self._jobs: dict[tuple[str, str], JobInfo | None] = {}
         self._states_dirty = asyncio.Event()
         self._pending_states: dict[str, SystemdState] = {}
         self._published: dict[str, UnitState] = {}
@@ -143,6 +145,7 @@ class Agent:
         plus the global units meant for it."""
         candidates = set(self.schedule) | set(self.globals) if names is None else names
         result: dict[str, Desired] = {}
+        globals_here: set[str] | None = None
         for name in candidates:
             scheduled = self.schedule.get(name)
             if scheduled is not None:
@@ -150,23 +153,41 @@ class Agent:
                     result[name] = Desired(scheduled.desired, scheduled.hash)
                 continue
             unit = self.globals.get(name)
-            if unit is not None and unit.desired is not DesiredState.INACTIVE and self._global_runs_here(name, unit):
+            if unit is None or unit.desired is DesiredState.INACTIVE:
+                continue
+            if globals_here is None:
+                globals_here = self._globals_here()
+            if name in globals_here:
                 result[name] = Desired(unit.desired, unit.hash)
         return result
 
-    def _global_runs_here(self, name: str, unit: StoredUnit) -> bool:
-        try:
-            parsed, _ = build_unit(name, unit.file)
-        except ValueError:
-            return False
-        req = parsed.requirements
-        if not req.metadata_matches(self.machine.metadata):
-            return False
-        # a global unit yields to conflicting units scheduled here
-        for other in self.schedule:
-            if req.conflicts_with(other):
-                return False
-        return True
+    def _job(self, name: str, unit: ScheduledUnit | StoredUnit) -> JobInfo | None:
+        """The unit's scheduling view, parsed once per (name, body)."""
+        key = (name, unit.hash)
+        if len(self._jobs) > 4 * (len(self.schedule) + len(self.globals)) + 64:
+            self._jobs.clear()  # forget bodies that were replaced or removed
+        if key not in self._jobs:
+            try:
+                parsed, _ = build_unit(name, unit.file)
+            except ValueError:
+                self._jobs[key] = None
+            else:
+                self._jobs[key] = JobInfo(name, parsed.requirements, unit.desired)
+        job = self._jobs[key]
+        return None if job is None else replace(job, desired=unit.desired)
+
+    def _globals_here(self) -> set[str]:
+        """Global units that run on this machine, decided by the same pure rule the engine
+        uses, over a snapshot of just this machine (the answer depends on nothing else)."""
+        jobs: dict[str, JobInfo] = {}
+        for table in (self.globals, self.schedule):
+            for name, unit in table.items():
+                job = self._job(name, unit)
+                if job is not None:
+                    jobs[name] = job
+        me = MachineInfo(self.machine_id, dict(self.machine.metadata), self.machine.public_ip)
+        snapshot = Snapshot({self.machine_id: me}, jobs, {name: self.machine_id for name in self.schedule})
+        return {name for name, machines in global_placements(snapshot).items() if self.machine_id in machines}
 
     def _file_of(self, name: str) -> ScheduledUnit | StoredUnit:
         return self.schedule.get(name) or self.globals[name]
