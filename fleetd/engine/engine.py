@@ -50,6 +50,7 @@ class Engine:
         self._dirty = asyncio.Event()
         self.view = ClusterView()
         self.reasons: dict[str, str] = {}
+        self.leadership: Leadership | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -70,6 +71,7 @@ class Engine:
                     await self._wait_for_vacancy()
                     continue
                 self.stats.terms += 1
+                self.leadership = leadership
                 log.info("engine on %s is the leader (term %d)", self.machine_id, leadership.create_revision)
                 await self._lead(leadership)
             except asyncio.CancelledError:
@@ -79,6 +81,7 @@ class Engine:
                 await self._sleep(min(1.0, self.settings.engine_ttl / 4))
             finally:
                 self.leading.clear()
+                self.leadership = None
                 if lease:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(etcd.revoke(lease))

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fleetd.model.unit import DesiredState
+from fleetd.registry.registry import NotLeader
 from fleetd.testing.etcd import EtcdCluster
 from fleetd.testing.simcluster import SimCluster, eventually, wait_until
 
@@ -170,3 +171,54 @@ async def test_desired_state_changes_reach_the_agent(sim: SimCluster) -> None:
     )
     await registry.destroy_unit("svc.service")
     assert await registry.placements() == {}
+
+
+async def test_machine_id_pins_a_unit(sim: SimCluster) -> None:
+    ids = await three_machines(sim)
+    await sim.submit("pinned.service", with_fleet(f"MachineID={ids[1]}"))
+    await sim.submit("prefix.service", with_fleet(f"MachineID={ids[2][:8]}"))
+    await wait_until(lambda: len(sim.placement()) == 2, 10, "pinned units running")
+    assert sim.where("pinned.service") == [ids[1]]
+    assert sim.where("prefix.service") == [ids[2]]
+
+
+async def test_replaces_moves_the_replaced_unit_away(sim: SimCluster) -> None:
+    ids = await three_machines(sim)
+    await sim.submit("old.service", with_fleet(f"MachineID={ids[0]}"))
+    await wait_until(lambda: sim.where("old.service") == [ids[0]], 10, "old.service on machine 0")
+    await sim.submit("filler1.service", with_fleet(f"MachineID={ids[1]}"))
+    await sim.submit("filler2.service", with_fleet(f"MachineID={ids[2]}"))
+    await sim.submit("new.service", with_fleet("Replaces=old.service"))
+    await wait_until(lambda: sim.where("new.service") == [ids[0]], 10, "new.service where old.service was")
+    # old.service is pinned to machine 0, so replaced it has nowhere to go: unplaced, with a reason
+    await wait_until(lambda: sim.where("old.service") == [], 10, "old.service moved off")
+    registry = sim.registry()
+
+    async def reason() -> str | None:
+        return (await registry.unplaceable()).get("old.service")
+
+    assert await eventually(reason, 10, "a reason for old.service")
+
+
+async def test_a_deposed_engine_cannot_write(sim: SimCluster) -> None:
+    await three_machines(sim)
+    await wait_until(lambda: sim.leader() is not None, 10, "a leader")
+    old = sim.leader()
+    assert old is not None and old.engine.leadership is not None
+    stale = old.engine.leadership
+    await sim.submit("early.service", SLEEP)
+    await wait_until(lambda: bool(sim.where("early.service")), 10, "early.service placed")
+    # the old leader is cut off: its lease is gone, and a new engine wins
+    await sim.crash_engine(old)
+    await sim.registry().etcd.revoke(stale.lease)
+    await sim.add_engine("successor")
+    await wait_until(lambda: sim.leader() is not None, 10, "the successor to lead")
+    await sim.submit("late.service", SLEEP, DesiredState.LAUNCHED)
+    await wait_until(lambda: bool(sim.where("late.service")), 10, "late.service placed by the successor")
+    registry = sim.registry()
+    before = await registry.placements()
+    # the deposed engine wakes up believing early.service is unplaced; its write is refused
+    old.engine.view.stored.clear()
+    with pytest.raises(NotLeader):
+        await old.engine._reconcile(stale)
+    assert await registry.placements() == before
