@@ -233,6 +233,34 @@ class Registry:
             "on cloned machines). Retrying until that registration expires."
         )
 
+    async def dynamic_metadata(self, machine_id: str) -> dict[str, str]:
+        """Metadata set through the API for a machine (kept across agent restarts)."""
+        kv = await self.etcd.get(self.keys.machine_metadata(machine_id))
+        return {} if kv is None else dict(json.loads(kv.value))
+
+    async def update_dynamic_metadata(
+        self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
+    ) -> dict[str, str]:
+        """Change a machine's dynamic metadata atomically (compare-and-swap on its key).
+
+        The machine's agent watches this key and re-publishes its machine entry, so the
+        engine sees the new metadata without a restart.
+        """
+        key = self.keys.machine_metadata(machine_id)
+        for _ in range(10):
+            kv = await self.etcd.get(key)
+            current = {} if kv is None else dict(json.loads(kv.value))
+            updated = dict(current)
+            updated.update(set_)
+            for name in remove:
+                updated.pop(name, None)
+            compare = [self.etcd.cmp_absent(key)] if kv is None else [self.etcd.cmp_mod(key, kv.mod_revision)]
+            op = self.etcd.op_put(key, _dumps(updated)) if updated else self.etcd.op_delete(key)
+            ok, _ = await self.etcd.txn(compare, [op])
+            if ok:
+                return updated
+        raise RegistryError(f"metadata of machine {machine_id} kept changing; try again")
+
     async def machines(self) -> list[MachineState]:
         items, _ = await self.etcd.get_prefix(self.keys.machines)
         return sorted((decode_machine(kv.value) for kv in items), key=lambda m: m.id)

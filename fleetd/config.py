@@ -1,0 +1,245 @@
+"""fleetd's configuration: fleet.conf, FLEET_* environment variables, command-line flags.
+
+Each later source overrides the earlier ones (file < environment < flags), per option.
+Parsing is pure (text and mappings in, a ``Config`` out) so every rule is testable without
+touching the machine; only ``load_config`` reads the file.
+
+Errors name the source and the option: ``/etc/fleet/fleet.conf:4: agent_ttl: invalid
+duration "ten"``. Unknown options in the file are warnings (an upgrade or a downgrade must
+not stop a machine from booting), unknown flags are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from fleetd.registry.keys import DEFAULT_PREFIX
+from fleetd.settings import Settings
+
+DEFAULT_CONFIG_FILE = "/etc/fleet/fleet.conf"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names source and option."""
+
+
+@dataclass(frozen=True)
+class Config:
+    etcd_servers: tuple[str, ...] = ("http://127.0.0.1:2379", "http://127.0.0.1:4001")
+    etcd_key_prefix: str = DEFAULT_PREFIX
+    etcd_cafile: str = ""
+    etcd_certfile: str = ""
+    etcd_keyfile: str = ""
+    etcd_username: str = ""
+    etcd_password: str = ""
+    etcd_request_timeout: float = 1.0
+    public_ip: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # 10 s instead of fleet's 30 s: see Settings.agent_ttl for why.
+    agent_ttl: float = 10.0
+    engine_reconcile_interval: float = 2.0
+    units_directory: str = "/run/fleet/units/"
+    systemd_user: bool = False
+    disable_engine: bool = False
+    token_limit: int = 100
+    verbosity: int = 0
+    # Beyond fleet: where the API listens without socket activation ("unix:/path" or
+    # "host:port", comma list), the TCP API's bearer token and TLS files.
+    api_listen: tuple[str, ...] = ()
+    api_token: str = ""
+    api_certfile: str = ""
+    api_keyfile: str = ""
+    api_cafile: str = ""
+    # What a graceful stop (SIGTERM) does with local units: fleet stopped and unloaded
+    # them ("unload", the default); "keep" leaves them running for a quick restart/upgrade.
+    stop_units_on_exit: bool = True
+    machine_id_file: str = "/etc/machine-id"
+
+    def settings(self) -> Settings:
+        return Settings(
+            agent_ttl=self.agent_ttl,
+            engine_ttl=self.agent_ttl,
+            engine_reconcile_interval=self.engine_reconcile_interval,
+        )
+
+
+# -- value parsers ------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``1m30s``, ``500ms``, ``1.5`` (seconds) -> seconds."""
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        position = match.end()
+    if position != len(value) or not value:
+        raise ValueError(f'invalid duration "{text}" (use e.g. 30s, 1m30s, 500ms)')
+    return total
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on", "t", "y"):
+        return True
+    if lowered in ("0", "false", "no", "off", "f", "n", ""):
+        return False
+    raise ValueError(f'invalid boolean "{text}" (use true or false)')
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """A comma list; fleet's ``["a","b"]`` form is accepted too."""
+    value = text.strip()
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    items = [item.strip().strip('"').strip("'") for item in value.split(",")]
+    return tuple(item for item in items if item)
+
+
+def parse_metadata(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> mapping; a malformed pair is an error (fleet ignored it silently)."""
+    result: dict[str, str] = {}
+    for pair in parse_list(text):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip() or "=" in value:
+            raise ValueError(f'invalid metadata pair "{pair}" (use key=value,key2=value2)')
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _parse_int(text: str) -> int:
+    return int(text.strip())
+
+
+def _parse_str(text: str) -> str:
+    return text.strip()
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {}
+for _field in fields(Config):
+    if _field.name == "metadata":
+        PARSERS[_field.name] = parse_metadata
+    elif _field.name in ("etcd_servers", "api_listen"):
+        PARSERS[_field.name] = parse_list
+    elif _field.name in ("agent_ttl", "engine_reconcile_interval", "etcd_request_timeout"):
+        PARSERS[_field.name] = parse_duration
+    elif _field.name in ("systemd_user", "disable_engine", "stop_units_on_exit"):
+        PARSERS[_field.name] = parse_bool
+    elif _field.name in ("token_limit", "verbosity"):
+        PARSERS[_field.name] = _parse_int
+    else:
+        PARSERS[_field.name] = _parse_str
+
+
+def _apply(config: Config, name: str, raw: str, where: str) -> Config:
+    try:
+        value = PARSERS[name](raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
+    if name in ("agent_ttl",) and value <= 0:
+        raise ConfigError(f"{where}: {name}: must be positive")
+    return replace(config, **{name: value})
+
+
+# -- sources ------------------------------------------------------------------------------
+
+
+def parse_config_file(text: str, source: str, base: Config | None = None) -> tuple[Config, list[str]]:
+    """fleet.conf: ``key=value`` lines (values may be quoted), ``#``/``;`` comments."""
+    config = base or Config()
+    warnings: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;" or (stripped.startswith("[") and stripped.endswith("]")):
+            continue
+        key, sep, value = stripped.partition("=")
+        where = f"{source}:{number}"
+        if not sep:
+            raise ConfigError(f"{where}: expected option=value, got {stripped!r}")
+        name = key.strip().replace("-", "_")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        if name not in PARSERS:
+            warnings.append(f"{where}: unknown option {key.strip()!r} ignored")
+            continue
+        config = _apply(config, name, value, where)
+    return config, warnings
+
+
+def apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
+    for name in PARSERS:
+        variable = f"FLEET_{name.upper()}"
+        if variable in environ:
+            config = _apply(config, name, environ[variable], variable)
+    return config
+
+
+def apply_flags(config: Config, flags: Mapping[str, str]) -> Config:
+    for raw_name, value in flags.items():
+        name = raw_name.lstrip("-").replace("-", "_")
+        if name not in PARSERS:
+            raise ConfigError(f"--{raw_name.lstrip('-')}: unknown option")
+        config = _apply(config, name, value, f"--{name.replace('_', '-')}")
+    return config
+
+
+def split_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """``--agent-ttl=5s`` / ``--agent_ttl 5s`` / ``--systemd-user`` -> option mapping and leftovers."""
+    flags: dict[str, str] = {}
+    rest: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--") or arg == "--":
+            rest.append(arg)
+            continue
+        name, sep, value = arg[2:].partition("=")
+        key = name.replace("-", "_")
+        if not sep:
+            if key in PARSERS and PARSERS[key] is parse_bool and (not args or args[0].startswith("--")):
+                value = "true"
+            elif args:
+                value = args.pop(0)
+            else:
+                raise ConfigError(f"--{name}: needs a value")
+        flags[key] = value
+    return flags, rest
+
+
+def load_config(
+    argv: Sequence[str], environ: Mapping[str, str], read_file: Callable[[str], str | None]
+) -> tuple[Config, list[str]]:
+    """Build the configuration: defaults < file < environment < flags.
+
+    ``--config PATH`` (or FLEET_CONFIG) chooses the file; a missing default file is fine,
+    a missing file named explicitly is an error.
+    """
+    flags, rest = split_flags(argv)
+    if rest:
+        raise ConfigError(f"unexpected argument {rest[0]!r}")
+    path = flags.pop("config", None) or environ.get("FLEET_CONFIG") or DEFAULT_CONFIG_FILE
+    explicit = path != DEFAULT_CONFIG_FILE
+    text = read_file(path)
+    warnings: list[str] = []
+    config = Config()
+    if text is None:
+        if explicit:
+            raise ConfigError(f"{path}: configuration file not found")
+    else:
+        config, warnings = parse_config_file(text, path)
+    config = apply_environment(config, environ)
+    config = apply_flags(config, flags)
+    return config, warnings
