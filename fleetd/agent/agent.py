@@ -11,16 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from fleetd.agent.manager import SystemdState, UnitManager
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState, build_unit
 from fleetd.registry.etcd import Resync
-from fleetd.registry.registry import MachineIdInUse, Registry, decode_scheduled_unit, decode_stored_unit
+from fleetd.registry.registry import (
+    MachineIdInUse,
+    Registry,
+    decode_metadata,
+    decode_scheduled_unit,
+    decode_stored_unit,
+)
 from fleetd.scheduler import JobInfo, MachineInfo, Snapshot, global_placements
 from fleetd.scheduler.agent import AgentTask, Current, Desired, agent_plan
 from fleetd.settings import Settings
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +64,7 @@ class Agent:
         self._published: dict[str, UnitState] = {}
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        self.static_metadata = dict(self.machine.metadata)
         self.manager.subscribe(self._on_state)
 
     @property
@@ -287,14 +298,52 @@ class Agent:
                 self._dirty.set()
             self.ready.set()
 
+    async def _retry(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` until it succeeds: etcd may be away, units keep running meanwhile."""
+        delay = 0.2
+        while True:
+            try:
+                return await action()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged; retried with backoff
+                log.warning("agent: %s failed (%s); retrying in %.1f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _follow_metadata(self) -> None:
+        """Merge metadata set through the API into the machine entry, now and on change."""
+        key = self.registry.keys.machine_metadata(self.machine_id)
+        kv = await self._retry("reading dynamic metadata", lambda: self.registry.etcd.get(key))
+        await self._set_dynamic_metadata(decode_metadata(kv.value if kv else None))
+        revision = kv.mod_revision if kv else await self.registry.etcd.revision()
+        async for batch in self.registry.etcd.watch_prefix(key, revision + 1):
+            last = batch[-1]
+            await self._set_dynamic_metadata(decode_metadata(last.value))
+
+    async def _set_dynamic_metadata(self, dynamic: Mapping[str, str]) -> None:
+        merged = {**self.static_metadata, **dynamic}
+        if merged == dict(self.machine.metadata):
+            return
+        self.machine = replace(self.machine, metadata=merged)
+        if self.status.registered:
+            await self._retry(
+                "publishing new metadata", lambda: self.registry.register_machine(self.machine, self.status.lease)
+            )
+
     async def run(self) -> None:
-        """Run until stopped; on a compacted watch, reload and carry on."""
-        lease_tasks = []
+        """Run until stopped. etcd trouble never stops local units; watches resume, and a
+        compacted watch or a failed read leads to a fresh load."""
+        lease_tasks: list[asyncio.Task[None]] = []
         try:
-            await self._register()
-            lease_tasks = [asyncio.create_task(self._keepalive()), asyncio.create_task(self._publisher())]
+            await self._retry("registering the machine", self._register)
+            lease_tasks = [
+                asyncio.create_task(self._keepalive()),
+                asyncio.create_task(self._publisher()),
+                asyncio.create_task(self._follow_metadata()),
+            ]
             while not self._stopping.is_set():
-                rev_schedule, rev_globals = await self._load()
+                rev_schedule, rev_globals = await self._retry("loading the schedule", self._load)
                 tasks = [
                     asyncio.create_task(self._follow_schedule(rev_schedule + 1)),
                     asyncio.create_task(self._follow_globals(rev_globals + 1)),
@@ -308,11 +357,14 @@ class Agent:
                     with contextlib.suppress(BaseException):
                         await task
                 for task in done:
-                    if task is not stopper and not task.cancelled() and task.exception() is not None:
-                        exc = task.exception()
-                        if not isinstance(exc, Resync):
-                            raise exc  # type: ignore[misc]
+                    if task is stopper or task.cancelled() or task.exception() is None:
+                        continue
+                    exc = task.exception()
+                    if isinstance(exc, Resync):
                         log.warning("agent watch compacted; reloading")
+                    else:
+                        log.warning("agent: %r; reloading", exc)
+                        await asyncio.sleep(0.5)
         finally:
             for task in lease_tasks:
                 task.cancel()

@@ -74,6 +74,10 @@ def decode_machine(raw: bytes) -> MachineState:
     return MachineState(data["id"], data.get("publicIP", ""), dict(data.get("metadata") or {}), data.get("version", ""))
 
 
+def decode_metadata(raw: bytes | None) -> dict[str, str]:
+    return {} if not raw else {str(k): str(v) for k, v in json.loads(raw).items()}
+
+
 def encode_state(state: UnitState) -> bytes:
     return _dumps(
         {
@@ -236,7 +240,7 @@ class Registry:
     async def dynamic_metadata(self, machine_id: str) -> dict[str, str]:
         """Metadata set through the API for a machine (kept across agent restarts)."""
         kv = await self.etcd.get(self.keys.machine_metadata(machine_id))
-        return {} if kv is None else dict(json.loads(kv.value))
+        return decode_metadata(kv.value if kv else None)
 
     async def update_dynamic_metadata(
         self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
@@ -249,7 +253,7 @@ class Registry:
         key = self.keys.machine_metadata(machine_id)
         for _ in range(10):
             kv = await self.etcd.get(key)
-            current = {} if kv is None else dict(json.loads(kv.value))
+            current = decode_metadata(kv.value if kv else None)
             updated = dict(current)
             updated.update(set_)
             for name in remove:

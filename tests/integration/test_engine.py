@@ -222,3 +222,20 @@ async def test_a_deposed_engine_cannot_write(sim: SimCluster) -> None:
     with pytest.raises(NotLeader):
         await old.engine._reconcile(stale)
     assert await registry.placements() == before
+
+
+async def test_dynamic_metadata_reaches_the_scheduler(sim: SimCluster) -> None:
+    ids = await three_machines(sim)
+    await sim.submit("gpu.service", with_fleet("MachineMetadata=gpu=yes"))
+    registry = sim.registry()
+
+    async def unplaceable() -> str | None:
+        return (await registry.unplaceable()).get("gpu.service")
+
+    assert "gpu=yes" in await eventually(unplaceable, 10, "gpu.service to be unplaceable")
+    await registry.update_dynamic_metadata(ids[1], {"gpu": "yes"})
+    await wait_until(lambda: sim.where("gpu.service") == [ids[1]], 10, "gpu.service on the machine given gpu=yes")
+    machine = next(m for m in await registry.machines() if m.id == ids[1])
+    assert machine.metadata == {"region": "us", "n": "1", "gpu": "yes"}
+    await registry.update_dynamic_metadata(ids[1], {}, remove=["gpu"])
+    await wait_until(lambda: sim.where("gpu.service") == [], 10, "gpu.service unplaced once gpu is removed")
