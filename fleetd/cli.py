@@ -1,22 +1,68 @@
-"""fleetd entry point: wiring, configuration and signals (the daemon arrives with issue 4)."""
+"""fleetd entry point: configuration, logging, then the daemon until a signal ends it."""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import logging
+import os
 import sys
+from collections.abc import Sequence
 
 from fleetd import __version__
+from fleetd.config import ConfigError, load_config
+
+USAGE = """usage: fleetd [--config PATH] [--OPTION=VALUE ...] | --version | --help
+
+Options are those of fleet.conf (e.g. --etcd-servers, --metadata, --agent-ttl,
+--public-ip, --disable-engine, --api-listen); each may also be set as FLEET_<OPTION>.
+Precedence: fleet.conf < environment < command line.
+"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fleetd", description="fleet daemon: agent and engine")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    args = parser.parse_args(argv)
-    if args.version:
+def _read_file(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in args or "-version" in args:
         print(f"fleetd version {__version__}")
         return 0
-    print("fleetd: the daemon is not implemented yet", file=sys.stderr)
-    return 1
+    if "--help" in args or "-h" in args:
+        print(USAGE, end="")
+        return 0
+
+    def load() -> object:
+        config, warnings = load_config(args, os.environ, _read_file)
+        for warning in warnings:
+            logging.getLogger("fleetd").warning("%s", warning)
+        return config
+
+    try:
+        config = load()
+    except ConfigError as exc:
+        print(f"fleetd: {exc}", file=sys.stderr)
+        return 2
+    from fleetd.config import Config
+
+    assert isinstance(config, Config)
+    logging.basicConfig(
+        level=logging.DEBUG if config.verbosity > 1 else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from fleetd.server import Daemon, StartupError
+
+    try:
+        daemon = Daemon(config, config_loader=load)
+        asyncio.run(daemon.run())
+    except StartupError as exc:
+        print(f"fleetd: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

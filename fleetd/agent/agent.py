@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -51,6 +52,9 @@ class Agent:
     machine: MachineState
     settings: Settings = field(default_factory=Settings)
     status: AgentStatus = field(default_factory=AgentStatus)
+    # Where the lease id is kept across restarts, so a restarted fleetd adopts its own
+    # registration (and its running units) instead of waiting for it to expire.
+    lease_file: str | None = None
 
     def __post_init__(self) -> None:
         self.schedule: dict[str, ScheduledUnit] = {}
@@ -65,6 +69,7 @@ class Agent:
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.static_metadata = dict(self.machine.metadata)
+        self._dynamic: dict[str, str] = {}
         self.manager.subscribe(self._on_state)
 
     @property
@@ -81,7 +86,7 @@ class Agent:
         etcd = self.registry.etcd
         ttl = max(1, round(self.settings.agent_ttl))
         while True:
-            lease = await etcd.grant(ttl)
+            lease = await self._previous_lease() or await etcd.grant(ttl)
             try:
                 await self.registry.register_machine(self.machine, lease)
             except MachineIdInUse as exc:
@@ -91,11 +96,48 @@ class Agent:
                 await asyncio.sleep(min(2.0, self.settings.agent_ttl / 3))
                 continue
             self.status = AgentStatus(registered=True, lease=lease)
+            self._save_lease(lease)
             self._published.clear()  # the new lease holds no states yet: republish all
             for name, local in (await self.manager.units()).items():
                 self._pending_states[name] = local.state
             self._states_dirty.set()
             return lease
+
+    async def _previous_lease(self) -> int | None:
+        """The lease of this machine's previous fleetd, if it is still alive and ours."""
+        if not self.lease_file:
+            return None
+        try:
+            with open(self.lease_file, encoding="ascii") as handle:
+                lease = int(handle.read().strip(), 16)
+        except (OSError, ValueError):
+            return None
+        kv = await self.registry.etcd.get(self.registry.keys.machine(self.machine_id))
+        if kv is None or kv.lease != lease:
+            return None
+        if await self.registry.etcd.keepalive(lease) <= 0:
+            return None
+        log.info("adopting the registration of this machine's previous fleetd (lease %x)", lease)
+        return lease
+
+    def _save_lease(self, lease: int) -> None:
+        if not self.lease_file:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.lease_file) or ".", exist_ok=True)
+            with open(self.lease_file, "w", encoding="ascii") as handle:
+                handle.write(f"{lease:x}\n")
+        except OSError as exc:
+            log.warning("cannot save the lease id to %s: %s", self.lease_file, exc)
+
+    async def update_identity(self, public_ip: str, static_metadata: Mapping[str, str]) -> None:
+        """New configuration (SIGHUP): publish the new IP and metadata under the same lease."""
+        self.static_metadata = dict(static_metadata)
+        self.machine = replace(
+            self.machine, public_ip=public_ip, metadata={**self.static_metadata, **self._dynamic}
+        )
+        if self.status.registered:
+            await self.registry.register_machine(self.machine, self.status.lease)
 
     async def _keepalive(self) -> None:
         interval = self.settings.keepalive_interval(self.settings.agent_ttl)
@@ -322,6 +364,7 @@ class Agent:
             await self._set_dynamic_metadata(decode_metadata(last.value))
 
     async def _set_dynamic_metadata(self, dynamic: Mapping[str, str]) -> None:
+        self._dynamic = dict(dynamic)
         merged = {**self.static_metadata, **dynamic}
         if merged == dict(self.machine.metadata):
             return
@@ -381,4 +424,7 @@ class Agent:
         if self.status.lease:
             await self.registry.etcd.revoke(self.status.lease)
             self.status.registered = False
+        if self.lease_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lease_file)
 

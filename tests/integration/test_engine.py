@@ -239,3 +239,40 @@ async def test_dynamic_metadata_reaches_the_scheduler(sim: SimCluster) -> None:
     assert machine.metadata == {"region": "us", "n": "1", "gpu": "yes"}
     await registry.update_dynamic_metadata(ids[1], {}, remove=["gpu"])
     await wait_until(lambda: sim.where("gpu.service") == [], 10, "gpu.service unplaced once gpu is removed")
+
+
+async def test_restarted_agent_adopts_its_lease_and_units(sim: SimCluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from fleetd.agent.agent import Agent
+    from fleetd.agent.simulated import SimulatedManager
+    from fleetd.model.state import MachineState
+
+    await three_machines(sim)
+    manager = SimulatedManager()  # stands for systemd, which outlives fleetd
+    machine = MachineState("f" * 32, "", {"region": "us"})
+    lease_file = str(tmp_path / "agent.lease")
+    first = Agent(sim.registry(), manager, machine, sim.settings, lease_file=lease_file)
+    task = asyncio.create_task(first.run())
+    await wait_until(first.ready.is_set, 10, "first agent")
+    await sim.submit("pinned.service", with_fleet(f"MachineID={'f' * 32}"))
+    await wait_until(lambda: "pinned.service" in manager.states and manager.states["pinned.service"].active == "active", 10, "pinned running")
+    lease = first.status.lease
+    task.cancel()  # fleetd killed
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # a different fleetd claiming the same machine id is refused while the lease lives
+    impostor = Agent(sim.registry(), SimulatedManager(), machine, sim.settings)
+    impostor_task = asyncio.create_task(impostor.run())
+    await wait_until(lambda: impostor.status.error is not None, 10, "the impostor to be refused")
+    assert "already registered" in (impostor.status.error or "")
+    impostor_task.cancel()
+    # the restarted fleetd adopts its own registration: same lease, unit not restarted
+    second = Agent(sim.registry(), manager, machine, sim.settings, lease_file=lease_file)
+    second_task = asyncio.create_task(second.run())
+    try:
+        await wait_until(second.ready.is_set, 10, "second agent")
+        assert second.status.lease == lease and second.status.error is None
+        assert manager.starts["pinned.service"] == 1
+    finally:
+        second_task.cancel()
