@@ -16,7 +16,9 @@ import os
 import signal
 import socket
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fleetd import __version__
 from fleetd.agent.agent import Agent
@@ -27,6 +29,12 @@ from fleetd.registry.etcd import Etcd, EtcdConfig
 from fleetd.registry.registry import Registry
 
 log = logging.getLogger("fleetd")
+
+DEFAULT_API_SOCKET = "/var/run/fleet.sock"
+
+
+class ApiServerHandle(Protocol):
+    async def close(self) -> None: ...
 
 
 class StartupError(RuntimeError):
@@ -75,15 +83,27 @@ def detect_public_ip() -> str:
 
 @dataclass
 class NodeState:
-    """What the API needs to know about this fleetd (see ``fleetd.api``)."""
+    """This fleetd as the API sees it (``fleetd.api.NodeInfo``): whether it may serve, and
+    the local machine's journal and ``systemctl status``."""
 
     machine_id: str
     agent: Agent | None = None
+    user: bool = False
 
     def error(self) -> str | None:
         if self.agent is None:
             return "fleetd is starting"
         return self.agent.status.error if not self.agent.status.registered else None
+
+    def journal(self, unit: str, lines: int, follow: bool, output: str) -> AsyncIterator[str]:
+        from fleetd.systemd.journal import read_journal
+
+        return read_journal(unit, lines=lines, follow=follow, output=output, user=self.user)
+
+    async def status(self, unit: str) -> str:
+        from fleetd.systemd.journal import unit_status_text
+
+        return await unit_status_text(unit, user=self.user)
 
 
 class Daemon:
@@ -125,13 +145,13 @@ class Daemon:
         await manager.connect()
         lease_file = os.path.join(os.path.dirname(self.config.units_directory.rstrip("/")) or "/run/fleet", "agent.lease")
         agent = Agent(registry, manager, self.machine_state(), settings, lease_file=lease_file)
-        node = NodeState(self.machine_id, agent)
+        node = NodeState(self.machine_id, agent, self.config.systemd_user)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(agent.run(), name="agent")]
         engine: Engine | None = None
         if not self.config.disable_engine:
             engine = Engine(registry, self.machine_id, settings)
             tasks.append(asyncio.create_task(engine.run(), name="engine"))
-        api_runner = await self.start_api(registry, node, manager)
+        api_server = await self.start_api(registry, node)
         log.info("fleetd %s started on machine %s (%s)", __version__, self.machine_id, self.public_ip or "no public IP")
         try:
             while not self.stopping.is_set():
@@ -155,8 +175,7 @@ class Daemon:
             if self.config.stop_units_on_exit:
                 with contextlib.suppress(Exception):
                     await agent.leave(unload_units=True)
-            if api_runner is not None:
-                await api_runner.cleanup()
+            await api_server.close()
             await manager.close()
             await etcd.close()
 
@@ -176,8 +195,26 @@ class Daemon:
         await agent.update_identity(self.public_ip, new_config.metadata)
         log.info("SIGHUP: configuration reloaded")
 
-    async def start_api(self, registry: Registry, node: NodeState, manager: object) -> object | None:
-        from fleetd.api.server import start_api  # aiohttp, only in the daemon
+    async def start_api(self, registry: Registry, node: NodeState) -> ApiServerHandle:
+        """Serve the API on the sockets systemd handed over, and on ``api_listen``.
 
-        return await start_api(self.config, registry, node, manager)
+        Without either, fleet's default unix socket /var/run/fleet.sock.
+        """
+        from fleetd.api import TcpListener, UnixListener, activated_listeners, make_app, make_ssl_context, start_api
 
+        c = self.config
+        ssl_context = make_ssl_context(c.api_certfile, c.api_keyfile, c.api_cafile or None) if c.api_certfile else None
+        token = c.api_token or None
+        listeners: list[Any] = list(activated_listeners(ssl_context=ssl_context, token=token))
+        for spec in c.api_listen:
+            if spec.startswith("unix:"):
+                listeners.append(UnixListener(spec.removeprefix("unix:").removeprefix("//")))
+            else:
+                host, _, port = spec.rpartition(":")
+                if not host or not port.isdigit():
+                    raise StartupError(f"api_listen: {spec!r} is neither unix:/path nor host:port")
+                listeners.append(TcpListener(host.strip("[]"), int(port), ssl_context, token))
+        if not listeners:
+            listeners.append(UnixListener(DEFAULT_API_SOCKET))
+        app = make_app(registry, node, token_limit=c.token_limit)
+        return await start_api(app, listeners)
