@@ -22,6 +22,7 @@ import aetcd
 import aetcd.exceptions
 import aetcd.rpc
 import aetcd.transactions
+import aetcd.watcher
 from aetcd import rpc
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,30 @@ def _read(path: str | None) -> bytes | None:
         return handle.read()
 
 
+class WatchRefused(EtcdError):
+    """etcd refused to create a watch (no or expired auth token, or no read permission)."""
+
+
+class _Watcher(aetcd.watcher.Watcher):
+    """aetcd's watcher, except that a watch etcd refuses fails instead of hanging forever.
+
+    etcd answers a watch create request it does not permit with a response that is both
+    ``created`` and ``canceled``; aetcd ignores ``canceled`` and returns a watch that never
+    yields anything (and files it under the request's watch id, 0).
+    """
+
+    async def _handle_response(self, response: Any) -> None:
+        if response.created and response.canceled:
+            async with self._lock:
+                if self._new_callback is not None:
+                    self._new_callback.error = WatchRefused(
+                        response.cancel_reason or "etcd canceled the watch"
+                    )
+                    self._new_callback_ready.notify_all()
+            return
+        await super()._handle_response(response)
+
+
 class _LeaseCompare(aetcd.transactions.BaseCompare):
     """Compare a key's lease id (etcd supports it; aetcd has no class for it)."""
 
@@ -132,10 +157,18 @@ class _Client(aetcd.Client):
         self._config = config
 
     async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        await self._open()
+        if self._watcher is not None and not isinstance(self._watcher, _Watcher):
+            # Not set up yet (aetcd starts its stream on the first watch): replace it.
+            self._watcher = _Watcher(
+                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+
+    async def _open(self) -> None:
         if not self._config.uses_tls:
             await super().connect()
-            return
-        if self._connected.is_set():
             return
         import grpc  # only for the credentials object
 
@@ -187,9 +220,16 @@ class Etcd:
 
     async def failover(self) -> None:
         """Drop the current connection and move to the next endpoint."""
+        await self._drop_client(next_endpoint=True)
+
+    async def _drop_client(self, next_endpoint: bool, only: _Client | None = None) -> None:
+        """Close the current connection (when ``only`` is given: if it is still that one)."""
         async with self._lock:
+            if only is not None and self._client is not only:
+                return
             old, self._client = self._client, None
-            self._index += 1
+            if next_endpoint:
+                self._index += 1
         if old is not None:
             try:
                 await old.close()
@@ -202,19 +242,32 @@ class Etcd:
             await old.close()
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Run one client operation, trying each endpoint once on connection failure."""
+        """Run one client operation, trying each endpoint once on connection failure.
+
+        With credentials, a rejected auth token (etcd forgets a token unused for its
+        ``--auth-token-ttl``, 300 s by default, and a restarted member may have forgotten
+        it) is renewed once by authenticating again on the same endpoint.
+        """
         attempts = len(self._addresses)
-        for attempt in range(attempts):
+        failures = 0
+        reauthenticated = False
+        while True:
             client = await self.client()
             self.requests += 1
             try:
                 return await getattr(client, name)(*args, **kwargs)
             except ConnectionLost:
-                if attempt == attempts - 1:
+                failures += 1
+                if failures >= attempts:
                     raise
                 log.info("etcd endpoint failed, trying the next one")
                 await self.failover()
-        raise AssertionError("unreachable")
+            except aetcd.exceptions.UnauthenticatedError:
+                if self.config.username is None or reauthenticated:
+                    raise
+                reauthenticated = True
+                log.info("etcd rejected the auth token; authenticating again")
+                await self._drop_client(next_endpoint=False, only=client)
 
     # -- key-value -------------------------------------------------------------------
 

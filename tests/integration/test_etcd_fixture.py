@@ -6,6 +6,7 @@ import asyncio
 import os
 
 import aetcd
+import aetcd.exceptions
 import pytest
 
 from fleetd.testing.etcd import EtcdCluster, find_etcd_binary, member_healthy
@@ -57,7 +58,15 @@ async def test_three_members_survive_losing_one(etcd3: EtcdCluster, key_prefix: 
     etcd3.stop_member(etcd3.members[0])
     assert not member_healthy(etcd3.members[0].client_url)
     async with _client(etcd3.endpoints[1]) as client:
-        await client.put(f"{key_prefix}k".encode(), b"still")
+        # member 0 may have been the leader: writes succeed once the others elect a new one
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            try:
+                await client.put(f"{key_prefix}k".encode(), b"still")
+                break
+            except aetcd.exceptions.ClientError:
+                assert asyncio.get_running_loop().time() < deadline, "no leader after losing one member"
+                await asyncio.sleep(0.1)
         got = await client.get(f"{key_prefix}k".encode())
         assert got is not None and got.value == b"still"
 

@@ -9,7 +9,7 @@ import pytest
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
-from fleetd.registry.etcd import Etcd, EtcdConfig, Resync
+from fleetd.registry.etcd import Etcd, EtcdConfig, EtcdError, Resync
 from fleetd.registry.registry import MachineIdInUse, NotLeader, Registry, UnitExists, UnitNotFound
 from fleetd.testing.etcd import EtcdCluster
 
@@ -170,7 +170,15 @@ async def test_failover_to_the_next_endpoint(etcd3: EtcdCluster, key_prefix: str
     try:
         await client.put(f"{key_prefix}a", b"1")
         etcd3.stop_member(etcd3.members[0])
-        await client.put(f"{key_prefix}b", b"2")
+        # the client moves to the next endpoint; if member 0 led, wait out the election
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            try:
+                await client.put(f"{key_prefix}b", b"2")
+                break
+            except EtcdError:
+                assert asyncio.get_running_loop().time() < deadline, "no write after losing one member"
+                await asyncio.sleep(0.1)
         got = await client.get(f"{key_prefix}b")
         assert got is not None and got.value == b"2"
     finally:

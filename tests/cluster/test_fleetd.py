@@ -1,0 +1,233 @@
+"""fleetd on real systemd hosts: fleetd runs inside each host as a socket-activated service.
+
+Everything here is observed where it matters: in each host's own systemd (``systemctl``
+inside the host) and through fleetd's HTTP API. Timing assertions use the configured
+agent_ttl; waits are conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fleetd.testing.fleetcluster import FleetCluster, FleetHost, fleetd_log, wait_for
+
+pytestmark = pytest.mark.cluster
+
+TTL = 3.0
+SLEEP_UNIT = "[Unit]\nDescription={name}\n[Service]\nExecStart=/bin/sh -c 'echo started {name}; exec sleep infinity'\n"
+
+
+def options(text: str) -> list[dict[str, str]]:
+    from fleetd.model.unitfile import parse_unit_file
+
+    return parse_unit_file(text).to_options()
+
+
+@pytest.fixture(scope="module")
+def cluster(hosts_supported: None) -> Iterator[FleetCluster]:
+    fc = FleetCluster(size=3, lab_prefix="fleetd", agent_ttl=f"{TTL:g}s",
+                      metadata=[{"role": "web"}, {"role": "web"}, {"role": "db"}])
+    fc.start()
+    try:
+        yield fc
+    finally:
+        for host in fc.hosts:
+            if host.host.is_alive():
+                print(f"--- fleetd log of {host.name}\n{fleetd_log(host, 40)}")
+        fc.close()
+
+
+def request(cluster: FleetCluster, method: str, path: str, body: Any = None, host: FleetHost | None = None) -> tuple[int, Any]:
+    target = host or cluster.live_hosts()[0]
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{target.endpoint}/fleet/v1{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            raw = response.read()
+            return response.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, (json.loads(raw) if raw else None)
+
+
+def start_unit(cluster: FleetCluster, name: str, text: str | None = None, desired: str = "launched") -> None:
+    status, body = request(cluster, "PUT", f"/units/{name}",
+                           {"name": name, "desiredState": desired, "options": options(text or SLEEP_UNIT.format(name=name))})
+    assert status in (201, 204), body
+
+
+def set_state(cluster: FleetCluster, name: str, desired: str) -> None:
+    status, body = request(cluster, "PUT", f"/units/{name}", {"name": name, "desiredState": desired})
+    assert status == 204, body
+
+
+def destroy(cluster: FleetCluster, name: str) -> None:
+    status, body = request(cluster, "DELETE", f"/units/{name}")
+    assert status in (204, 404), body
+
+
+def hosts_running(cluster: FleetCluster, name: str) -> list[str]:
+    return cluster.where(name)
+
+
+def test_started_unit_runs_on_exactly_one_host_and_reports_state(cluster: FleetCluster) -> None:
+    start_unit(cluster, "hello.service")
+    where = wait_for(lambda: hosts_running(cluster, "hello.service"), 20, "hello.service active in a host")
+    assert len(where) == 1
+    host = next(h for h in cluster.hosts if h.name == where[0])
+
+    def reported() -> bool:
+        _, body = request(cluster, "GET", "/state?unitName=hello.service")
+        states = body.get("states", [])
+        return len(states) == 1 and states[0]["machineID"] == host.machine_id and states[0]["systemdActiveState"] == "active"
+
+    wait_for(reported, 10, "the state of hello.service in the registry")
+    assert "started hello.service" in host.host.journal("hello.service")
+    destroy(cluster, "hello.service")
+    wait_for(lambda: not hosts_running(cluster, "hello.service"), 20, "hello.service gone after destroy")
+
+
+def test_stop_unload_destroy_and_replace_reach_systemd(cluster: FleetCluster) -> None:
+    name = "life.service"
+    start_unit(cluster, name)
+    (where,) = wait_for(lambda: hosts_running(cluster, name), 20, "life.service running")
+    host = next(h for h in cluster.hosts if h.name == where)
+    set_state(cluster, name, "loaded")
+    wait_for(lambda: host.unit_active(name) in ("inactive", "failed"), 20, "life.service stopped")
+    assert host.host.unit_property(name, "LoadState") == "loaded"
+    set_state(cluster, name, "launched")
+    wait_for(lambda: host.unit_active(name) == "active", 20, "life.service started again")
+    # --replace: a new body takes effect in systemd
+    new_text = "[Unit]\nDescription=replaced\n[Service]\nExecStart=/bin/sh -c 'echo v2; exec sleep infinity'\n"
+    status, body = request(cluster, "PUT", f"/units/{name}?replace=true",
+                           {"name": name, "desiredState": "launched", "options": options(new_text)})
+    assert status == 204, body
+    wait_for(lambda: any(h.running(name) and h.host.unit_property(name, "Description") == "replaced" for h in cluster.hosts),
+             20, "the replaced body running")
+    set_state(cluster, name, "inactive")
+    wait_for(lambda: all(h.host.unit_property(name, "LoadState") in ("not-found", "") or not h.running(name) for h in cluster.hosts)
+             and not hosts_running(cluster, name), 20, "life.service unloaded")
+    destroy(cluster, name)
+    status, _ = request(cluster, "GET", f"/units/{name}")
+    assert status == 404
+
+
+def test_global_unit_runs_everywhere_and_on_a_new_host(cluster: FleetCluster) -> None:
+    text = SLEEP_UNIT.format(name="everywhere") + "[X-Fleet]\nGlobal=true\n"
+    start_unit(cluster, "everywhere.service", text)
+    wait_for(lambda: len(hosts_running(cluster, "everywhere.service")) == len(cluster.live_hosts()), 20,
+             "the global unit on every host")
+    joined = cluster.add_host("h9", {"role": "extra"})
+    wait_for(lambda: joined.running("everywhere.service"), 20, "the global unit on the new host")
+    destroy(cluster, "everywhere.service")
+    wait_for(lambda: not hosts_running(cluster, "everywhere.service"), 20, "global unit gone")
+
+
+def test_fleetd_restart_adopts_running_units(cluster: FleetCluster) -> None:
+    start_unit(cluster, "steady.service")
+    (where,) = wait_for(lambda: hosts_running(cluster, "steady.service"), 20, "steady.service running")
+    host = next(h for h in cluster.hosts if h.name == where)
+    unit_pid = host.main_pid("steady.service")
+    old_fleetd = host.fleetd_pid()
+    host.kill_fleetd()
+    wait_for(lambda: host.fleetd_pid() not in (0, old_fleetd), 20, "fleetd restarted by systemd")
+    # give the new fleetd time to reconcile: its machine must be registered again
+    wait_for(lambda: host.machine_id in cluster.machines(), 20, "fleetd re-registered")
+    _, body = request(cluster, "GET", "/state?unitName=steady.service")
+    assert body["states"][0]["machineID"] == host.machine_id
+    assert host.main_pid("steady.service") == unit_pid, "the unit was restarted"
+    assert hosts_running(cluster, "steady.service") == [host.name]
+    destroy(cluster, "steady.service")
+
+
+def test_journal_endpoint_reads_the_right_host(cluster: FleetCluster) -> None:
+    start_unit(cluster, "talker.service")
+    (where,) = wait_for(lambda: hosts_running(cluster, "talker.service"), 20, "talker.service running")
+    host = next(h for h in cluster.hosts if h.name == where)
+    with urllib.request.urlopen(f"{host.endpoint}/fleet/v1/machines/{host.machine_id}/journal/talker.service?lines=5",
+                                timeout=10) as response:
+        text = response.read().decode()
+    assert "started talker.service" in text
+    other = next(h for h in cluster.live_hosts() if h.name != where)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{other.endpoint}/fleet/v1/machines/{host.machine_id}/journal/talker.service", timeout=10)
+    assert refused.value.code == 404
+    destroy(cluster, "talker.service")
+
+
+def test_etcd_outage_keeps_units_running(cluster: FleetCluster) -> None:
+    names = [f"outage{i}.service" for i in range(3)]
+    for name in names:
+        start_unit(cluster, name)
+    wait_for(lambda: all(hosts_running(cluster, n) for n in names), 30, "outage units running")
+    pids = {n: [h for h in cluster.hosts if h.running(n)][0].main_pid(n) for n in names}
+    assert cluster.etcd is not None
+    cluster.etcd.stop()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert all(hosts_running(cluster, n) for n in names), "a unit stopped while etcd was away"
+            time.sleep(1)
+    finally:
+        cluster.etcd.start()
+    cluster.wait_registered(30)
+
+    def states_back() -> bool:
+        _, body = request(cluster, "GET", "/state")
+        active = {s["name"] for s in body.get("states", []) if s["systemdActiveState"] == "active"}
+        return set(names) <= active
+
+    wait_for(states_back, 30, "unit states correct after etcd returned")
+    for name in names:
+        where = [h for h in cluster.hosts if h.running(name)]
+        assert len(where) == 1 and where[0].main_pid(name) == pids[name]
+        destroy(cluster, name)
+
+
+def test_partitioned_host_loses_its_units_and_drops_duplicates_on_heal(cluster: FleetCluster) -> None:
+    start_unit(cluster, "part.service")
+    (where,) = wait_for(lambda: hosts_running(cluster, "part.service"), 20, "part.service running")
+    host = next(h for h in cluster.hosts if h.name == where)
+    others = [h for h in cluster.live_hosts() if h is not host]
+    host.host.partition()
+    try:
+        wait_for(lambda: any(h.running("part.service") for h in others), TTL + 15, "part.service placed elsewhere")
+        assert host.running("part.service")  # cut off, it keeps its copy meanwhile
+    finally:
+        host.host.heal()
+    wait_for(lambda: not host.running("part.service"), 30, "the healed host to stop its duplicate")
+    assert len(hosts_running(cluster, "part.service")) == 1
+    destroy(cluster, "part.service")
+
+
+def test_crashed_host_units_move_within_ttl_and_nothing_else_moves(cluster: FleetCluster) -> None:
+    names = [f"crash{i}.service" for i in range(6)]
+    for name in names:
+        start_unit(cluster, name)
+    wait_for(lambda: all(len(hosts_running(cluster, n)) == 1 for n in names), 30, "crash units running")
+    before = {n: hosts_running(cluster, n)[0] for n in names}
+    # crash the host that is not the engine leader if possible, holding at least one unit
+    victim_name = max(set(before.values()), key=lambda h: sum(1 for v in before.values() if v == h))
+    victim = next(h for h in cluster.hosts if h.name == victim_name)
+    moved = [n for n, h in before.items() if h == victim_name]
+    survivors = [h for h in cluster.live_hosts() if h is not victim]
+    crashed_at = time.monotonic()
+    victim.host.crash()
+    wait_for(lambda: all(any(h.running(n) for h in survivors) for n in moved), TTL + 20, "units of the crashed host elsewhere")
+    took = time.monotonic() - crashed_at
+    print(f"\ncrash failover: {len(moved)} units running elsewhere after {took:.2f} s (agent_ttl {TTL} s)")
+    for name, host_name in before.items():
+        if name not in moved:
+            assert hosts_running(cluster, name) == [host_name], f"{name} moved although its host is alive"
+    assert took < TTL + 2, f"failover took {took:.2f} s"
+    for name in names:
+        destroy(cluster, name)
+
