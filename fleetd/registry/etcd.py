@@ -373,9 +373,12 @@ class Etcd:
         burst of thousands of changes costs one wake-up of the consumer, not thousands.
         """
         next_revision = start_revision
+        delay = retry_delay
+        failures = 0
         while True:
             queue: asyncio.Queue[Any] = asyncio.Queue()
             watch = None
+            client: _Client | None = None
             try:
                 client = await self.client()
                 self.requests += 1
@@ -393,15 +396,22 @@ class Etcd:
                             events.append(item)
                         if events:
                             next_revision = events[-1].revision + 1
+                            delay, failures = retry_delay, 0
                             yield events
                 finally:
                     pump.cancel()
             except aetcd.exceptions.RevisionCompactedError as exc:
                 raise Resync(int(exc.compacted_revision)) from exc
             except Exception as exc:  # noqa: BLE001 - any stream failure: resume elsewhere
-                log.info("watch on %s lost (%s); resuming at %d", prefix, exc, next_revision)
-                await self.failover()
-                await asyncio.sleep(retry_delay)
+                failures += 1
+                # first loss at INFO, the retries of a long outage only at DEBUG
+                log.log(logging.INFO if failures == 1 else logging.DEBUG,
+                        "watch on %s lost (%s); resuming at revision %d", prefix, exc, next_revision)
+                # only the watch whose connection failed moves on: the others sharing it
+                # then reconnect to the new one instead of each skipping an endpoint
+                await self._drop_client(next_endpoint=True, only=client)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             finally:
                 if watch is not None:
                     try:

@@ -904,7 +904,14 @@ class HostLab:
             if "File exists" in r.stderr:
                 raise LabBusyError(f"bridge {self.bridge} was just created by someone else")
             raise HostError(f"cannot create bridge {self.bridge}: {r.stderr.strip()}")
+        # A bridge takes the lowest MAC of its ports unless given one: when a host with the
+        # lowest MAC crashes, the bridge's MAC changes and every other host's ARP entry for
+        # the bridge IP goes stale for seconds (their etcd connections time out). A fixed,
+        # locally administered MAC derived from the subnet keeps it stable.
+        octets = self.network.network_address.packed
+        mac = "02:f1:ee:%02x:%02x:%02x" % (octets[1], octets[2], octets[3])
         _sh(["ip", "-batch", "-"], input=(
+            f"link set {self.bridge} address {mac}\n"
             f"addr add {self.bridge_ip}/{self.network.prefixlen} dev {self.bridge}\n"
             f"link set {self.bridge} up\n"))
 

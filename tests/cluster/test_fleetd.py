@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fleetd.testing.fleetcluster import FleetCluster, FleetHost, fleetd_log, wait_for
+from fleetd.testing.fleetcluster import FleetCluster, FleetHost, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -38,9 +38,6 @@ def cluster(hosts_supported: None) -> Iterator[FleetCluster]:
     try:
         yield fc
     finally:
-        for host in fc.hosts:
-            if host.host.is_alive():
-                print(f"--- fleetd log of {host.name}\n{fleetd_log(host, 40)}")
         fc.close()
 
 
