@@ -7,36 +7,13 @@ protocol, so the agent cannot tell them apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from fleetd.model.state import LocalUnit, StateCallback, SystemdState
 from fleetd.model.unitfile import UnitFile
 
-
-@dataclass(frozen=True)
-class SystemdState:
-    """systemd's LoadState / ActiveState / SubState of one unit, verbatim."""
-
-    load: str
-    active: str
-    sub: str
-
-    @property
-    def is_active(self) -> bool:
-        return self.active in ("active", "activating", "reloading")
-
-
-@dataclass(frozen=True)
-class LocalUnit:
-    """A unit that fleet put on this machine: the hash of its file and its current state."""
-
-    name: str
-    hash: str
-    state: SystemdState
-
-
-StateCallback = Callable[[str, SystemdState], None]
+__all__ = ["LocalUnit", "StateCallback", "SystemdState", "UnitManager"]
 
 
 class UnitManager(Protocol):

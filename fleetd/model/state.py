@@ -5,7 +5,7 @@ Plain records shared by the registry (which stores them), the engine and the API
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fleetd.model.unit import DesiredState
@@ -62,3 +62,28 @@ class ScheduledUnit:
     @property
     def hash(self) -> str:
         return self.file.hash()
+
+
+@dataclass(frozen=True)
+class SystemdState:
+    """systemd's LoadState / ActiveState / SubState of one unit, verbatim."""
+
+    load: str
+    active: str
+    sub: str
+
+    @property
+    def is_active(self) -> bool:
+        return self.active in ("active", "activating", "reloading")
+
+
+@dataclass(frozen=True)
+class LocalUnit:
+    """A unit that fleet put on this machine: the hash of its file and its current state."""
+
+    name: str
+    hash: str
+    state: SystemdState
+
+
+StateCallback = Callable[[str, SystemdState], None]

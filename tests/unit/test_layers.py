@@ -7,6 +7,7 @@ import of the checked code. The rules:
   no third-party library; model imports only model, scheduler only model and scheduler.
 - Only ``fleetd.registry`` imports the etcd client (aetcd, grpc).
 - Only ``fleetd.systemd`` imports the D-Bus library (dbus_fast).
+- The adapters (``fleetd.registry``, ``fleetd.systemd``) import only the model.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ IO_MODULES = frozenset(
 )
 THIRD_PARTY_IO = frozenset({"aetcd", "grpc", "dbus_fast", "aiohttp", "click", "tabulate"})
 PURE = {"fleetd.model": {"fleetd.model"}, "fleetd.scheduler": {"fleetd.model", "fleetd.scheduler"}}
+# adapters sit just above the model: they never reach up into the loops that use them
+ADAPTERS = {"fleetd.registry": {"fleetd.model", "fleetd.registry"}, "fleetd.systemd": {"fleetd.model", "fleetd.systemd"}}
 ONLY_IN = {"aetcd": "fleetd.registry", "grpc": "fleetd.registry", "dbus_fast": "fleetd.systemd"}
 
 
@@ -81,6 +84,9 @@ def violations(imports: list[Import]) -> list[str]:
                 problems.append(f"{where}: {pure} must stay pure (no I/O libraries)")
             if top in PACKAGES and not any(_in(imp.target, ok) for ok in allowed):
                 problems.append(f"{where}: {pure} may import only {sorted(allowed)}")
+        for adapter, allowed in ADAPTERS.items():
+            if _in(imp.module, adapter) and top in PACKAGES and not any(_in(imp.target, ok) for ok in allowed):
+                problems.append(f"{where}: {adapter} may import only {sorted(allowed)}")
         owner = ONLY_IN.get(top)
         if owner and not _in(imp.module, owner):
             problems.append(f"{where}: only {owner} may import {top}")
@@ -112,6 +118,8 @@ def test_project_keeps_its_layers() -> None:
         ("fleetd.agent.loop", "import aetcd", "only fleetd.registry may import aetcd"),
         ("fleetd.engine", "from dbus_fast.aio import MessageBus", "only fleetd.systemd"),
         ("fleetctl.main", "def f():\n    import dbus_fast\n", "only fleetd.systemd"),
+        ("fleetd.systemd.manager", "from fleetd.agent.manager import LocalUnit", "may import only"),
+        ("fleetd.registry.registry", "from fleetd.engine import engine", "may import only"),
     ],
 )
 def test_checker_catches_breaches(module: str, source: str, expected: str) -> None:
