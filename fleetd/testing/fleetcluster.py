@@ -207,8 +207,10 @@ class FleetCluster:
     def live_hosts(self) -> list[FleetHost]:
         return [h for h in self.hosts if h.host.is_alive()]
 
-    def machines(self) -> list[str]:
-        return sorted(m["id"] for m in self.api("/fleet/v1/machines").get("machines", []))
+    def machines(self, via: FleetHost | None = None) -> list[str]:
+        """Registered machine ids, asked through ``via``'s API (default: the first live host;
+        note that any request to a host whose fleetd is stopped socket-activates it)."""
+        return sorted(m["id"] for m in self.api("/fleet/v1/machines", via).get("machines", []))
 
     def wait_registered(self, timeout: float) -> None:
         want = sorted(h.machine_id for h in self.live_hosts())

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fleetd.testing.fleetcluster import FleetCluster, FleetHost, wait_for
+from fleetd.testing.fleetcluster import FleetCluster, FleetHost, fleetd_log, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -203,6 +203,54 @@ def test_partitioned_host_loses_its_units_and_drops_duplicates_on_heal(cluster: 
     wait_for(lambda: not host.running("part.service"), 30, "the healed host to stop its duplicate")
     assert len(hosts_running(cluster, "part.service")) == 1
     destroy(cluster, "part.service")
+
+
+def test_graceful_stop_unloads_and_leaves_then_keep_mode_adopts(cluster: FleetCluster) -> None:
+    start_unit(cluster, "graceful.service")
+    (where,) = wait_for(lambda: hosts_running(cluster, "graceful.service"), 20, "graceful.service running")
+    host = next(h for h in cluster.hosts if h.name == where)
+    others = [h for h in cluster.live_hosts() if h is not host]
+    stopped_at = time.monotonic()
+    host.host.systemctl("stop", "fleetd.service")  # SIGTERM: fleet's default is to unload and leave
+    assert not host.running("graceful.service")
+    wait_for(lambda: any(h.running("graceful.service") for h in others), TTL + 10, "graceful.service moved")
+    print(f"\nafter a graceful stop the unit ran elsewhere in {time.monotonic() - stopped_at:.2f} s")
+    # asked elsewhere: a request to this host's socket would start its fleetd again
+    assert host.machine_id not in cluster.machines(via=others[0])
+    # now keep units running across restarts: stop_units_on_exit=false, then restart fleetd
+    conf = host.host.root_path / "run/fleet/fleet.conf"
+    conf.write_text(conf.read_text() + "stop_units_on_exit=false\n")
+    host.host.systemctl("start", "fleetd.service")
+    cluster.wait_registered(30)
+    pin = SLEEP_UNIT.format(name="kept") + f"[X-Fleet]\nMachineID={host.machine_id}\n"
+    start_unit(cluster, "kept.service", pin)
+    wait_for(lambda: host.running("kept.service"), 20, "kept.service running")
+    pid = host.main_pid("kept.service")
+    host.host.systemctl("restart", "fleetd.service")
+    wait_for(lambda: host.fleetd_pid() != 0, 20, "fleetd back")
+    cluster.wait_registered(30)
+    assert host.running("kept.service"), fleetd_log(host)
+    assert host.main_pid("kept.service") == pid, "kept.service was restarted"
+    destroy(cluster, "kept.service")
+    destroy(cluster, "graceful.service")
+
+
+def test_sighup_reloads_metadata(cluster: FleetCluster) -> None:
+    host = cluster.live_hosts()[-1]
+    conf = host.host.root_path / "run/fleet/fleet.conf"
+    original = conf.read_text()
+    conf.write_text("".join(line for line in original.splitlines(keepends=True) if not line.startswith("metadata="))
+                    + "metadata=role=reloaded,zone=z1\n")
+    pid = host.fleetd_pid()
+    host.host.systemctl("kill", "--signal=SIGHUP", "--kill-who=main", "fleetd.service")
+
+    def metadata() -> dict[str, str] | None:
+        _, body = request(cluster, "GET", "/machines")
+        found = next(m for m in body["machines"] if m["id"] == host.machine_id)
+        return found["metadata"] if found["metadata"].get("role") == "reloaded" else None
+
+    assert wait_for(metadata, 15, "the reloaded metadata") == {"role": "reloaded", "zone": "z1"}
+    assert host.fleetd_pid() == pid  # reloaded in place, not restarted
 
 
 def test_crashed_host_units_move_within_ttl_and_nothing_else_moves(cluster: FleetCluster) -> None:
