@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleetd import __version__
+from fleetd.aio import cancel_and_wait
 from fleetd.agent.agent import Agent
 from fleetd.config import Config
 from fleetd.engine.engine import Engine
@@ -167,11 +168,7 @@ class Daemon:
             if engine is not None:
                 engine.stop()
             agent.stop()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(tasks)
             if self.config.stop_units_on_exit:
                 with contextlib.suppress(Exception):
                     await agent.leave(unload_units=True)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from fleetd.aio import cancel_and_wait
 from fleetd.agent.manager import SystemdState, UnitManager
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState, build_unit
@@ -394,11 +395,7 @@ class Agent:
                 ]
                 stopper = asyncio.create_task(self._stopping.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-                for task in [*tasks, stopper]:
-                    task.cancel()
-                for task in [*tasks, stopper]:
-                    with contextlib.suppress(BaseException):
-                        await task
+                await cancel_and_wait([*tasks, stopper])
                 for task in done:
                     if task is stopper or task.cancelled() or task.exception() is None:
                         continue
@@ -409,11 +406,7 @@ class Agent:
                         log.warning("agent: %r; reloading", exc)
                         await asyncio.sleep(0.5)
         finally:
-            for task in lease_tasks:
-                task.cancel()
-            for task in lease_tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(lease_tasks)
 
     async def leave(self, unload_units: bool = True) -> None:
         """Graceful exit: optionally unload every local unit, then drop the lease."""

@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from fleetd.aio import cancel_and_wait
 from fleetd.engine.reconcile import ClusterView, schedule_changes
 from fleetd.registry.etcd import Resync
 from fleetd.registry.registry import Leadership, NotLeader, Registry
@@ -131,11 +132,7 @@ class Engine:
             tasks.append(asyncio.create_task(self._timer()))
             await self._plan_loop(leadership, lost)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(tasks)
 
     async def _load(self) -> int:
         """Read units, machines and the schedule; the lowest revision seen is where watches start."""

@@ -51,17 +51,9 @@ class StoredUnit:
         return self.file.hash()
 
 
-@dataclass(frozen=True)
-class ScheduledUnit:
-    """What an agent is told to run: the unit body and its desired state on that machine."""
-
-    name: str
-    file: UnitFile
-    desired: DesiredState
-
-    @property
-    def hash(self) -> str:
-        return self.file.hash()
+# What an agent is told to run: the same record as a stored unit (its body and the desired
+# state), copied by the engine under the machine's schedule prefix.
+ScheduledUnit = StoredUnit
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
-def encode_unit(unit: StoredUnit | ScheduledUnit) -> bytes:
+def encode_unit(unit: StoredUnit) -> bytes:
     return _dumps({"name": unit.name, "options": unit.file.to_options(), "desiredState": str(unit.desired)})
 
 
@@ -58,9 +58,7 @@ def decode_stored_unit(raw: bytes) -> StoredUnit:
     return StoredUnit(data["name"], UnitFile.from_options(data["options"]), DesiredState(data["desiredState"]))
 
 
-def decode_scheduled_unit(raw: bytes) -> ScheduledUnit:
-    data = json.loads(raw)
-    return ScheduledUnit(data["name"], UnitFile.from_options(data["options"]), DesiredState(data["desiredState"]))
+decode_scheduled_unit = decode_stored_unit
 
 
 def encode_machine(machine: MachineState) -> bytes:
