@@ -16,8 +16,8 @@ class Settings:
     # quick while tolerating a few seconds of etcd or network trouble (keepalives go out
     # every agent_ttl / 3, so two can be lost before the lease is at risk).
     agent_ttl: float = 10.0
-    # Engine: run the scheduler at least this often even without events (a safety net;
-    # placement itself reacts to watch events at once).
+    # Engine: how often its timer looks whether a full resync is due (placement itself
+    # reacts to watch events at once; an unchanged view is never re-planned).
     engine_reconcile_interval: float = 2.0
     # Engine: re-read the whole state from etcd this often, in case a watch missed
     # something; cheap insurance, rare because it reads every unit.

@@ -184,13 +184,18 @@ class Engine:
             self._dirty.set()
 
     async def _timer(self) -> None:
+        """The safety net: a full re-read from etcd every ``engine_resync_interval``.
+
+        Planning itself needs no timer: the scheduler is deterministic over the view, so
+        re-planning an unchanged view would only burn CPU (fleet re-planned every 2 s).
+        """
         last_resync = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.engine_reconcile_interval)
             if time.monotonic() - last_resync >= self.settings.engine_resync_interval:
                 last_resync = time.monotonic()
                 self.view.force_resync = True
-            self._dirty.set()
+                self._dirty.set()
 
     async def _plan_loop(self, leadership: Leadership, lost: asyncio.Event) -> None:
         while not self._stopping.is_set() and not lost.is_set():
