@@ -409,15 +409,20 @@ class Agent:
             await cancel_and_wait(lease_tasks)
 
     async def leave(self, unload_units: bool = True) -> None:
-        """Graceful exit: optionally unload every local unit, then drop the lease."""
-        if unload_units:
-            local = await self.manager.units()
-            if local:
-                await self.manager.unload(list(local))
-        if self.status.lease:
-            await self.registry.etcd.revoke(self.status.lease)
-            self.status.registered = False
-        if self.lease_file:
-            with contextlib.suppress(OSError):
-                os.unlink(self.lease_file)
+        """Graceful exit: optionally unload every local unit, then drop the lease.
 
+        The lease goes even when unloading fails (systemd gone at shutdown, say): leaving
+        the cluster at once lets the engine move the units now, not a TTL later.
+        """
+        try:
+            if unload_units:
+                local = await self.manager.units()
+                if local:
+                    await self.manager.unload(list(local))
+        finally:
+            if self.status.lease:
+                await self.registry.etcd.revoke(self.status.lease)
+                self.status.registered = False
+            if self.lease_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.lease_file)

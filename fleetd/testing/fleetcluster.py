@@ -49,6 +49,7 @@ def fleetd_units(python: str, config_path: str, host_ip: str | None) -> dict[str
 Description=fleet daemon (Python)
 Requires=fleetd.socket
 After=fleetd.socket
+After=dbus.service
 
 [Service]
 Type=simple
