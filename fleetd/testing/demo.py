@@ -140,11 +140,12 @@ def status() -> int:
 
     def listing() -> str | None:
         try:
-            return _run_fleetctl(endpoint, "list-machines") + "\n" + _run_fleetctl(endpoint, "list-units")
+            return (f"$ fleetctl list-machines\n{_run_fleetctl(endpoint, 'list-machines')}\n"
+                    f"$ fleetctl list-units\n{_run_fleetctl(endpoint, 'list-units')}")
         except RuntimeError:
             return None
 
-    print(f"$ fleetctl list-machines\n$ fleetctl list-units\n{wait_for(listing, 30, 'the API')}")
+    print(wait_for(listing, 30, "the API"))
     venv_bin = os.path.dirname(sys.executable)
     print(f"""Point fleetctl at the cluster (any host's API works; port {API_PORT}):
 

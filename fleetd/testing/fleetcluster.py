@@ -149,10 +149,13 @@ class FleetCluster:
     def _metadata_for(self, index: int) -> dict[str, str]:
         return dict(self.metadata[index]) if index < len(self.metadata) else {}
 
-    def config_text(self, metadata: Mapping[str, str]) -> str:
+    def config_text(self, metadata: Mapping[str, str], host_ip: str = "") -> str:
         assert self.lab is not None and self.etcd is not None
         lines = {
             "etcd_servers": ",".join(self.etcd.endpoints_on(self.lab.bridge_ip)),
+            # hosts have no default route (nothing may leave this machine), so fleet's
+            # default-route detection finds nothing: say which address is theirs
+            "public_ip": host_ip,
             "agent_ttl": self.agent_ttl,
             "metadata": ",".join(f"{k}={v}" for k, v in sorted(metadata.items())),
             "etcd_request_timeout": "2s",
@@ -176,7 +179,7 @@ class FleetCluster:
         host = fleet_host.host
         config_dir = host.root_path / "run/fleet"
         config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / "fleet.conf").write_text(self.config_text(fleet_host.metadata))
+        (config_dir / "fleet.conf").write_text(self.config_text(fleet_host.metadata, fleet_host.ip))
         for unit, text in fleetd_units(sys.executable, "/run/fleet/fleet.conf", host.ip).items():
             host.put_unit(unit, text, reload=False)
         host.systemctl("daemon-reload")
