@@ -11,6 +11,7 @@ from typing import Any
 
 _STRING = {"type": "string"}
 _PAGE_TOKEN = {"type": "string", "location": "query", "description": "nextPageToken of the previous page"}
+_PAGE_SIZE = {"type": "integer", "location": "query", "description": "items per page (default token_limit, at most 10000)"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -102,7 +103,7 @@ RESOURCES: dict[str, Any] = {
             "List": {
                 "httpMethod": "GET",
                 "path": "units",
-                "parameters": {"nextPageToken": _PAGE_TOKEN},
+                "parameters": {"nextPageToken": _PAGE_TOKEN, "pageSize": _PAGE_SIZE},
                 "response": _ref("UnitPage"),
             },
             "Get": {
@@ -140,6 +141,7 @@ RESOURCES: dict[str, Any] = {
                     "machineID": {"type": "string", "location": "query"},
                     "unitName": {"type": "string", "location": "query"},
                     "nextPageToken": _PAGE_TOKEN,
+                    "pageSize": _PAGE_SIZE,
                 },
                 "response": _ref("UnitStatePage"),
             }
@@ -150,7 +152,7 @@ RESOURCES: dict[str, Any] = {
             "List": {
                 "httpMethod": "GET",
                 "path": "machines",
-                "parameters": {"nextPageToken": _PAGE_TOKEN},
+                "parameters": {"nextPageToken": _PAGE_TOKEN, "pageSize": _PAGE_SIZE},
                 "response": _ref("MachinePage"),
             },
             "Patch": {"httpMethod": "PATCH", "path": "machines", "request": _ref("MetadataPatch")},

@@ -210,11 +210,25 @@ def _unit_name(name: str) -> str:
     return name
 
 
+MAX_PAGE_SIZE = 10000
+
+
+def _page_size(request: web.Request) -> int:
+    """``?pageSize=N`` (beyond fleet): clients that want everything need not pay for one
+    full read per 100 items; capped at MAX_PAGE_SIZE, default ``token_limit``."""
+    raw = request.query.get("pageSize")
+    if raw is None:
+        return _state(request).token_limit
+    if not raw.isdigit() or int(raw) < 1:
+        raise ApiError(400, f"pageSize must be a whole number of at least 1, not {raw!r}")
+    return min(int(raw), MAX_PAGE_SIZE)
+
+
 def _page(
     request: web.Request, items: list[Any], key: Callable[[Any], tuple[str, ...]], resource: str
 ) -> tuple[list[Any], str | None]:
     try:
-        return paginate(items, key, resource, request.query.get("nextPageToken"), _state(request).token_limit)
+        return paginate(items, key, resource, request.query.get("nextPageToken"), _page_size(request))
     except BadPageToken as exc:
         raise ApiError(400, str(exc)) from None
 

@@ -837,3 +837,24 @@ def test_socket_activation_in_a_subprocess() -> None:
     assert "LISTEN_FDS" in result["malformed"]
     assert result["no_token"] == 401
     assert result["with_token"] == 200 and result["doc"] == "fleet:v1"
+
+
+async def test_page_size_query_overrides_token_limit(registry) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from fleetd.api import Node, make_app
+    from fleetd.model.state import StoredUnit
+    from fleetd.model.unit import DesiredState
+    from fleetd.model.unitfile import parse_unit_file
+
+    body = parse_unit_file("[Service]\nExecStart=/bin/true\n")
+    await registry.create_units((StoredUnit(f"p{i:03}.service", body, DesiredState.INACTIVE), False) for i in range(150))
+    async with TestClient(TestServer(make_app(registry, Node("m" * 32), token_limit=100))) as client:
+        whole = await (await client.get("/fleet/v1/units?pageSize=500")).json()
+        assert len(whole["units"]) == 150 and "nextPageToken" not in whole
+        first = await (await client.get("/fleet/v1/units")).json()
+        assert len(first["units"]) == 100 and first["nextPageToken"]
+        small = await (await client.get("/fleet/v1/units?pageSize=7")).json()
+        assert len(small["units"]) == 7
+        bad = await client.get("/fleet/v1/units?pageSize=zero")
+        assert bad.status == 400 and "pageSize" in (await bad.json())["error"]["message"]

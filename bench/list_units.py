@@ -1,0 +1,109 @@
+"""Benchmark: how long does ``fleetctl list-units`` take on a loaded cluster?
+
+A real cluster (fleetd.testing.fleetcluster: etcd plus N namespaced systemd hosts, each
+running fleetd from its units; needs root). U units with desired state ``launched`` are
+submitted at once (Registry.create_units on the cluster's etcd), and the benchmark waits
+until every one is active on its host. Then ``fleetctl --endpoint http://<host ip>:54728
+list-units`` runs 10 times as a subprocess and the wall time of each run is measured.
+The last line is ``list_units_s_median=<float>`` (seconds).
+
+    python bench/list_units.py --hosts 5 --units 1000
+
+Units are ``Type=oneshot`` + ``RemainAfterExit=yes`` (active without a process each);
+``--sleep`` makes them long-running ``sleep`` processes instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fleetd.model.state import StoredUnit  # noqa: E402
+from fleetd.model.unit import DesiredState  # noqa: E402
+from fleetd.model.unitfile import parse_unit_file  # noqa: E402
+from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
+from fleetd.registry.registry import Registry  # noqa: E402
+from fleetd.testing.fleetcluster import PREFIX, FleetCluster  # noqa: E402
+
+ONESHOT = "[Unit]\nDescription=bench %n\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
+SLEEP = "[Unit]\nDescription=bench %n\n\n[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+async def submit_and_wait(endpoints: list[str], units: int, body: str, timeout: float) -> float:
+    etcd = Etcd(EtcdConfig(endpoints=tuple(endpoints), request_timeout=30))
+    registry = Registry(etcd, PREFIX)
+    try:
+        file = parse_unit_file(body)
+        started = time.monotonic()
+        await registry.create_units(
+            (StoredUnit(f"bench-{i:05d}.service", file, DesiredState.LAUNCHED), False) for i in range(units)
+        )
+        deadline = started + timeout
+        active = 0
+        while True:
+            states = await registry.unit_states()
+            active = sum(1 for s in states if s.name.startswith("bench-") and s.active_state == "active")
+            if active >= units:
+                return time.monotonic() - started
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {active} of {units} units active after {timeout:.0f} s")
+            await asyncio.sleep(0.5)
+    finally:
+        await etcd.close()
+
+
+def time_list_units(endpoint: str, runs: int, expected_rows: int) -> list[float]:
+    command = [sys.executable, "-m", "fleetctl.main", "--endpoint", endpoint, "list-units"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+    env["PYTHONPATH"] = os.path.join(os.path.dirname(__file__), "..") + os.pathsep + env.get("PYTHONPATH", "")
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"fleetctl list-units failed ({done.returncode}): {done.stderr.strip()}")
+        rows = len(done.stdout.splitlines()) - 1
+        if rows != expected_rows:
+            raise RuntimeError(f"fleetctl list-units printed {rows} rows, expected {expected_rows}")
+        timings.append(elapsed)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=5)
+    parser.add_argument("--units", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--sleep", action="store_true", help="long-running sleep units instead of oneshot ones")
+    parser.add_argument(
+        "--token-limit", type=int, default=0,
+        help="fleetd's API page size (token_limit; fleet's default 100 when 0)",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every unit to be active")
+    args = parser.parse_args()
+
+    extra = {"token_limit": str(args.token_limit)} if args.token_limit else {}
+    cluster = FleetCluster(size=args.hosts, lab_prefix="benchls", agent_ttl="10s", extra_config=extra)
+    with cluster:
+        print(f"cluster: {args.hosts} hosts up, etcd at {cluster.etcd_endpoints()[0]}", flush=True)
+        took = asyncio.run(
+            submit_and_wait(cluster.etcd_endpoints(), args.units, SLEEP if args.sleep else ONESHOT, args.timeout)
+        )
+        print(f"start_all_s={took:.2f} ({args.units / took:.0f} units/s)", flush=True)
+        endpoint = cluster.hosts[0].endpoint
+        timings = time_list_units(endpoint, args.runs, args.units)
+        print("runs_s=" + ",".join(f"{t:.3f}" for t in timings))
+        print(f"list_units_s_min={min(timings):.3f}")
+        print(f"list_units_s_median={statistics.median(timings):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""``python -m fleetctl``."""
+
+import sys
+
+from fleetctl.main import main
+
+sys.exit(main())

@@ -1,0 +1,567 @@
+"""The unit lifecycle: submit, load, start, stop, unload, destroy, restart; and cat.
+
+Every command first resolves and checks *all* its arguments (files read and validated,
+templates found, state transitions allowed) and changes nothing if any is wrong; then it
+writes (several requests at once when there are many units) and, unless ``--no-block``,
+waits for the cluster to get there (:mod:`fleetctl.waiting`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleetctl.arguments import (
+    dedupe,
+    expand_file_globs,
+    has_glob,
+    local_unit_path,
+    match_names,
+    template_path,
+    unit_name,
+)
+from fleetctl.client import Record
+from fleetctl.context import Context
+from fleetctl.errors import FleetctlError
+from fleetctl.output import is_global
+from fleetctl.waiting import FEW, Goal, Waiter, is_active
+from fleetd.model.errors import UnitFileError, UnitNameError
+from fleetd.model.names import parse_unit_name
+from fleetd.model.unit import DesiredState, build_unit, check_transition
+from fleetd.model.unitfile import UnitFile, parse_unit_file
+
+TARGET = {"submit": "inactive", "load": "loaded", "start": "launched", "stop": "loaded", "unload": "inactive"}
+# --replace may swap a unit's body only from these desired states (fleet's rule)
+REPLACE_FROM = {
+    "submit": {"inactive"},
+    "load": {"inactive", "loaded"},
+    "start": {"inactive", "loaded", "launched"},
+}
+
+
+class Failed(FleetctlError):
+    """Errors already printed; just exit 1."""
+
+
+def report(ctx: Context, errors: Sequence[str]) -> int:
+    for message in errors:
+        ctx.warn(f"Error: {message}")
+    return 1 if errors else 0
+
+
+# -- reading the cluster ---------------------------------------------------------------------
+
+
+class Units:
+    """Registered units, fetched as needed: one GET each for a few, a listing for many."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._all: dict[str, Record] | None = None
+        self._one: dict[str, Record | None] = {}
+
+    def all(self) -> dict[str, Record]:
+        if self._all is None:
+            self._all = {u["name"]: u for u in self.ctx.cluster.units()}
+        return self._all
+
+    def names(self) -> list[str]:
+        return sorted(self.all())
+
+    def get_many(self, names: Sequence[str]) -> dict[str, Record | None]:
+        if self._all is not None or len(names) > FEW:
+            everything = self.all()
+            return {name: everything.get(name) for name in names}
+        missing = [n for n in names if n not in self._one]
+        cluster = self.ctx.cluster
+        results = cluster.bulk([(lambda n=n: cluster.unit(n)) for n in missing])
+        for name, result in zip(missing, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            self._one[name] = result
+        return {name: self._one[name] for name in names}
+
+    def get(self, name: str) -> Record | None:
+        return self.get_many([name])[name]
+
+
+def resolve_names(ctx: Context, args: Sequence[str], units: Units) -> tuple[list[str], list[str]]:
+    """Names for stop/unload/destroy/status/cat/journal: plain arguments are mangled,
+    globs are matched against the units in the cluster. Returns (names, errors)."""
+    names: list[str] = []
+    errors: list[str] = []
+    for arg in args:
+        if has_glob(arg):
+            matches = match_names(arg, units.names())
+            if not matches:
+                errors.append(f"no unit in the cluster matches {arg}")
+            names.extend(matches)
+            continue
+        try:
+            names.append(unit_name(arg))
+        except FleetctlError as exc:
+            errors.append(str(exc))
+    return dedupe(names), errors
+
+
+def _options(file: UnitFile) -> list[Record]:
+    return file.to_options()
+
+
+def _file_of(unit: Record) -> UnitFile:
+    return UnitFile.from_options(unit.get("options") or [])
+
+
+# -- submit / load / start ---------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    arg: str
+    name: str
+    existing: Record | None = None
+    file: UnitFile | None = None  # body to create the unit with, or to replace it with
+    create: bool = False
+    replace: bool = False
+    is_global: bool = False
+
+
+def read_unit_file(path: str) -> UnitFile:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise FleetctlError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise FleetctlError(f"cannot read unit file {path}: {exc.strerror or exc}") from None
+    try:
+        return parse_unit_file(text, path)
+    except UnitFileError as exc:
+        raise FleetctlError(str(exc)) from None
+
+
+def validate(ctx: Context, name: str, file: UnitFile, label: str) -> bool:
+    """The model's checks of a unit about to be stored; warnings are printed; returns
+    whether it is global."""
+    try:
+        unit, warnings = build_unit(name, file, filename=label)
+    except (UnitFileError, UnitNameError) as exc:
+        raise FleetctlError(str(exc)) from None
+    for warning in warnings:
+        ctx.warn(f"WARNING: {warning}")
+    return unit.requirements.global_
+
+
+def _template_body(ctx: Context, item: Item, units: Units) -> tuple[UnitFile, str]:
+    """The body of a new instance: its template from the cluster, else from a local file
+    next to the argument."""
+    info = parse_unit_name(item.name)
+    template = info.template or ""
+    registered = units.get(template)
+    local = template_path(item.arg, template)
+    if registered is not None:
+        file = _file_of(registered)
+        if local_unit_path(local) is not None and read_unit_file(local) != file:
+            ctx.warn(
+                f"WARNING: Unit {template} in registry differs from local template unit file {local}. "
+                "Add --replace to override."
+            )
+        return file, f"{item.name} (from template {template})"
+    if local_unit_path(local) is not None:
+        return read_unit_file(local), local
+    raise FleetctlError(
+        f"unable to find unit {item.name}: no file {item.arg}, and its template {template} is neither "
+        f"in the cluster nor at {local}"
+    )
+
+
+def _local_body(item: Item) -> tuple[UnitFile, str] | None:
+    """The local file to compare a registered unit with: its own file, or for an instance
+    the template next to it."""
+    path = local_unit_path(item.arg)
+    if path is not None:
+        return read_unit_file(path), path
+    info = parse_unit_name(item.name)
+    if info.is_instance:
+        local = template_path(item.arg, info.template or "")
+        if local_unit_path(local) is not None:
+            return read_unit_file(local), local
+    return None
+
+
+def plan_units(ctx: Context, args: Sequence[str], command: str, replace: bool) -> list[Item]:
+    """Resolve and check every argument of submit/load/start; raises :class:`Failed`
+    (after printing every problem) when any is wrong, before anything changes."""
+    target = TARGET[command]
+    units = Units(ctx)
+    errors: list[str] = []
+    items: list[Item] = []
+    for arg in expand_file_globs(args):
+        if has_glob(arg) and local_unit_path(arg) is None:
+            matches = match_names(arg, units.names())
+            if not matches:
+                errors.append(f"no local unit file or unit in the cluster matches {arg}")
+            items.extend(Item(name, name) for name in matches)
+            continue
+        try:
+            items.append(Item(arg, unit_name(arg)))
+        except FleetctlError as exc:
+            errors.append(str(exc))
+    seen: set[str] = set()
+    unique = []
+    for item in items:
+        if item.name not in seen:
+            seen.add(item.name)
+            unique.append(item)
+    items = unique
+    existing = units.get_many([item.name for item in items])
+    for item in items:
+        item.existing = existing[item.name]
+        try:
+            _plan_one(ctx, item, units, command, target, replace)
+        except FleetctlError as exc:
+            errors.append(str(exc))
+    if errors:
+        report(ctx, errors)
+        raise Failed("nothing was changed")
+    return items
+
+
+def _plan_one(ctx: Context, item: Item, units: Units, command: str, target: str, replace: bool) -> None:
+    if item.existing is None:
+        path = local_unit_path(item.arg)
+        if path is not None:
+            item.file, label = read_unit_file(path), path
+        elif parse_unit_name(item.name).is_instance:
+            item.file, label = _template_body(ctx, item, units)
+        else:
+            tried = " or ".join(dict.fromkeys(_candidates(item.arg)))
+            raise FleetctlError(f"unable to find unit {item.name}: it is not in the cluster and there is no file {tried}")
+        item.is_global = validate(ctx, item.name, item.file, label)
+        item.create = True
+        problem = check_transition(None, DesiredState(target), name=item.name, command=command)
+        if problem:
+            raise FleetctlError(problem)
+        return
+    current = item.existing.get("desiredState") or "inactive"
+    item.is_global = is_global(item.existing)
+    local = _local_body(item)
+    if local is not None and local[0] != _file_of(item.existing):
+        file, label = local
+        if not replace:
+            ctx.warn(
+                f"WARNING: Unit {item.name} in registry differs from local unit file {label}. Add --replace to override."
+            )
+        elif current not in REPLACE_FROM[command]:
+            ctx.warn(
+                f"WARNING: cannot replace unit {item.name} in state {current} with {command}; use the "
+                "command for that state (e.g. fleetctl start --replace)"
+            )
+        else:
+            item.is_global = validate(ctx, item.name, file, label)
+            item.file = file
+            item.replace = True
+    if command == "submit":
+        return  # submitting a unit that exists changes nothing (but --replace)
+    problem = check_transition(DesiredState(current), DesiredState(target), name=item.name, command=command)
+    if problem:
+        raise FleetctlError(problem)
+
+
+def _candidates(arg: str) -> list[str]:
+    from fleetctl.arguments import local_file_candidates
+
+    return local_file_candidates(arg)
+
+
+def _run_bulk(ctx: Context, calls: list[tuple[str, Callable[[], Any]]]) -> dict[str, str]:
+    """Run (name, call) pairs; return the failures: name -> error message."""
+    results = ctx.cluster.bulk([call for _, call in calls])
+    return {
+        name: str(result)
+        for (name, _), result in zip(calls, results, strict=True)
+        if isinstance(result, BaseException)
+    }
+
+
+def _messages(failures: dict[str, str]) -> list[str]:
+    return [f"{name}: {message}" for name, message in failures.items()]
+
+
+def _block_attempts(args: argparse.Namespace) -> int | None:
+    """None: do not wait (--no-block); 0: wait for ever; N: at most N attempts."""
+    if getattr(args, "no_block", False):
+        return None
+    return int(getattr(args, "block_attempts", 0) or 0)
+
+
+def cmd_submit_load_start(ctx: Context, args: argparse.Namespace) -> int:
+    command = args.command
+    target = TARGET[command]
+    items = plan_units(ctx, args.units, command, args.replace)
+    cluster = ctx.cluster
+    writes: list[tuple[str, Callable[[], Any]]] = []
+    triggered: list[Item] = []
+    for item in items:
+        if item.create:
+            assert item.file is not None
+            writes.append((item.name, lambda i=item: cluster.create_unit(i.name, _options(i.file), target)))
+            triggered.append(item)
+        elif item.replace:
+            assert item.file is not None and item.existing is not None
+            desired = item.existing["desiredState"] if command == "submit" else target
+            writes.append((item.name, lambda i=item, d=desired: cluster.replace_unit(i.name, _options(i.file), d)))
+            triggered.append(item)
+        elif command != "submit" and item.existing is not None and item.existing.get("desiredState") != target:
+            writes.append((item.name, lambda i=item: cluster.set_desired(i.name, target)))
+            triggered.append(item)
+    failed = _run_bulk(ctx, writes)
+    errors = _messages(failed)
+    if command == "submit":
+        for item in items:
+            if item.create and item.name not in failed:
+                ctx.print(f"Unit {item.name} inactive")
+        return report(ctx, errors)
+    for item in triggered:
+        if item.is_global and item.name not in failed:
+            ctx.print(f"Triggered global unit {item.name} {command}")
+    _warn_unplaceable_globals(ctx, [i.name for i in triggered if i.is_global and i.name not in failed])
+    attempts = _block_attempts(args)
+    local = [i for i in items if not i.is_global and i.name not in failed]
+    if attempts is None:
+        for item in local:
+            if item in triggered:
+                ctx.print(f"Triggered unit {item.name} {command}")
+        return report(ctx, errors)
+    goals = [Goal(i.name, target, i.file.hash() if i.replace and i.file is not None else None) for i in local]
+    errors += Waiter(ctx, attempts).wait_units(goals, command)
+    return report(ctx, _timeouts(errors))
+
+
+def _timeouts(errors: list[str]) -> list[str]:
+    return [e if not e.startswith("timed out") else f"waiting for units: {e}" for e in errors]
+
+
+def _warn_unplaceable_globals(ctx: Context, names: list[str]) -> None:
+    if not names:
+        return
+    try:
+        reasons = ctx.cluster.unplaceable()
+    except FleetctlError:
+        return
+    for name in names:
+        if name in reasons:
+            ctx.warn(f"WARNING: global unit {name}: {reasons[name]}")
+
+
+# -- stop / unload -----------------------------------------------------------------------------
+
+
+def _existing(ctx: Context, args: Sequence[str]) -> tuple[list[Record], list[str], Units]:
+    units = Units(ctx)
+    names, errors = resolve_names(ctx, args, units)
+    found = units.get_many(names)
+    records = []
+    for name in names:
+        record = found[name]
+        if record is None:
+            errors.append(f"unit {name} does not exist")
+        else:
+            records.append(record)
+    return records, errors, units
+
+
+def cmd_stop_unload(ctx: Context, args: argparse.Namespace) -> int:
+    command = args.command
+    target = TARGET[command]
+    records, errors, _ = _existing(ctx, args.units)
+    if errors:
+        return report(ctx, errors)
+    for record in records:
+        problem = check_transition(DesiredState(record["desiredState"]), DesiredState(target), name=record["name"], command=command)
+        if problem:
+            errors.append(problem)
+    if errors:
+        return report(ctx, errors)
+    cluster = ctx.cluster
+    change = [r for r in records if r["desiredState"] != target]
+    failed = _run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], target)) for r in change])
+    errors = _messages(failed)
+    for record in change:
+        if is_global(record) and record["name"] not in failed:
+            ctx.print(f"Triggered global unit {record['name']} {command}")
+    local = [r for r in records if not is_global(r) and r["name"] not in failed]
+    attempts = _block_attempts(args)
+    if attempts is None:
+        for record in local:
+            if record in change:
+                ctx.print(f"Triggered unit {record['name']} {command}")
+        return report(ctx, errors)
+    errors += Waiter(ctx, attempts).wait_units([Goal(r["name"], target) for r in local], command)
+    return report(ctx, _timeouts(errors))
+
+
+# -- destroy ----------------------------------------------------------------------------------
+
+
+def cmd_destroy(ctx: Context, args: argparse.Namespace) -> int:
+    units = Units(ctx)
+    names, errors = resolve_names(ctx, args.units, units)
+    if errors:
+        return report(ctx, errors)
+    cluster = ctx.cluster
+    results = cluster.bulk([(lambda n=n: cluster.destroy_unit(n)) for n in names])
+    destroyed = []
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, BaseException):
+            errors.append(f"{name}: {result}")
+        elif result:
+            ctx.print(f"Destroyed {name}")
+            destroyed.append(name)
+        else:
+            ctx.warn(f"Unit {name} does not exist; nothing to destroy")
+    attempts = _block_attempts(args)
+    if attempts is not None and destroyed:
+        errors += _wait_unloaded(ctx, destroyed, attempts)
+    return report(ctx, errors)
+
+
+def _wait_unloaded(ctx: Context, names: list[str], attempts: int) -> list[str]:
+    """After destroy: wait until no machine reports the units any more (their agents
+    have unloaded them), so a unit of the same name can be submitted at once."""
+    waiter = Waiter(ctx, attempts)
+    wanted = set(names)
+    remaining: dict[str, list[str]] = {}
+
+    def gone(states: list[Record]) -> bool:
+        remaining.clear()
+        for state in states:
+            if state["name"] in wanted:
+                remaining.setdefault(state["name"], []).append(state["machineID"])
+        return not remaining
+
+    cluster = ctx.cluster
+    interval = 0.1
+    while True:
+        if len(names) <= FEW:
+            results = cluster.bulk([(lambda n=n: cluster.states(unit=n)) for n in names])
+            states = [s for r in results if not isinstance(r, BaseException) for s in r]
+        else:
+            states = cluster.states()
+        if gone(states):
+            waiter.done()
+            return []
+        if waiter.expired():
+            waiter.done()
+            return [
+                f"timed out waiting for unit {name} to be unloaded from "
+                + ", ".join(waiter.legend(m) for m in sorted(machines))
+                for name, machines in sorted(remaining.items())
+            ]
+        waiter.show(f"Waiting for {len(remaining)} destroyed units to be unloaded; {len(names) - len(remaining)}/{len(names)} done")
+        waiter.sleep(interval)
+        interval = min(0.5, interval * 1.5)
+
+
+# -- restart ----------------------------------------------------------------------------------
+
+
+def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
+    records, errors, _ = _existing(ctx, args.units)
+    for record in records:
+        if record["desiredState"] == "inactive":
+            errors.append(f"cannot restart {record['name']}: it is not loaded (desired state inactive); use fleetctl start")
+    if errors:
+        return report(ctx, errors)
+    cluster = ctx.cluster
+    attempts = int(args.block_attempts or 0)
+    running = [r for r in records if r["desiredState"] == "launched"]
+    waiter = Waiter(ctx, attempts)
+    # where each running global unit is active now: those machines must stop it, then
+    # start it again (an agent that never sees it stopped would not restart it)
+    was_on: dict[str, set[str]] = {}
+    for record in running:
+        if is_global(record):
+            was_on[record["name"]] = {s["machineID"] for s in cluster.states(unit=record["name"]) if is_active(s)}
+    errors += _messages(_run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], "loaded")) for r in running]))
+    if errors:
+        return report(ctx, errors)
+    for name, machines in was_on.items():
+
+        def stopped(states: list[Record], machines: set[str] = machines) -> bool:
+            return not any(is_active(s) for s in states if s["machineID"] in machines)
+
+        if waiter.wait_global(name, "stopped", stopped) is None:
+            errors.append(f"timed out waiting for global unit {name} to stop on every machine")
+    local = [r for r in running if not is_global(r)]
+    errors += waiter.wait_units([Goal(r["name"], "loaded") for r in local], "stop")
+    if errors:
+        return report(ctx, _timeouts(errors))
+    errors += _messages(_run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], "launched")) for r in records]))
+    if errors:
+        return report(ctx, errors)
+    no_block = getattr(args, "no_block", False)
+    for record in records:
+        name = record["name"]
+        if not is_global(record):
+            continue
+        if no_block:
+            ctx.print(f"Triggered global unit {name} start")
+            continue
+        expected = was_on.get(name, set())
+        if not expected:
+            ctx.print(f"Triggered global unit {name} start")  # it ran nowhere: nothing to wait for
+            continue
+
+        def started(states: list[Record], expected: set[str] = expected) -> bool:
+            return expected <= {s["machineID"] for s in states if is_active(s)}
+
+        states = waiter.wait_global(name, "running", started)
+        if states is None:
+            errors.append(f"timed out waiting for global unit {name} to run again on every machine")
+            continue
+        for state in sorted(states, key=lambda s: s["machineID"]):
+            if is_active(state):
+                ctx.print(f"Unit {name} launched on {waiter.legend(state['machineID'])}")
+    local = [r for r in records if not is_global(r)]
+    if no_block:
+        for record in local:
+            ctx.print(f"Triggered unit {record['name']} start")
+        return report(ctx, errors)
+    errors += waiter.wait_units([Goal(r["name"], "launched") for r in local], "start")
+    return report(ctx, _timeouts(errors))
+
+
+# -- cat --------------------------------------------------------------------------------------
+
+
+def cmd_cat(ctx: Context, args: argparse.Namespace) -> int:
+    units = Units(ctx)
+    names, errors = resolve_names(ctx, args.units, units)
+    found = units.get_many(names)
+    first = True
+    for name in names:
+        record = found[name]
+        if record is None:
+            errors.append(f"unit {name} not found")
+            continue
+        if not first:
+            ctx.out.write("\n")
+        first = False
+        ctx.out.write(_file_of(record).serialize())
+    ctx.out.flush()
+    return report(ctx, errors)
+
+
+__all__ = [
+    "Failed",
+    "cmd_cat",
+    "cmd_destroy",
+    "cmd_restart",
+    "cmd_stop_unload",
+    "cmd_submit_load_start",
+    "plan_units",
+    "resolve_names",
+]
