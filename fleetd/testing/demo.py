@@ -5,8 +5,8 @@ it is), starts the example units from ``examples/`` with fleetctl and prints wha
 where; ``down`` removes every trace; ``status`` shows it. Needs root (see
 ``fleetd.testing.hosts.check_supported``).
 
-The demo lives in lab ``fleet-demo`` (bridge flbr9, 10.231.9.0/24) so it never collides
-with test runs, which take the lower slots. etcd runs inside the lab's cgroup, so the
+The demo lives in lab ``fleet-demo`` (bridge flbr9, 10.231.9.0/24, interfaces vh9-*) so it
+never collides with test runs, which take the lower slots. etcd runs inside the lab's cgroup, so the
 lab's sweep ends it along with the hosts.
 """
 
@@ -28,6 +28,7 @@ from fleetd.testing.hosts import HostLab, check_supported, default_binds, sweep_
 LAB = "fleet-demo"
 BRIDGE = "flbr9"
 SUBNET = "10.231.9.0/24"
+VETH_PREFIX = "vh9-"  # distinct from the test labs' interface names
 STATE_DIR = Path("/run/fleet-demo")
 STATE_FILE = STATE_DIR / "demo.json"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -84,7 +85,7 @@ def up(ttl: str) -> int:
         print("Removing the leftovers of an earlier demo cluster ...")
         down(quiet=True)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    lab = HostLab(LAB, bridge=BRIDGE, subnet=SUBNET, binds=default_binds())
+    lab = HostLab(LAB, bridge=BRIDGE, subnet=SUBNET, veth_prefix=VETH_PREFIX, binds=default_binds())
     etcd: EtcdCluster | None = None
     try:
         etcd = EtcdCluster(listen_hosts=("127.0.0.1", lab.bridge_ip), base_dir=str(STATE_DIR / "etcd"))

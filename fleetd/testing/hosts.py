@@ -531,6 +531,7 @@ class Host:
         self._t0 = 0.0
         self._exec_seen = False
         self._stopped = False
+        self._veth_created = False
 
     def __repr__(self) -> str:
         state = "alive" if self.is_alive() else "dead"
@@ -588,6 +589,7 @@ class Host:
     def _setup_network(self) -> None:
         """veth pair: vh-<name> on the lab bridge, the peer created as eth0 in the host."""
         lab = self.lab
+        self._veth_created = True
         _sh(["ip", "-batch", "-"], input=(
             f"link add {self.veth} type veth peer name eth0 netns {self.pid}\n"
             f"link set {self.veth} master {lab.bridge} up\n"))
@@ -642,7 +644,9 @@ class Host:
             if time.monotonic() > deadline:
                 _cg_kill(self.cgroup)
             time.sleep(0.005)
-        if self.veth:
+        # only an interface this host made: a launch refused because another lab holds
+        # the name must not take that lab's host off the network
+        if self.veth and self._veth_created:
             _link_delete(self.veth)
         _cg_remove(self.cgroup)
         if self._pidfd is not None:
