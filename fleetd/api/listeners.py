@@ -167,9 +167,9 @@ def bind_tcp(listener: TcpListener) -> list[socket.socket]:
     seen: set[tuple[int, str]] = set()
     try:
         for family, kind, proto, _, address in infos:
-            if (family, address[0]) in seen:
+            if (int(family), str(address[0])) in seen:
                 continue
-            seen.add((family, address[0]))
+            seen.add((int(family), str(address[0])))
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,7 +103,7 @@ def _read(path: str | None) -> bytes | None:
         return handle.read()
 
 
-class WatchRefused(EtcdError):
+class WatchRefused(aetcd.exceptions.ClientError):
     """etcd refused to create a watch (no or expired auth token, or no read permission)."""
 
 
@@ -160,7 +160,8 @@ class _Client(aetcd.Client):
         if self._connected.is_set():
             return
         await self._open()
-        if self._watcher is not None and not isinstance(self._watcher, _Watcher):
+XX
+        if watcher is not None and not isinstance(watcher, _Watcher):
             # Not set up yet (aetcd starts its stream on the first watch): replace it.
             self._watcher = _Watcher(
                 rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
@@ -364,7 +365,7 @@ class Etcd:
 
     async def watch_prefix(
         self, prefix: str, start_revision: int, retry_delay: float = 0.2
-    ) -> AsyncIterator[list[WatchEvent]]:
+    ) -> AsyncGenerator[list[WatchEvent], None]:
         """Yield batches of events under ``prefix`` from ``start_revision`` on, forever.
 
         After a disconnect the watch is re-created from the revision after the last event

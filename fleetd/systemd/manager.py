@@ -527,6 +527,7 @@ class SystemdManager:
         else:  # only units in memory; never loads one (no UnitNew/UnitRemoved churn)
             rows = (await self._bus.call("ListUnitsByPatterns", "asas", [[], names]))[0]
         found: dict[str, SystemdState] = {}
+        pairs: Iterable[tuple[str, Any]]
         if loading and len(rows) == len(names):
             pairs = zip(names, rows)
         else:

@@ -842,7 +842,7 @@ class HostLab:
         self._bridge_created = False
         if network and not (0 < len(bridge) <= IFNAMSIZ):
             raise ValueError(f"bad bridge name {bridge!r}")
-        self._lock_fd = _lock_dir(self.state_dir, lock_timeout)
+        self._lock_fd: int | None = _lock_dir(self.state_dir, lock_timeout)
         try:
             #: what the sweep of a previous (crashed/detached) run of this lab removed
             self.swept = _sweep_locked(self.state_dir, self.cgroup, keep_dir=True)
