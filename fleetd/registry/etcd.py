@@ -160,7 +160,7 @@ class _Client(aetcd.Client):
         if self._connected.is_set():
             return
         await self._open()
-XX
+        watcher: Any = getattr(self, "_watcher")  # set by aetcd's connect; untyped there
         if watcher is not None and not isinstance(watcher, _Watcher):
             # Not set up yet (aetcd starts its stream on the first watch): replace it.
             self._watcher = _Watcher(
