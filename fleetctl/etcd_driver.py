@@ -10,65 +10,21 @@ status still come from each machine's own fleetd API (etcd does not hold them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from fleetctl.client import Record, Transport
 from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
 from fleetd.model.errors import UnitFileError, UnitNameError
-from fleetd.model.state import MachineState, StoredUnit, UnitState
+from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.unit import DesiredState, build_unit
 from fleetd.model.unitfile import UnitFile
+from fleetd.model.wire import machine_json, state_json, states_by_unit, unit_json
 from fleetd.registry.etcd import Etcd, EtcdConfig
 from fleetd.registry.registry import Registry, RegistryError, UnitExists
 
 T = TypeVar("T")
-LAUNCHED_ACTIVE_STATES = frozenset({"active", "activating", "reloading"})
-
-
-def current_state(placed: Iterable[str], states: dict[str, UnitState]) -> str:
-    """fleetd's ``currentState`` rule (see ``fleetd.api.server.current_state``)."""
-    reported = [states[m] for m in placed if m in states]
-    if not reported:
-        return "inactive"
-    if any(s.active_state in LAUNCHED_ACTIVE_STATES for s in reported):
-        return "launched"
-    return "loaded"
-
-
-def _machine(m: MachineState) -> Record:
-    return {"id": m.id, "primaryIP": m.public_ip, "metadata": dict(m.metadata)}
-
-
-def _state(s: UnitState) -> Record:
-    return {
-        "name": s.name,
-        "hash": s.hash,
-        "machineID": s.machine_id,
-        "systemdLoadState": s.load_state,
-        "systemdActiveState": s.active_state,
-        "systemdSubState": s.sub_state,
-    }
-
-
-def _is_global(name: str, file: UnitFile) -> bool:
-    try:
-        unit, _ = build_unit(name, file)
-    except (UnitFileError, UnitNameError):
-        return False
-    return unit.requirements.global_
-
-
-def _unit(unit: StoredUnit, placed: list[str], states: dict[str, UnitState]) -> Record:
-    is_global = _is_global(unit.name, unit.file)
-    return {
-        "name": unit.name,
-        "options": unit.file.to_options(),
-        "desiredState": str(unit.desired),
-        "currentState": current_state(placed, states),
-        "machineID": placed[0] if placed and not is_global else "",
-    }
 
 
 class EtcdClient:
@@ -123,7 +79,7 @@ class EtcdClient:
     # reads ------------------------------------------------------------------------------
 
     def machines(self) -> list[Record]:
-        return [_machine(m) for m in self._run(self.registry.machines())]
+        return [machine_json(m) for m in self._run(self.registry.machines())]
 
     def units(self) -> list[Record]:
         async def read() -> tuple[list[StoredUnit], dict[str, list[str]], list[UnitState]]:
@@ -132,10 +88,8 @@ class EtcdClient:
             )
 
         units, placements, states = self._run(read())
-        by_unit: dict[str, dict[str, UnitState]] = {}
-        for state in states:
-            by_unit.setdefault(state.name, {})[state.machine_id] = state
-        return [_unit(u, sorted(placements.get(u.name, [])), by_unit.get(u.name, {})) for u in units]
+        by_unit = states_by_unit(states)
+        return [unit_json(u, sorted(placements.get(u.name, [])), by_unit.get(u.name, {})) for u in units]
 
     def unit(self, name: str) -> Record | None:
         async def read() -> tuple[StoredUnit | None, dict[str, list[str]], list[UnitState]]:
@@ -147,12 +101,12 @@ class EtcdClient:
         if unit is None:
             return None
         by_machine = {s.machine_id: s for s in states if s.name == name}
-        return _unit(unit, sorted(placements.get(name, [])), by_machine)
+        return unit_json(unit, sorted(placements.get(name, [])), by_machine)
 
     def states(self, unit: str | None = None, machine: str | None = None) -> list[Record]:
         states = self._run(self.registry.unit_states(unit))
         return [
-            _state(s)
+            state_json(s)
             for s in states
             if (unit is None or s.name == unit) and (machine is None or s.machine_id == machine)
         ]
@@ -215,4 +169,4 @@ class EtcdClient:
             self.loop.close()
 
 
-__all__ = ["EtcdClient", "current_state"]
+__all__ = ["EtcdClient"]

@@ -83,23 +83,12 @@ class UnitInfo:
 @lru_cache(maxsize=16384)
 def _unit_info(name: str, options_key: tuple[tuple[str, str, str], ...]) -> UnitInfo:
     from fleetd.model.unitfile import UnitFile  # the model is light: no I/O libraries
+    from fleetd.model.wire import is_global_unit
 
     file = UnitFile.from_options({"section": s, "name": n, "value": v} for s, n, v in options_key)
     # only a unit with an [X-Fleet] Global= line can be global: skip the full parse otherwise
     maybe_global = any(s == "X-Fleet" and n == "Global" for s, n, _ in options_key)
-    return UnitInfo(file.hash(), maybe_global and is_global_file(name, file), file.description or "")
-
-
-def is_global_file(name: str, file: Any) -> bool:
-    """Whether a unit's ``[X-Fleet]`` says ``Global=`` true (a broken section: not global)."""
-    from fleetd.model.errors import UnitFileError, UnitNameError
-    from fleetd.model.unit import build_unit
-
-    try:
-        unit, _ = build_unit(name, file)
-    except (UnitFileError, UnitNameError):
-        return False
-    return unit.requirements.global_
+    return UnitInfo(file.hash(), maybe_global and is_global_unit(name, file), file.description or "")
 
 
 def unit_info(unit: Record) -> UnitInfo:

@@ -21,7 +21,6 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
@@ -42,9 +41,10 @@ from fleetd.api.listeners import (  # re-exported: serving belongs with the appl
 from fleetd.api.paging import BadPageToken, paginate
 from fleetd.model.errors import UnitFileError, UnitNameError
 from fleetd.model.names import parse_unit_name
-from fleetd.model.state import MachineState, StoredUnit, UnitState
+from fleetd.model.state import StoredUnit
 from fleetd.model.unit import DesiredState, Unit, build_unit, check_transition, instance_from_template
 from fleetd.model.unitfile import UnitFile
+from fleetd.model.wire import current_state, machine_json, state_json, states_by_unit, unit_json
 from fleetd.registry.registry import Registry, RegistryError, UnitExists, UnitNotFound
 
 log = logging.getLogger("fleetd.api")
@@ -52,7 +52,6 @@ log = logging.getLogger("fleetd.api")
 PREFIX = "/fleet/v1"
 DEFAULT_TOKEN_LIMIT = 100
 # systemd ActiveState values that count as "launched" for a unit's currentState.
-LAUNCHED_ACTIVE_STATES = frozenset({"active", "activating", "reloading"})
 # journalctl --output formats a client may ask for.
 JOURNAL_OUTPUTS = frozenset(
     {
@@ -243,54 +242,13 @@ def _listing(field_name: str, page: list[Any], token: str | None) -> web.Respons
 # -- units ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=8192)
-def _is_global(name: str, file: UnitFile) -> bool:
-    try:
-        unit, _ = build_unit(name, file)
-    except (UnitFileError, UnitNameError):
-        return False
-    return unit.requirements.global_
-
-
-def current_state(placed: Iterable[str], states: dict[str, UnitState]) -> str:
-    """fleet's ``currentState`` of a unit: ``inactive`` unless placed and reported by a
-    machine it is placed on; then ``launched`` when systemd has it active (or activating,
-    reloading) there, ``loaded`` otherwise. ``states`` maps machine id -> state."""
-    reported = [states[machine] for machine in placed if machine in states]
-    if not reported:
-        return "inactive"
-    if any(state.active_state in LAUNCHED_ACTIVE_STATES for state in reported):
-        return "launched"
-    return "loaded"
-
-
-def unit_json(unit: StoredUnit, placed: list[str], states: dict[str, UnitState]) -> dict[str, Any]:
-    """The API's unit object; ``placed``: machines it is scheduled on, ``states``: machine
-    id -> its published state of this unit."""
-    is_global = _is_global(unit.name, unit.file)
-    return {
-        "name": unit.name,
-        "options": unit.file.to_options(),
-        "desiredState": str(unit.desired),
-        "currentState": current_state(placed, states),
-        "machineID": placed[0] if placed and not is_global else "",
-    }
-
-
-def _states_by_unit(states: Iterable[UnitState]) -> dict[str, dict[str, UnitState]]:
-    result: dict[str, dict[str, UnitState]] = {}
-    for state in states:
-        result.setdefault(state.name, {})[state.machine_id] = state
-    return result
-
-
 async def list_units(request: web.Request) -> web.Response:
     registry = _state(request).registry
     units, placements, states = await asyncio.gather(
         registry.units(), registry.placements(), registry.unit_states()
     )
     page, token = _page(request, units, lambda u: (u.name,), "units")
-    by_unit = _states_by_unit(states)
+    by_unit = states_by_unit(states)
     items = [unit_json(u, sorted(placements.get(u.name, [])), by_unit.get(u.name, {})) for u in page]
     return _listing("units", items, token)
 
@@ -411,17 +369,6 @@ async def delete_unit(request: web.Request) -> web.Response:
 # -- state, machines --------------------------------------------------------------------------
 
 
-def state_json(state: UnitState) -> dict[str, str]:
-    return {
-        "name": state.name,
-        "hash": state.hash,
-        "machineID": state.machine_id,
-        "systemdLoadState": state.load_state,
-        "systemdActiveState": state.active_state,
-        "systemdSubState": state.sub_state,
-    }
-
-
 async def list_states(request: web.Request) -> web.Response:
     unit_name = request.query.get("unitName") or None
     machine_id = request.query.get("machineID") or None
@@ -434,10 +381,6 @@ async def list_states(request: web.Request) -> web.Response:
         states = [s for s in states if s.machine_id == machine_id]
     page, token = _page(request, states, lambda s: (s.name, s.machine_id), "state")
     return _listing("states", [state_json(s) for s in page], token)
-
-
-def machine_json(machine: MachineState) -> dict[str, Any]:
-    return {"id": machine.id, "primaryIP": machine.public_ip, "metadata": dict(machine.metadata)}
 
 
 async def list_machines(request: web.Request) -> web.Response:

@@ -1,0 +1,76 @@
+"""The records of fleet's HTTP API v1, built from model records.
+
+One definition serves both the API server and fleetctl's ``--driver etcd`` (which must
+show exactly what the API would), so the two can never drift apart. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from fleetd.model.errors import UnitFileError, UnitNameError
+from fleetd.model.state import MachineState, StoredUnit, UnitState
+from fleetd.model.unit import build_unit
+from fleetd.model.unitfile import UnitFile
+
+# systemd ActiveStates that count as "launched" for fleet's currentState
+LAUNCHED_ACTIVE_STATES = frozenset({"active", "activating", "reloading"})
+
+
+@lru_cache(maxsize=8192)
+def is_global_unit(name: str, file: UnitFile) -> bool:
+    """Whether the unit's ``[X-Fleet]`` says ``Global=`` true (an invalid unit: not global)."""
+    try:
+        unit, _ = build_unit(name, file)
+    except (UnitFileError, UnitNameError):
+        return False
+    return unit.requirements.global_
+
+
+def current_state(placed: Iterable[str], states: Mapping[str, UnitState]) -> str:
+    """fleet's ``currentState``: ``inactive`` unless placed and reported by a machine it is
+    placed on; then ``launched`` when systemd has it active (or activating, reloading)
+    there, ``loaded`` otherwise. ``states`` maps machine id -> state."""
+    reported = [states[machine] for machine in placed if machine in states]
+    if not reported:
+        return "inactive"
+    if any(state.active_state in LAUNCHED_ACTIVE_STATES for state in reported):
+        return "launched"
+    return "loaded"
+
+
+def unit_json(unit: StoredUnit, placed: list[str], states: Mapping[str, UnitState]) -> dict[str, Any]:
+    """The API's unit object; ``placed``: machines it is scheduled on, ``states``: machine
+    id -> its published state of this unit. Global units have no single machine."""
+    return {
+        "name": unit.name,
+        "options": unit.file.to_options(),
+        "desiredState": str(unit.desired),
+        "currentState": current_state(placed, states),
+        "machineID": placed[0] if placed and not is_global_unit(unit.name, unit.file) else "",
+    }
+
+
+def state_json(state: UnitState) -> dict[str, str]:
+    return {
+        "name": state.name,
+        "hash": state.hash,
+        "machineID": state.machine_id,
+        "systemdLoadState": state.load_state,
+        "systemdActiveState": state.active_state,
+        "systemdSubState": state.sub_state,
+    }
+
+
+def machine_json(machine: MachineState) -> dict[str, Any]:
+    return {"id": machine.id, "primaryIP": machine.public_ip, "metadata": dict(machine.metadata)}
+
+
+def states_by_unit(states: Iterable[UnitState]) -> dict[str, dict[str, UnitState]]:
+    """unit name -> machine id -> state, the shape ``unit_json`` takes."""
+    result: dict[str, dict[str, UnitState]] = {}
+    for state in states:
+        result.setdefault(state.name, {})[state.machine_id] = state
+    return result
