@@ -276,3 +276,23 @@ async def test_restarted_agent_adopts_its_lease_and_units(sim: SimCluster, tmp_p
         assert manager.starts["pinned.service"] == 1
     finally:
         second_task.cancel()
+
+
+async def test_agent_that_loses_its_lease_registers_again(sim: SimCluster) -> None:
+    ids = await three_machines(sim)
+    await sim.submit("mine.service", with_fleet(f"MachineID={ids[0]}"))
+    await wait_until(lambda: sim.where("mine.service") == [ids[0]], 10, "mine.service running")
+    agent = sim.machines[ids[0]].agent
+    old_lease = agent.status.lease
+    registry = sim.registry()
+    # the lease vanishes (as after a long etcd outage): entry and states go with it
+    await registry.etcd.revoke(old_lease)
+
+    async def back() -> bool:
+        machines = {m.id for m in await registry.machines()}
+        states = {(s.name, s.machine_id) for s in await registry.unit_states()}
+        return ids[0] in machines and ("mine.service", ids[0]) in states
+
+    await eventually(back, sim.settings.agent_ttl * 3, "the agent to register and publish again")
+    assert agent.status.lease != old_lease and agent.status.registered
+    assert sim.where("mine.service") == [ids[0]]
