@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -27,7 +28,18 @@ def _read_file(path: str) -> str | None:
         return None
 
 
+# A SIGHUP that arrives while fleetd is still starting (before the daemon's own handler is
+# installed) must not kill it: remember it, and the daemon reloads once it runs.
+early_reload_requested = False
+
+
+def _remember_hup(signum: int, frame: object) -> None:
+    global early_reload_requested
+    early_reload_requested = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGHUP, _remember_hup)
     args = list(sys.argv[1:] if argv is None else argv)
     if "--version" in args or "-version" in args:
         print(f"fleetd version {__version__}")
@@ -58,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         daemon = Daemon(config, config_loader=load)
-        asyncio.run(daemon.run())
+        asyncio.run(daemon.run(reload_pending=lambda: early_reload_requested))
     except StartupError as exc:
         print(f"fleetd: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -131,13 +131,17 @@ class Daemon:
     def machine_state(self) -> MachineState:
         return MachineState(self.machine_id, self.public_ip, dict(self.config.metadata), __version__)
 
-    async def run(self) -> None:
+    async def run(self, reload_pending: Callable[[], bool] = lambda: False) -> None:
+        """Run until SIGTERM/SIGINT. ``reload_pending`` tells whether a SIGHUP came in
+        before this loop's own handler was installed (it is then honoured at once)."""
         from fleetd.systemd.manager import SystemdManager  # the D-Bus stack, only in the daemon
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        if reload_pending():
+            self.reload_requested.set()
 
         settings = self.config.settings()
         etcd = Etcd(self.etcd_config())

@@ -218,14 +218,21 @@ class FleetCluster:
 
     def wait_registered(self, timeout: float) -> None:
         want = sorted(h.machine_id for h in self.live_hosts())
+        seen: list[str] = []
 
         def registered() -> bool:
             try:
-                return self.machines() == want
+                seen[:] = self.machines()
             except OSError:
                 return False
+            return seen == want
 
-        wait_for(registered, timeout, f"machines {want} to register")
+        try:
+            wait_for(registered, timeout, f"machines {want} to register")
+        except TimeoutError as exc:
+            missing = [h for h in self.live_hosts() if h.machine_id not in seen]
+            logs = "".join(f"\n--- fleetd on {h.name}:\n{fleetd_log(h, 30)}" for h in missing)
+            raise TimeoutError(f"{exc}; registered: {seen}{logs}") from None
 
     def where(self, unit: str, hosts: Iterable[FleetHost] | None = None) -> list[str]:
         """Names of the hosts whose systemd runs ``unit`` now (asked from inside each host)."""

@@ -237,6 +237,9 @@ def test_graceful_stop_unloads_and_leaves_then_keep_mode_adopts(cluster: FleetCl
 
 def test_sighup_reloads_metadata(cluster: FleetCluster) -> None:
     host = cluster.live_hosts()[-1]
+    # an earlier test may have just restarted this fleetd: let it finish starting
+    cluster.wait_registered(30)
+    wait_for(lambda: request(cluster, "GET", "/machines", host=host)[0] == 200, 20, "its API")
     conf = host.host.root_path / "run/fleet/fleet.conf"
     original = conf.read_text()
     conf.write_text("".join(line for line in original.splitlines(keepends=True) if not line.startswith("metadata="))
