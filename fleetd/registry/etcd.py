@@ -192,6 +192,17 @@ class _Client(aetcd.Client):
             aetcd.rpc.insecure_channel = original  # type: ignore[assignment]
 
 
+CLOSE_TIMEOUT = 5.0
+
+
+async def _close_quietly(client: _Client) -> None:
+    """Close a connection, giving up after CLOSE_TIMEOUT; errors of a dead one are moot."""
+    try:
+        await asyncio.wait_for(client.close(), CLOSE_TIMEOUT)
+    except (Exception, asyncio.TimeoutError):  # noqa: BLE001
+        log.debug("closing an etcd connection failed", exc_info=True)
+
+
 class Etcd:
     """A connection to an etcd cluster through one of several endpoints.
 
@@ -205,6 +216,7 @@ class Etcd:
         self._index = 0
         self._client: _Client | None = None
         self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Future[None]] = set()
         self.requests = 0  # operations sent, for benchmarks
 
     # -- connection ------------------------------------------------------------------
@@ -232,15 +244,19 @@ class Etcd:
             if next_endpoint:
                 self._index += 1
         if old is not None:
-            try:
-                await old.close()
-            except Exception:  # noqa: BLE001 - a dead connection may fail to close
-                log.debug("closing a failed etcd connection", exc_info=True)
+            # Never wait on it here: closing a connection whose peer vanished can block
+            # for good (aetcd's watcher waits to queue its stop on a stream nobody reads),
+            # and the caller is about to reconnect, e.g. to keep a lease alive.
+            task = asyncio.ensure_future(_close_quietly(old))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         old, self._client = self._client, None
         if old is not None:
-            await old.close()
+            await _close_quietly(old)
+        for task in list(self._closing):
+            task.cancel()
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run one client operation, trying each endpoint once on connection failure.

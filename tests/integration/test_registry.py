@@ -183,3 +183,29 @@ async def test_failover_to_the_next_endpoint(etcd3: EtcdCluster, key_prefix: str
         assert got is not None and got.value == b"2"
     finally:
         await client.close()
+
+
+async def test_a_connection_that_will_not_close_does_not_stall_reconnection(
+    etcd: EtcdCluster, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetd.registry import etcd as etcd_module
+
+    client = Etcd(EtcdConfig(endpoints=tuple(etcd.endpoints), request_timeout=2))
+    try:
+        await client.put(f"{key_prefix}a", b"1")
+        stuck = await client.client()
+        never = asyncio.Event()
+
+        async def hang() -> None:  # as aetcd's close can, when its peer vanished
+            await never.wait()
+
+        monkeypatch.setattr(stuck, "close", hang)
+        monkeypatch.setattr(etcd_module, "CLOSE_TIMEOUT", 0.2, raising=False)
+        async with asyncio.timeout(5):
+            await client.failover()
+            await client.put(f"{key_prefix}b", b"2")
+        assert await client.client() is not stuck
+        got = await client.get(f"{key_prefix}b")
+        assert got is not None and got.value == b"2"
+    finally:
+        await client.close()
