@@ -88,7 +88,8 @@ def up(ttl: str) -> int:
     lab = HostLab(LAB, bridge=BRIDGE, subnet=SUBNET, veth_prefix=VETH_PREFIX, binds=default_binds())
     etcd: EtcdCluster | None = None
     try:
-        etcd = EtcdCluster(listen_hosts=("127.0.0.1", lab.bridge_ip), base_dir=str(STATE_DIR / "etcd"))
+        etcd = EtcdCluster(listen_hosts=("127.0.0.1", lab.bridge_ip), base_dir=str(STATE_DIR / "etcd"),
+                           die_with_parent=False)
         etcd.start()
         process = etcd.members[0].process
         assert process is not None

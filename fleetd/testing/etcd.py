@@ -16,6 +16,7 @@ plain http on loopback.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
@@ -36,6 +37,12 @@ from types import TracebackType
 
 class EtcdNotFound(RuntimeError):
     """No etcd binary could be found by any of the documented means."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask the kernel for SIGKILL when our parent thread exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def find_etcd_binary() -> str:
@@ -204,6 +211,9 @@ class EtcdCluster:
     members: list[EtcdMember] = field(default_factory=list)
     tls: TlsFiles | None = None
     extra_args: tuple[str, ...] = ()  # more etcd flags, e.g. ("--auth-token-ttl", "1")
+    # End etcd when the process that started it dies (a test run killed mid-way must
+    # not leave servers behind); the demo cluster turns this off to outlive `up`.
+    die_with_parent: bool = True
     _owns_base_dir: bool = False
 
     def __post_init__(self) -> None:
@@ -287,6 +297,7 @@ class EtcdCluster:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
 
     def start(self, timeout: float = 30.0) -> "EtcdCluster":
