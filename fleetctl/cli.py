@@ -111,7 +111,6 @@ GLOBAL_FLAGS: tuple[Flag, ...] = (
     Flag("ssh-timeout", "float", "Seconds to allow for an SSH connection to be established.", 10.0),
     Flag("debug", "bool", "Print out more debug information to stderr.", False),
 )
-GLOBAL_BY_NAME = {f.name: f for f in GLOBAL_FLAGS}
 
 _LIST = (
     Flag("full", "bool", "Do not ellipsize fields on output.", False, short="l"),

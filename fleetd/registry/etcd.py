@@ -328,9 +328,6 @@ class Etcd:
     def op_get(self, key: str) -> Any:
         return aetcd.transactions.Get(key.encode())
 
-    def cmp_value(self, key: str, value: bytes) -> Any:
-        return aetcd.transactions.Value(key.encode()) == value
-
     def cmp_create(self, key: str, revision: int) -> Any:
         return aetcd.transactions.Create(key.encode()) == revision
 

@@ -101,8 +101,3 @@ class Keys:
         """``schedule/<machine>/<name>`` -> ``(machine, name)``."""
         machine_id, _, name = self.tail(key, self.schedule).partition("/")
         return machine_id, name
-
-    def split_state(self, key: str) -> tuple[str, str]:
-        """``states/<name>/<machine>`` -> ``(name, machine)``."""
-        name, _, machine_id = self.tail(key, self.states).rpartition("/")
-        return name, machine_id

@@ -327,9 +327,6 @@ class Registry:
     def leader_guard(self, leadership: Leadership) -> list[Any]:
         return [self.etcd.cmp_create(self.keys.leader, leadership.create_revision)]
 
-    async def resign(self, leadership: Leadership) -> None:
-        await self.etcd.txn(self.leader_guard(leadership), [self.etcd.op_delete(self.keys.leader)])
-
     async def unplaceable(self) -> dict[str, str]:
         """unit name -> the engine's reason it cannot be placed (what users are shown)."""
         prefix = self.keys.unplaceable_prefix

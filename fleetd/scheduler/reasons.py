@@ -90,8 +90,3 @@ def summarise(ctx: Context, unit: str, rejections: Sequence[Rejection]) -> str:
         merged = f"conflicts with {name_list(_conflict_names(ctx, unit, conflicted))}"
     labels = [merged if r.kind == "conflicts" else r.reason for r in rejections]
     return counted(labels)
-
-
-def pinned_summary(context: str, rejection: Rejection) -> str:
-    """A unit that may only run on one machine (MachineID, MachineOf) and is refused there."""
-    return f"{context}: {rejection.reason}"
