@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from fleetd.testing.fleetcluster import FleetCluster
 from fleetd.testing.hosts import Host, HostLab, check_supported, default_binds, open_lab
 
 
@@ -64,3 +65,13 @@ def lab_factory(hosts_supported: None) -> Iterator[Callable[..., HostLab]]:
     yield make
     for lab in labs:
         lab.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(hosts_supported: None, request: pytest.FixtureRequest) -> Iterator[FleetCluster]:
+    """A real fleet shared by one test module: etcd plus 3 hosts running fleetd, metadata
+    role=web, web, db. The module sets ``TTL`` (agent_ttl, seconds) and ``LAB_PREFIX``."""
+    ttl = float(request.module.TTL)
+    with FleetCluster(size=3, lab_prefix=request.module.LAB_PREFIX, agent_ttl=f"{ttl:g}s",
+                      metadata=[{"role": "web"}, {"role": "web"}, {"role": "db"}]) as fc:
+        yield fc

@@ -27,7 +27,8 @@ from fleetd.testing.fleetcluster import FleetCluster, FleetHost, wait_for
 
 pytestmark = pytest.mark.cluster
 
-TTL = 3.0
+TTL = 3.0  # agent_ttl of the module's cluster (fixture `cluster` in conftest.py)
+LAB_PREFIX = "fctl"
 ROOT = Path(__file__).resolve().parents[2]
 # fleetctl can take a few seconds when it blocks; a hung command must not hang the suite
 COMMAND_TIMEOUT = 60.0
@@ -57,17 +58,6 @@ TICK_RE = re.compile(r"\btick (\d+)\b")
 
 
 # -- the cluster and running fleetctl ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster(hosts_supported: None) -> Iterator[FleetCluster]:
-    fc = FleetCluster(size=3, lab_prefix="fctl", agent_ttl=f"{TTL:g}s",
-                      metadata=[{"role": "web"}, {"role": "web"}, {"role": "db"}])
-    fc.start()
-    try:
-        yield fc
-    finally:
-        fc.close()
 
 
 def fleetctl_env(endpoint: str | None) -> dict[str, str]:

@@ -11,7 +11,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,8 @@ from fleetd.testing.fleetcluster import FleetCluster, FleetHost, fleetd_log, wai
 
 pytestmark = pytest.mark.cluster
 
-TTL = 3.0
+TTL = 3.0  # agent_ttl of the module's cluster (fixture `cluster` in conftest.py)
+LAB_PREFIX = "fleetd"
 SLEEP_UNIT = "[Unit]\nDescription={name}\n[Service]\nExecStart=/bin/sh -c 'echo started {name}; exec sleep infinity'\n"
 
 
@@ -28,17 +28,6 @@ def options(text: str) -> list[dict[str, str]]:
     from fleetd.model.unitfile import parse_unit_file
 
     return parse_unit_file(text).to_options()
-
-
-@pytest.fixture(scope="module")
-def cluster(hosts_supported: None) -> Iterator[FleetCluster]:
-    fc = FleetCluster(size=3, lab_prefix="fleetd", agent_ttl=f"{TTL:g}s",
-                      metadata=[{"role": "web"}, {"role": "web"}, {"role": "db"}])
-    fc.start()
-    try:
-        yield fc
-    finally:
-        fc.close()
 
 
 def request(cluster: FleetCluster, method: str, path: str, body: Any = None, host: FleetHost | None = None) -> tuple[int, Any]:
