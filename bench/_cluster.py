@@ -20,8 +20,8 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fleetd.model.unitfile import parse_unit_file  # noqa: E402
-from fleetd.testing.fleetcluster import FleetHost  # noqa: E402
-from fleetd.testing.hosts import check_supported  # noqa: E402
+from fleetlab.fleetcluster import FleetHost  # noqa: E402
+from fleetlab.hosts import check_supported  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _T0 = time.monotonic()

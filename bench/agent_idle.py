@@ -50,7 +50,7 @@ from fleetd.model.unit import DesiredState  # noqa: E402
 from fleetd.model.unitfile import parse_unit_file  # noqa: E402
 from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
 from fleetd.registry.registry import Registry  # noqa: E402
-from fleetd.testing.fleetcluster import FleetCluster, FleetHost  # noqa: E402
+from fleetlab.fleetcluster import FleetCluster, FleetHost  # noqa: E402
 
 BASELINE = "fleet 1.0 (DESIGN.md): engine leader's fleetd 25 % of a core, etcd 63 requests/s, with 500 units idle"
 UNIT = "[Unit]\nDescription=bench idle unit {index}\n[Service]\nExecStart=/bin/sleep infinity\n[X-Fleet]\nMachineID={machine}\n"

@@ -20,8 +20,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fleetd.settings import Settings  # noqa: E402
-from fleetd.testing.etcd import EtcdCluster  # noqa: E402
-from fleetd.testing.simcluster import SimCluster, wait_until  # noqa: E402
+from fleetlab.etcd import EtcdCluster  # noqa: E402
+from fleetlab.simcluster import SimCluster, wait_until  # noqa: E402
 
 BODY = "[Service]\nExecStart=/bin/sleep infinity\n"
 

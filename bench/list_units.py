@@ -1,6 +1,6 @@
 """Benchmark: how long does ``fleetctl list-units`` take on a loaded cluster?
 
-A real cluster (fleetd.testing.fleetcluster: etcd plus N namespaced systemd hosts, each
+A real cluster (fleetlab.fleetcluster: etcd plus N namespaced systemd hosts, each
 running fleetd from its units; needs root). U units with desired state ``launched`` are
 submitted at once (Registry.create_units on the cluster's etcd), and the benchmark waits
 until every one is active on its host. Then ``fleetctl --endpoint http://<host ip>:54728
@@ -30,7 +30,7 @@ from fleetd.model.unit import DesiredState  # noqa: E402
 from fleetd.model.unitfile import parse_unit_file  # noqa: E402
 from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
 from fleetd.registry.registry import Registry  # noqa: E402
-from fleetd.testing.fleetcluster import PREFIX, FleetCluster  # noqa: E402
+from fleetlab.fleetcluster import PREFIX, FleetCluster  # noqa: E402
 
 ONESHOT = "[Unit]\nDescription=bench %n\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
 SLEEP = "[Unit]\nDescription=bench %n\n\n[Service]\nExecStart=/bin/sleep infinity\n"

@@ -2,7 +2,7 @@
 
 A real etcd, one real engine in its own process (as on a real cluster, where the engine
 runs on one of the machines), and M SIMULATED agents (in-memory service managers, see
-fleetd.agent.simulated) in this process. N units with desired state ``launched`` are
+fleetlab.simulated) in this process. N units with desired state ``launched`` are
 submitted at once; the clock stops when every unit's running state has been published
 to etcd by its agent. Prints figures, ending with ``units_per_s=<float>``.
 
@@ -22,7 +22,7 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fleetd.agent.agent import Agent  # noqa: E402
-from fleetd.agent.simulated import SimulatedManager  # noqa: E402
+from fleetlab.simulated import SimulatedManager  # noqa: E402
 from fleetd.engine.engine import Engine  # noqa: E402
 from fleetd.model.state import MachineState, StoredUnit  # noqa: E402
 from fleetd.model.unit import DesiredState  # noqa: E402
@@ -30,7 +30,7 @@ from fleetd.model.unitfile import parse_unit_file  # noqa: E402
 from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
 from fleetd.registry.registry import Registry  # noqa: E402
 from fleetd.settings import Settings  # noqa: E402
-from fleetd.testing.etcd import EtcdCluster  # noqa: E402
+from fleetlab.etcd import EtcdCluster  # noqa: E402
 
 
 async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ import aiohttp  # noqa: E402
 from dbus_fast import Message, MessageType  # noqa: E402
 from dbus_fast.aio import MessageBus  # noqa: E402
 
-from fleetd.testing.fleetcluster import FleetCluster, FleetHost  # noqa: E402
+from fleetlab.fleetcluster import FleetCluster, FleetHost  # noqa: E402
 
 UNIT = "[Unit]\nDescription=bench start latency {index}\n[Service]\nExecStart=/bin/sleep infinity\n"
 SYSTEMD = "org.freedesktop.systemd1"

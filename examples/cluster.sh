@@ -12,4 +12,4 @@ if [ "$cmd" = up ]; then
 fi
 [ -x .venv/bin/python ] || { echo "run 'bash examples/cluster.sh up' first" >&2; exit 1; }
 shift || true
-exec .venv/bin/python -m fleetd.testing.demo "$cmd" "$@"
+exec .venv/bin/python -m fleetlab.demo "$cmd" "$@"

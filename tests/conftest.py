@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleetd.testing.etcd import EtcdCluster, EtcdNotFound
+from fleetlab.etcd import EtcdCluster, EtcdNotFound
 
 
 def _start_cluster(size: int) -> EtcdCluster:

@@ -1,7 +1,7 @@
 """The seam between the agent and a machine's service manager.
 
 The real implementation drives systemd over D-Bus (``fleetd.systemd``); the simulated one
-(``fleetd.agent.simulated``) keeps units in memory for tests of scale. Both speak this
+(``fleetlab.simulated``) keeps units in memory for tests of scale. Both speak this
 protocol, so the agent cannot tell them apart.
 """
 

@@ -1,4 +1,4 @@
-"""Fixtures for tests on real namespaced systemd hosts (fleetd.testing.hosts).
+"""Fixtures for tests on real namespaced systemd hosts (fleetlab.hosts).
 
 One lab with three hosts per test module keeps the suite fast (a host boots in ~0.3 s);
 tests that need a lab of their own (cleanup, sweep) get one from ``lab_factory``. Labs
@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from fleetd.testing.fleetcluster import FleetCluster
-from fleetd.testing.hosts import Host, HostLab, check_supported, default_binds, open_lab
+from fleetlab.fleetcluster import FleetCluster
+from fleetlab.hosts import Host, HostLab, check_supported, default_binds, open_lab
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ Every command runs as a subprocess (``python -m fleetctl.main``) in a directory 
 the unit files, with ``FLEETCTL_ENDPOINT`` pointing at one host's fleetd (TCP API), and
 each test checks both what fleetctl says (output, exit status) and what really happens
 in the hosts' own systemd (``systemctl show`` inside each host). The cluster is
-``fleetd.testing.fleetcluster``: etcd plus three namespaced systemd hosts each running
+``fleetlab.fleetcluster``: etcd plus three namespaced systemd hosts each running
 fleetd as a socket-activated service. Waits are conditions with deadlines.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.testing.fleetcluster import FleetCluster, FleetHost, wait_for
+from fleetlab.fleetcluster import FleetCluster, FleetHost, wait_for
 
 pytestmark = pytest.mark.cluster
 

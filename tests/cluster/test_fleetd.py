@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fleetd.testing.fleetcluster import FleetCluster, FleetHost, fleetd_log, wait_for
+from fleetlab.fleetcluster import FleetCluster, FleetHost, fleetd_log, wait_for
 
 pytestmark = pytest.mark.cluster
 

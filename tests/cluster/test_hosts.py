@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.testing.hosts import Host, HostLab
+from fleetlab.hosts import Host, HostLab
 
 pytestmark = pytest.mark.cluster
 

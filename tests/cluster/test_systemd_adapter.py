@@ -28,7 +28,7 @@ from fleetd.systemd import (
     unit_object_path,
     unit_status_text,
 )
-from fleetd.testing.hosts import Host, HostLab
+from fleetlab.hosts import Host, HostLab
 
 pytestmark = pytest.mark.cluster
 

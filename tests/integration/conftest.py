@@ -8,7 +8,7 @@ import pytest
 
 from fleetd.registry.etcd import Etcd, EtcdConfig
 from fleetd.registry.registry import Registry
-from fleetd.testing.etcd import EtcdCluster
+from fleetlab.etcd import EtcdCluster
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 
 from fleetd.model.unit import DesiredState
 from fleetd.registry.registry import NotLeader
-from fleetd.testing.etcd import EtcdCluster
-from fleetd.testing.simcluster import SimCluster, eventually, wait_until
+from fleetlab.etcd import EtcdCluster
+from fleetlab.simcluster import SimCluster, eventually, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -245,7 +245,7 @@ async def test_restarted_agent_adopts_its_lease_and_units(sim: SimCluster, tmp_p
     import asyncio
 
     from fleetd.agent.agent import Agent
-    from fleetd.agent.simulated import SimulatedManager
+    from fleetlab.simulated import SimulatedManager
     from fleetd.model.state import MachineState
 
     await three_machines(sim)

@@ -9,7 +9,7 @@ import aetcd
 import aetcd.exceptions
 import pytest
 
-from fleetd.testing.etcd import EtcdCluster, find_etcd_binary, member_healthy
+from fleetlab.etcd import EtcdCluster, find_etcd_binary, member_healthy
 
 pytestmark = pytest.mark.integration
 

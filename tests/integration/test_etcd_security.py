@@ -22,7 +22,7 @@ import pytest
 from aetcd import rpc
 
 from fleetd.registry.etcd import Etcd, EtcdConfig, EtcdError, WatchEvent, WatchRefused
-from fleetd.testing.etcd import (
+from fleetlab.etcd import (
     EtcdCluster,
     EtcdNotFound,
     OpensslNotFound,

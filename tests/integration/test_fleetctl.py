@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fleetd.model.unit import DesiredState
-from fleetd.testing.etcd import EtcdCluster
+from fleetlab.etcd import EtcdCluster
 from test_fleetctl_support import (  # noqa: F401 - fixtures
     ROOT,
     TOKEN,
@@ -334,7 +334,7 @@ def test_tcp_endpoint_needs_the_token(api) -> None:  # type: ignore[no-untyped-d
 
 def test_https_endpoint_with_client_certificate_and_token(fleet: Fleet, tmp_path: Path) -> None:
     from fleetd.api import make_ssl_context
-    from fleetd.testing.etcd import make_test_pki
+    from fleetlab.etcd import make_test_pki
 
     pki = make_test_pki(tmp_path / "pki")
     api = fleet.add_api(M1, context=make_ssl_context(pki.cert_file, pki.key_file, pki.ca_file))

@@ -1,5 +1,5 @@
 """fleetctl's blocking commands against a running cluster: the real engine and agents
-(with the simulated service manager, fleetd.testing.simcluster) on a real etcd, and
+(with the simulated service manager, fleetlab.simcluster) on a real etcd, and
 fleetd's real API, all in one background event loop."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.testing.etcd import EtcdCluster
-from fleetd.testing.simcluster import SimCluster
+from fleetlab.etcd import EtcdCluster
+from fleetlab.simcluster import SimCluster
 from test_fleetctl_support import Fleet, canonical, fleet, fleetctl, loop, write_units  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration

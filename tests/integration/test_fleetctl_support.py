@@ -25,7 +25,7 @@ from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry.etcd import Etcd, EtcdConfig
 from fleetd.registry.registry import Leadership, Registry
-from fleetd.testing.etcd import EtcdCluster
+from fleetlab.etcd import EtcdCluster
 from fleetctl.main import run
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry.etcd import Etcd, EtcdConfig, EtcdError, Resync
 from fleetd.registry.registry import MachineIdInUse, NotLeader, Registry, UnitExists, UnitNotFound
-from fleetd.testing.etcd import EtcdCluster
+from fleetlab.etcd import EtcdCluster
 
 pytestmark = pytest.mark.integration
 

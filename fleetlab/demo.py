@@ -1,9 +1,9 @@
 """The local demo cluster: etcd plus three namespaced systemd hosts, each running fleetd.
 
-``python -m fleetd.testing.demo up`` brings it up (idempotent: a running demo is left as
+``python -m fleetlab.demo up`` brings it up (idempotent: a running demo is left as
 it is), starts the example units from ``examples/`` with fleetctl and prints what runs
 where; ``down`` removes every trace; ``status`` shows it. Needs root (see
-``fleetd.testing.hosts.check_supported``).
+``fleetlab.hosts.check_supported``).
 
 The demo lives in lab ``fleet-demo`` (bridge flbr9, 10.231.9.0/24, interfaces vh9-*) so it
 never collides with test runs, which take the lower slots. etcd runs inside the lab's cgroup, so the
@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fleetd.testing.etcd import EtcdCluster
-from fleetd.testing.fleetcluster import API_PORT, FleetCluster, FleetHost, wait_for
-from fleetd.testing.hosts import HostLab, check_supported, default_binds, sweep_leftovers
+from fleetlab.etcd import EtcdCluster
+from fleetlab.fleetcluster import API_PORT, FleetCluster, FleetHost, wait_for
+from fleetlab.hosts import HostLab, check_supported, default_binds, sweep_leftovers
 
 LAB = "fleet-demo"
 BRIDGE = "flbr9"
@@ -31,7 +31,7 @@ SUBNET = "10.231.9.0/24"
 VETH_PREFIX = "vh9-"  # distinct from the test labs' interface names
 STATE_DIR = Path("/run/fleet-demo")
 STATE_FILE = STATE_DIR / "demo.json"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 METADATA = [{"region": "us-east", "disk": "ssd"}, {"region": "us-east", "disk": "hdd"}, {"region": "eu-west", "disk": "ssd"}]
 # the example units and the fleetctl command that starts each group
 EXAMPLE_STARTS = [
@@ -174,7 +174,7 @@ def down(quiet: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleetd.testing.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fleetlab.demo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up_parser = sub.add_parser("up", help="bring the demo cluster up (idempotent) and start the examples")
     up_parser.add_argument("--agent-ttl", default="10s", help="fleetd agent_ttl in the hosts (default 10s)")

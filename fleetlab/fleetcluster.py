@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetd.testing.etcd import EtcdCluster
-from fleetd.testing.hosts import Host, HostLab, default_binds, open_lab
+from fleetlab.etcd import EtcdCluster
+from fleetlab.hosts import Host, HostLab, default_binds, open_lab
 
 API_PORT = 54728
 PREFIX = "/_coreos.com/fleet/"

@@ -26,7 +26,7 @@ Layout (defaults)::
     /sys/fs/cgroup/unified/fleet-testhosts/<lab>/<name>   (pure v2: /sys/fs/cgroup/...)
     bridge flbr0 10.231.0.1/24, host veth vh-<name> (eth0 inside), hosts from .2 upward
 
-CLI (demo cluster): ``python -m fleetd.testing.hosts up N | down | list [--lab NAME]``.
+CLI (demo cluster): ``python -m fleetlab.hosts up N | down | list [--lab NAME]``.
 Only the standard library is used, so this works before the project's deps are installed.
 """
 
@@ -402,7 +402,7 @@ def default_binds() -> list[str]:
     prefixes and site-packages (as given and resolved) that lie under those dirs, outermost
     only, so that ``sys.executable -m fleetd ...`` works inside a host.
     """
-    cands = [Path(__file__).resolve().parents[2], Path(sys.prefix), Path(sys.base_prefix),
+    cands = [Path(__file__).resolve().parents[1], Path(sys.prefix), Path(sys.base_prefix),
              Path(sys.exec_prefix), Path(sys.executable).parent]
     with contextlib.suppress(Exception):
         cands += [Path(p) for p in site.getsitepackages()]
@@ -896,7 +896,7 @@ class HostLab:
                     os.close(fd)
             if _link_exists(self.bridge):
                 raise LabBusyError(f"bridge {self.bridge} exists and is not ours; pass "
-                                   "bridge=/subnet= (or run: python -m fleetd.testing.hosts "
+                                   "bridge=/subnet= (or run: python -m fleetlab.hosts "
                                    "down --lab NAME)")
         self._bridge_created = True  # intent first, so a crash right after still sweeps it
         self._save()
@@ -1101,7 +1101,7 @@ def _list(lab: str, state_root: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``up N`` boots N hosts and leaves them running; ``down`` removes them; ``list``."""
-    ap = argparse.ArgumentParser(prog="python -m fleetd.testing.hosts",
+    ap = argparse.ArgumentParser(prog="python -m fleetlab.hosts",
                                  description="namespaced systemd hosts for a local fleet")
     ap.add_argument("--lab", default=None, help="lab name (default: demo; list: all)")
     ap.add_argument("--state-root", default=str(STATE_ROOT))
@@ -1133,7 +1133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for h in hosts:
         print(f"{h.name} ip={h.ip} pid={h.pid} machine-id={h.machine_id} "
               f"boot={h.boot_time:.2f}s bus={h.dbus_address}")
-    print(f"bridge {lab.bridge} {lab.bridge_ip}; stop with: python -m fleetd.testing.hosts "
+    print(f"bridge {lab.bridge} {lab.bridge_ip}; stop with: python -m fleetlab.hosts "
           f"--lab {lab.name} down")
     lab.detach()
     return 0

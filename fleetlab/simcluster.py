@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fleetd.agent.agent import Agent
-from fleetd.agent.simulated import SimulatedManager
+from fleetlab.simulated import SimulatedManager
 from fleetd.engine.engine import Engine
 from fleetd.model.state import MachineState, StoredUnit
 from fleetd.model.unit import DesiredState, build_unit
