@@ -1,6 +1,8 @@
 """The systemd adapter: the only code that talks D-Bus (``dbus_fast``) or reads journals.
 
-- :class:`SystemdManager` (``manager.py``): the agent's ``UnitManager`` on a real machine.
+- :class:`SystemdManager` (``manager.py``): the agent's ``UnitManager`` on a real machine,
+  composed of the state cache (``states.py``), batched D-Bus calls and queries
+  (``batching.py``) and the unit files on disk (``files.py``).
 - :class:`SystemdBus` (``bus.py``): a reconnecting, bounded D-Bus session with systemd.
 - :func:`read_journal`, :func:`unit_status_text` (``journal.py``): ``journalctl`` and
   ``systemctl status`` output for ``fleetctl journal`` / ``status``.
