@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fleetd.settings import Settings  # noqa: E402
 from fleetlab.etcd import EtcdCluster  # noqa: E402
-from fleetlab.simcluster import SimCluster, wait_until  # noqa: E402
+from fleetlab.simcluster import SimCluster  # noqa: E402
+from fleetlab.wait import wait_until_async  # noqa: E402
 
 BODY = "[Service]\nExecStart=/bin/sleep infinity\n"
 
@@ -36,7 +37,7 @@ async def run(machines: int, units: int, ttl: float) -> float:
             await sim.add_engine()
             for i in range(units):
                 await sim.submit(f"svc-{i:05}.service", BODY)
-            await wait_until(lambda: len(sim.placement()) == units, 300, f"{units} units running")
+            await wait_until_async(lambda: len(sim.placement()) == units, 300, f"{units} units running")
             # kill the machine holding the most units
             victim = max(sim.machines.values(), key=lambda m: len(m.running()))
             held = victim.running()
@@ -48,7 +49,7 @@ async def run(machines: int, units: int, ttl: float) -> float:
                 placement = sim.placement()
                 return all(name in placement and victim.id not in placement[name] for name in held)
 
-            await wait_until(moved, ttl * 3 + 30, "the dead machine's units to run elsewhere", 0.01)
+            await wait_until_async(moved, ttl * 3 + 30, "the dead machine's units to run elsewhere", 0.01)
             elapsed = time.monotonic() - killed_at
             after = sim.placement()
             untouched = sum(1 for name, ids in before.items() if after.get(name) == ids)

@@ -31,14 +31,7 @@ from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
 from fleetd.registry.registry import Registry  # noqa: E402
 from fleetd.settings import Settings  # noqa: E402
 from fleetlab.etcd import EtcdCluster  # noqa: E402
-
-
-async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(interval)
+from fleetlab.wait import eventually, wait_until_async  # noqa: E402
 
 
 async def run(machines: int, units: int, clients: int, timeout: float) -> float:
@@ -59,12 +52,13 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
             sys.executable, __file__, "--role", "engine", "--endpoints", ",".join(cluster.endpoints),
             "--prefix", prefix, stdout=asyncio.subprocess.PIPE,
         )
-        await wait_for(lambda: all(a.ready.is_set() for a in agents), 60, "agents to register")
+        await wait_until_async(lambda: all(a.ready.is_set() for a in agents), 60, "agents to register")
         leader_registry = Registry(engine_etcd, prefix)
-        for _ in range(600):
-            if await leader_registry.leader():
-                break
-            await asyncio.sleep(0.05)
+
+        async def has_leader() -> bool:
+            return bool(await leader_registry.leader())
+
+        await eventually(has_leader, 30, "the engine to lead")
 
         body = parse_unit_file("[Unit]\nDescription=bench\n[Service]\nExecStart=/bin/sleep infinity\n")
         batch = [(StoredUnit(f"bench-{i:06}.service", body, DesiredState.LAUNCHED), False) for i in range(units)]
@@ -79,7 +73,7 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
                 return False
             return sum(1 for a in agents for s in a._published.values() if s.active_state == "active") >= units
 
-        await wait_for(all_running, timeout, f"{units} units running", 0.02)
+        await wait_until_async(all_running, timeout, f"{units} units running", 0.02)
         elapsed = time.perf_counter() - started
         requests = sum(e.requests for e in [*etcds, engine_etcd, submit_etcd]) - requests_before
         per_machine = sorted(len(a.schedule) for a in agents)

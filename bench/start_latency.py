@@ -38,6 +38,7 @@ from dbus_fast import Message, MessageType  # noqa: E402
 from dbus_fast.aio import MessageBus  # noqa: E402
 
 from fleetlab.fleetcluster import FleetCluster, FleetHost  # noqa: E402
+from fleetlab.wait import eventually  # noqa: E402
 
 UNIT = "[Unit]\nDescription=bench start latency {index}\n[Service]\nExecStart=/bin/sleep infinity\n"
 SYSTEMD = "org.freedesktop.systemd1"
@@ -136,14 +137,14 @@ async def one_run(index: int, name: str, via: FleetHost, systemds: list[HostSyst
 
 
 async def wait_gone(name: str, systemds: list[HostSystemd], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        states = await asyncio.gather(*(s.active_state(name) for s in systemds))
-        if all(state in ("", "inactive", "failed") for state in states):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} still present after DELETE: {states}")
-        await asyncio.sleep(0.05)
+    states: list[str] = []
+
+    async def gone() -> bool:
+        states[:] = await asyncio.gather(*(s.active_state(name) for s in systemds))
+        return all(state in ("", "inactive", "failed") for state in states)
+
+    await eventually(gone, timeout, f"{name} to be gone after DELETE",
+                     on_timeout=lambda: TimeoutError(f"{name} still present after DELETE: {states}"))
 
 
 async def measure(cluster: FleetCluster, runs: int, interval: float, timeout: float, pause: float) -> list[Run]:

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from fleetlab.etcd import EtcdCluster
-from fleetlab.fleetcluster import API_PORT, FleetCluster, FleetHost, wait_for
+from fleetlab.fleetcluster import API_PORT, FleetCluster, FleetHost
 from fleetlab.hosts import HostLab, check_supported, default_binds, sweep_leftovers
+from fleetlab.wait import wait_until
 
 LAB = "fleet-demo"
 BRIDGE = "flbr9"
@@ -147,7 +148,7 @@ def status() -> int:
         except RuntimeError:
             return None
 
-    print(wait_for(listing, 30, "the API"))
+    print(wait_until(listing, 30, "the API"))
     venv_bin = os.path.dirname(sys.executable)
     print(f"""Point fleetctl at the cluster (any host's API works; port {API_PORT}):
 

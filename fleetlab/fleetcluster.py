@@ -15,29 +15,17 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlab.etcd import EtcdCluster
 from fleetlab.hosts import Host, HostLab, default_binds, open_lab
+from fleetlab.wait import wait_until
 
 API_PORT = 54728
 PREFIX = "/_coreos.com/fleet/"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll until ``predicate`` returns something truthy; return it or raise naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def fleetd_units(python: str, config_path: str, host_ip: str | None) -> dict[str, str]:
@@ -228,7 +216,7 @@ class FleetCluster:
             return seen == want
 
         try:
-            wait_for(registered, timeout, f"machines {want} to register")
+            wait_until(registered, timeout, f"machines {want} to register")
         except TimeoutError as exc:
             missing = [h for h in self.live_hosts() if h.machine_id not in seen]
             logs = "".join(f"\n--- fleetd on {h.name}:\n{fleetd_log(h, 30)}" for h in missing)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetlab.fleetcluster import FleetCluster, FleetHost, wait_for
+from fleetlab.fleetcluster import FleetCluster, FleetHost
+from fleetlab.wait import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -139,7 +140,7 @@ def fleetctl(cluster: FleetCluster, tmp_path: Path) -> Iterator[Fleetctl]:
     names = ctl.unit_files()
     if names:
         ctl.ok("destroy", *names)
-        wait_for(lambda: not any(loaded_hosts(cluster, names).values()), 20, f"{names} gone from every host")
+        wait_until(lambda: not any(loaded_hosts(cluster, names).values()), 20, f"{names} gone from every host")
     assert ctl.unit_files() == []
 
 
@@ -218,7 +219,7 @@ class LineReader:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float, what: str) -> list[str]:
+    def wait_until(self, predicate: Callable[[list[str]], bool], timeout: float, what: str) -> list[str]:
         """Read lines until ``predicate(lines so far)`` holds; raise naming ``what``."""
         deadline = time.monotonic() + timeout
         while not predicate(self.lines):
@@ -308,7 +309,7 @@ def test_load_and_unload_six_units(cluster: FleetCluster, fleetctl: Fleetctl) ->
     unloaded = fleetctl.ok("unload", *names)
     # printed as each unit gets there: any order
     assert sorted(unloaded.out.splitlines()) == [f"Unit {n} inactive" for n in names]
-    wait_for(lambda: loaded_hosts(cluster, names) == {n: [] for n in names}, 15, "the units unloaded from systemd")
+    wait_until(lambda: loaded_hosts(cluster, names) == {n: [] for n in names}, 15, "the units unloaded from systemd")
     assert fleetctl.unit_rows() == {}
     dstates = fleetctl.ok("list-unit-files", "--no-legend", "--fields=unit,dstate").out
     assert [line.split() for line in dstates.splitlines()] == [[n, "inactive"] for n in names]
@@ -329,7 +330,7 @@ def test_start_and_stop_three_units(cluster: FleetCluster, fleetctl: Fleetctl) -
         def printed(host: FleetHost = host, name: str = name) -> bool:
             return f"hello {instance_of(name)}" in host.host.journal(name)
 
-        wait_for(printed, 10, f"{name}'s output in its host's journal")
+        wait_until(printed, 10, f"{name}'s output in its host's journal")
     # list-units: MACHINE is <short id>.../<ip>, as fleetctl said
     assert fleetctl.unit_rows() == {n: [reported[n], "active", "running"] for n in names}
     stopped = fleetctl.ok("stop", *names)
@@ -343,7 +344,7 @@ def test_start_and_stop_three_units(cluster: FleetCluster, fleetctl: Fleetctl) -
             for n in names
         )
 
-    wait_for(stopped_but_loaded, 15, "the units stopped but still loaded")
+    wait_until(stopped_but_loaded, 15, "the units stopped but still loaded")
     assert fleetctl.unit_rows() == {n: [reported[n], "inactive", "dead"] for n in names}
 
 
@@ -357,10 +358,10 @@ def test_restart_starts_a_new_process(cluster: FleetCluster, fleetctl: Fleetctl)
     restarted = fleetctl.ok("restart", "again.service")
     assert restarted.out.splitlines() == [f"Unit again.service loaded on {legend(host)}",
                                           f"Unit again.service launched on {legend(host)}"]
-    wait_for(lambda: host.running("again.service") and host.main_pid("again.service") not in (0, old_pid),
+    wait_until(lambda: host.running("again.service") and host.main_pid("again.service") not in (0, old_pid),
              10, "again.service running again with a new main process")
     assert active_hosts(cluster, ["again.service"]) == {"again.service": [where]}
-    wait_for(lambda: host.host.journal("again.service").count("again started") == 2, 10,
+    wait_until(lambda: host.host.journal("again.service").count("again started") == 2, 10,
              "the second start's output in the journal")
 
 
@@ -389,7 +390,7 @@ def test_replace_with_submit_load_and_start(cluster: FleetCluster, fleetctl: Fle
     assert fleetctl.ok("cat", unit).out == parse_unit_file(version("three")).serialize()
     ((name, machine),) = reported_machines(loaded.out, "loaded").items()
     host = next(h for h in cluster.hosts if legend(h) == machine)
-    wait_for(lambda: host.host.unit_property(unit, "Description") == "rep three", 10, "the new body loaded")
+    wait_until(lambda: host.host.unit_property(unit, "Description") == "rep three", 10, "the new body loaded")
     assert host.unit_active(unit) == "inactive"
 
     # start --replace: it runs the new body
@@ -399,7 +400,7 @@ def test_replace_with_submit_load_and_start(cluster: FleetCluster, fleetctl: Fle
     (where,) = active_hosts(cluster, [unit])[unit]
     host = host_named(cluster, where)
     assert host.host.unit_property(unit, "Description") == "rep four"
-    wait_for(lambda: "version-four" in host.host.journal(unit), 10, "version-four in the journal")
+    wait_until(lambda: "version-four" in host.host.journal(unit), 10, "version-four in the journal")
     old_pid = host.main_pid(unit)
 
     # start --replace of a running unit: the running process is replaced
@@ -414,7 +415,7 @@ def test_replace_with_submit_load_and_start(cluster: FleetCluster, fleetctl: Fle
             return where[0].name
         return None
 
-    new_where = wait_for(runs_five, 10, "the fifth version running")
+    new_where = wait_until(runs_five, 10, "the fifth version running")
     assert host_named(cluster, new_where).main_pid(unit) != old_pid
     journal = fleetctl.ok("journal", "-n", "50", unit).out
     assert "version-five" in journal
@@ -483,7 +484,7 @@ def test_journal_lines_and_follow(cluster: FleetCluster, fleetctl: Fleetctl) -> 
     fleetctl.ok("start", unit)
     (where,) = active_hosts(cluster, [unit])[unit]
     host = host_named(cluster, where)
-    wait_for(lambda: len(journal_ticks(host, unit)) >= 4, 10, "a few ticks in the journal")
+    wait_until(lambda: len(journal_ticks(host, unit)) >= 4, 10, "a few ticks in the journal")
 
     lines = fleetctl.ok("journal", "-n", "3", unit).out.splitlines()
     assert len(lines) == 3, lines
@@ -509,8 +510,8 @@ def test_journal_of_a_global_unit_shows_every_machine(cluster: FleetCluster, fle
     fleetctl.write(unit, TICKER.format(description="every") + "\n[X-Fleet]\nGlobal=true\n")
     started = fleetctl.ok("start", unit)
     assert f"Triggered global unit {unit} start" in started.out
-    wait_for(lambda: len(active_hosts(cluster, [unit])[unit]) == 3, 15, "the global unit active on every host")
-    wait_for(lambda: all(len(journal_ticks(h, unit)) >= 3 for h in cluster.hosts), 10, "ticks on every host")
+    wait_until(lambda: len(active_hosts(cluster, [unit])[unit]) == 3, 15, "the global unit active on every host")
+    wait_until(lambda: all(len(journal_ticks(h, unit)) >= 3 for h in cluster.hosts), 10, "ticks on every host")
     prefixes = [f"{h.machine_id[:8]}: " for h in cluster.hosts]
 
     lines = fleetctl.ok("journal", "-n", "2", unit).out.splitlines()

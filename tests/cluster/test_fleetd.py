@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from fleetlab.fleetcluster import FleetCluster, FleetHost, fleetd_log, wait_for
+from fleetlab.fleetcluster import FleetCluster, FleetHost, fleetd_log
+from fleetlab.wait import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -66,7 +67,7 @@ def hosts_running(cluster: FleetCluster, name: str) -> list[str]:
 
 def test_started_unit_runs_on_exactly_one_host_and_reports_state(cluster: FleetCluster) -> None:
     start_unit(cluster, "hello.service")
-    where = wait_for(lambda: hosts_running(cluster, "hello.service"), 20, "hello.service active in a host")
+    where = wait_until(lambda: hosts_running(cluster, "hello.service"), 20, "hello.service active in a host")
     assert len(where) == 1
     host = next(h for h in cluster.hosts if h.name == where[0])
 
@@ -75,31 +76,31 @@ def test_started_unit_runs_on_exactly_one_host_and_reports_state(cluster: FleetC
         states = body.get("states", [])
         return len(states) == 1 and states[0]["machineID"] == host.machine_id and states[0]["systemdActiveState"] == "active"
 
-    wait_for(reported, 10, "the state of hello.service in the registry")
+    wait_until(reported, 10, "the state of hello.service in the registry")
     assert "started hello.service" in host.host.journal("hello.service")
     destroy(cluster, "hello.service")
-    wait_for(lambda: not hosts_running(cluster, "hello.service"), 20, "hello.service gone after destroy")
+    wait_until(lambda: not hosts_running(cluster, "hello.service"), 20, "hello.service gone after destroy")
 
 
 def test_stop_unload_destroy_and_replace_reach_systemd(cluster: FleetCluster) -> None:
     name = "life.service"
     start_unit(cluster, name)
-    (where,) = wait_for(lambda: hosts_running(cluster, name), 20, "life.service running")
+    (where,) = wait_until(lambda: hosts_running(cluster, name), 20, "life.service running")
     host = next(h for h in cluster.hosts if h.name == where)
     set_state(cluster, name, "loaded")
-    wait_for(lambda: host.unit_active(name) in ("inactive", "failed"), 20, "life.service stopped")
+    wait_until(lambda: host.unit_active(name) in ("inactive", "failed"), 20, "life.service stopped")
     assert host.host.unit_property(name, "LoadState") == "loaded"
     set_state(cluster, name, "launched")
-    wait_for(lambda: host.unit_active(name) == "active", 20, "life.service started again")
+    wait_until(lambda: host.unit_active(name) == "active", 20, "life.service started again")
     # --replace: a new body takes effect in systemd
     new_text = "[Unit]\nDescription=replaced\n[Service]\nExecStart=/bin/sh -c 'echo v2; exec sleep infinity'\n"
     status, body = request(cluster, "PUT", f"/units/{name}?replace=true",
                            {"name": name, "desiredState": "launched", "options": options(new_text)})
     assert status == 204, body
-    wait_for(lambda: any(h.running(name) and h.host.unit_property(name, "Description") == "replaced" for h in cluster.hosts),
+    wait_until(lambda: any(h.running(name) and h.host.unit_property(name, "Description") == "replaced" for h in cluster.hosts),
              20, "the replaced body running")
     set_state(cluster, name, "inactive")
-    wait_for(lambda: all(h.host.unit_property(name, "LoadState") in ("not-found", "") or not h.running(name) for h in cluster.hosts)
+    wait_until(lambda: all(h.host.unit_property(name, "LoadState") in ("not-found", "") or not h.running(name) for h in cluster.hosts)
              and not hosts_running(cluster, name), 20, "life.service unloaded")
     destroy(cluster, name)
     status, _ = request(cluster, "GET", f"/units/{name}")
@@ -109,24 +110,24 @@ def test_stop_unload_destroy_and_replace_reach_systemd(cluster: FleetCluster) ->
 def test_global_unit_runs_everywhere_and_on_a_new_host(cluster: FleetCluster) -> None:
     text = SLEEP_UNIT.format(name="everywhere") + "[X-Fleet]\nGlobal=true\n"
     start_unit(cluster, "everywhere.service", text)
-    wait_for(lambda: len(hosts_running(cluster, "everywhere.service")) == len(cluster.live_hosts()), 20,
+    wait_until(lambda: len(hosts_running(cluster, "everywhere.service")) == len(cluster.live_hosts()), 20,
              "the global unit on every host")
     joined = cluster.add_host("h9", {"role": "extra"})
-    wait_for(lambda: joined.running("everywhere.service"), 20, "the global unit on the new host")
+    wait_until(lambda: joined.running("everywhere.service"), 20, "the global unit on the new host")
     destroy(cluster, "everywhere.service")
-    wait_for(lambda: not hosts_running(cluster, "everywhere.service"), 20, "global unit gone")
+    wait_until(lambda: not hosts_running(cluster, "everywhere.service"), 20, "global unit gone")
 
 
 def test_fleetd_restart_adopts_running_units(cluster: FleetCluster) -> None:
     start_unit(cluster, "steady.service")
-    (where,) = wait_for(lambda: hosts_running(cluster, "steady.service"), 20, "steady.service running")
+    (where,) = wait_until(lambda: hosts_running(cluster, "steady.service"), 20, "steady.service running")
     host = next(h for h in cluster.hosts if h.name == where)
     unit_pid = host.main_pid("steady.service")
     old_fleetd = host.fleetd_pid()
     host.kill_fleetd()
-    wait_for(lambda: host.fleetd_pid() not in (0, old_fleetd), 20, "fleetd restarted by systemd")
+    wait_until(lambda: host.fleetd_pid() not in (0, old_fleetd), 20, "fleetd restarted by systemd")
     # give the new fleetd time to reconcile: its machine must be registered again
-    wait_for(lambda: host.machine_id in cluster.machines(), 20, "fleetd re-registered")
+    wait_until(lambda: host.machine_id in cluster.machines(), 20, "fleetd re-registered")
     _, body = request(cluster, "GET", "/state?unitName=steady.service")
     assert body["states"][0]["machineID"] == host.machine_id
     assert host.main_pid("steady.service") == unit_pid, "the unit was restarted"
@@ -136,7 +137,7 @@ def test_fleetd_restart_adopts_running_units(cluster: FleetCluster) -> None:
 
 def test_journal_endpoint_reads_the_right_host(cluster: FleetCluster) -> None:
     start_unit(cluster, "talker.service")
-    (where,) = wait_for(lambda: hosts_running(cluster, "talker.service"), 20, "talker.service running")
+    (where,) = wait_until(lambda: hosts_running(cluster, "talker.service"), 20, "talker.service running")
     host = next(h for h in cluster.hosts if h.name == where)
     with urllib.request.urlopen(f"{host.endpoint}/fleet/v1/machines/{host.machine_id}/journal/talker.service?lines=5",
                                 timeout=10) as response:
@@ -153,7 +154,7 @@ def test_etcd_outage_keeps_units_running(cluster: FleetCluster) -> None:
     names = [f"outage{i}.service" for i in range(3)]
     for name in names:
         start_unit(cluster, name)
-    wait_for(lambda: all(hosts_running(cluster, n) for n in names), 30, "outage units running")
+    wait_until(lambda: all(hosts_running(cluster, n) for n in names), 30, "outage units running")
     pids = {n: [h for h in cluster.hosts if h.running(n)][0].main_pid(n) for n in names}
     assert cluster.etcd is not None
     cluster.etcd.stop()
@@ -171,7 +172,7 @@ def test_etcd_outage_keeps_units_running(cluster: FleetCluster) -> None:
         active = {s["name"] for s in body.get("states", []) if s["systemdActiveState"] == "active"}
         return set(names) <= active
 
-    wait_for(states_back, 30, "unit states correct after etcd returned")
+    wait_until(states_back, 30, "unit states correct after etcd returned")
     for name in names:
         where = [h for h in cluster.hosts if h.running(name)]
         assert len(where) == 1 and where[0].main_pid(name) == pids[name]
@@ -180,29 +181,29 @@ def test_etcd_outage_keeps_units_running(cluster: FleetCluster) -> None:
 
 def test_partitioned_host_loses_its_units_and_drops_duplicates_on_heal(cluster: FleetCluster) -> None:
     start_unit(cluster, "part.service")
-    (where,) = wait_for(lambda: hosts_running(cluster, "part.service"), 20, "part.service running")
+    (where,) = wait_until(lambda: hosts_running(cluster, "part.service"), 20, "part.service running")
     host = next(h for h in cluster.hosts if h.name == where)
     others = [h for h in cluster.live_hosts() if h is not host]
     host.host.partition()
     try:
-        wait_for(lambda: any(h.running("part.service") for h in others), TTL + 15, "part.service placed elsewhere")
+        wait_until(lambda: any(h.running("part.service") for h in others), TTL + 15, "part.service placed elsewhere")
         assert host.running("part.service")  # cut off, it keeps its copy meanwhile
     finally:
         host.host.heal()
-    wait_for(lambda: not host.running("part.service"), 30, "the healed host to stop its duplicate")
+    wait_until(lambda: not host.running("part.service"), 30, "the healed host to stop its duplicate")
     assert len(hosts_running(cluster, "part.service")) == 1
     destroy(cluster, "part.service")
 
 
 def test_graceful_stop_unloads_and_leaves_then_keep_mode_adopts(cluster: FleetCluster) -> None:
     start_unit(cluster, "graceful.service")
-    (where,) = wait_for(lambda: hosts_running(cluster, "graceful.service"), 20, "graceful.service running")
+    (where,) = wait_until(lambda: hosts_running(cluster, "graceful.service"), 20, "graceful.service running")
     host = next(h for h in cluster.hosts if h.name == where)
     others = [h for h in cluster.live_hosts() if h is not host]
     stopped_at = time.monotonic()
     host.host.systemctl("stop", "fleetd.service")  # SIGTERM: fleet's default is to unload and leave
     assert not host.running("graceful.service")
-    wait_for(lambda: any(h.running("graceful.service") for h in others), TTL + 10, "graceful.service moved")
+    wait_until(lambda: any(h.running("graceful.service") for h in others), TTL + 10, "graceful.service moved")
     print(f"\nafter a graceful stop the unit ran elsewhere in {time.monotonic() - stopped_at:.2f} s")
     # asked elsewhere: a request to this host's socket would start its fleetd again
     assert host.machine_id not in cluster.machines(via=others[0])
@@ -213,10 +214,10 @@ def test_graceful_stop_unloads_and_leaves_then_keep_mode_adopts(cluster: FleetCl
     cluster.wait_registered(30)
     pin = SLEEP_UNIT.format(name="kept") + f"[X-Fleet]\nMachineID={host.machine_id}\n"
     start_unit(cluster, "kept.service", pin)
-    wait_for(lambda: host.running("kept.service"), 20, "kept.service running")
+    wait_until(lambda: host.running("kept.service"), 20, "kept.service running")
     pid = host.main_pid("kept.service")
     host.host.systemctl("restart", "fleetd.service")
-    wait_for(lambda: host.fleetd_pid() != 0, 20, "fleetd back")
+    wait_until(lambda: host.fleetd_pid() != 0, 20, "fleetd back")
     cluster.wait_registered(30)
     assert host.running("kept.service"), fleetd_log(host)
     assert host.main_pid("kept.service") == pid, "kept.service was restarted"
@@ -228,7 +229,7 @@ def test_sighup_reloads_metadata(cluster: FleetCluster) -> None:
     host = cluster.live_hosts()[-1]
     # an earlier test may have just restarted this fleetd: let it finish starting
     cluster.wait_registered(30)
-    wait_for(lambda: request(cluster, "GET", "/machines", host=host)[0] == 200, 20, "its API")
+    wait_until(lambda: request(cluster, "GET", "/machines", host=host)[0] == 200, 20, "its API")
     conf = host.host.root_path / "run/fleet/fleet.conf"
     original = conf.read_text()
     conf.write_text("".join(line for line in original.splitlines(keepends=True) if not line.startswith("metadata="))
@@ -241,7 +242,7 @@ def test_sighup_reloads_metadata(cluster: FleetCluster) -> None:
         found = next(m for m in body["machines"] if m["id"] == host.machine_id)
         return found["metadata"] if found["metadata"].get("role") == "reloaded" else None
 
-    assert wait_for(metadata, 15, "the reloaded metadata") == {"role": "reloaded", "zone": "z1"}
+    assert wait_until(metadata, 15, "the reloaded metadata") == {"role": "reloaded", "zone": "z1"}
     assert host.fleetd_pid() == pid  # reloaded in place, not restarted
 
 
@@ -249,7 +250,7 @@ def test_crashed_host_units_move_within_ttl_and_nothing_else_moves(cluster: Flee
     names = [f"crash{i}.service" for i in range(6)]
     for name in names:
         start_unit(cluster, name)
-    wait_for(lambda: all(len(hosts_running(cluster, n)) == 1 for n in names), 30, "crash units running")
+    wait_until(lambda: all(len(hosts_running(cluster, n)) == 1 for n in names), 30, "crash units running")
     before = {n: hosts_running(cluster, n)[0] for n in names}
     # crash the host that is not the engine leader if possible, holding at least one unit
     victim_name = max(set(before.values()), key=lambda h: sum(1 for v in before.values() if v == h))
@@ -258,7 +259,7 @@ def test_crashed_host_units_move_within_ttl_and_nothing_else_moves(cluster: Flee
     survivors = [h for h in cluster.live_hosts() if h is not victim]
     crashed_at = time.monotonic()
     victim.host.crash()
-    wait_for(lambda: all(any(h.running(n) for h in survivors) for n in moved), TTL + 20, "units of the crashed host elsewhere")
+    wait_until(lambda: all(any(h.running(n) for h in survivors) for n in moved), TTL + 20, "units of the crashed host elsewhere")
     took = time.monotonic() - crashed_at
     print(f"\ncrash failover: {len(moved)} units running elsewhere after {took:.2f} s (agent_ttl {TTL} s)")
     for name, host_name in before.items():

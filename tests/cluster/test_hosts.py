@@ -21,17 +21,9 @@ from pathlib import Path
 import pytest
 
 from fleetlab.hosts import Host, HostLab
+from fleetlab.wait import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-def wait_until(pred: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``pred`` until true; fail with ``what`` at the deadline (no bare sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def host_pids(host: Host) -> list[int]:

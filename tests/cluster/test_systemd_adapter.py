@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from fleetd.systemd import (
     unit_status_text,
 )
 from fleetlab.hosts import Host, HostLab
+from fleetlab.wait import wait_until_async
 
 pytestmark = pytest.mark.cluster
 
@@ -78,15 +78,6 @@ class Recorder:
         names = [names] if isinstance(names, str) else names
         await self.wait_for(lambda: all(self.latest.get(n) == state for n in names),
                             f"{len(names)} unit(s) {names[:3]} to be {state}", timeout)
-
-
-async def wait_until(pred: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll a cheap in-process condition with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def in_host(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -329,10 +320,10 @@ async def test_reconnects_and_catches_up(host: Host, managers: Factory) -> None:
     mgr.bus.address = "unix:path=/nonexistent/fleet-test-bus"
     connects = mgr.bus.connects
     mgr.bus.drop()
-    await wait_until(lambda: not mgr.connected, "the adapter to notice the lost bus")
+    await wait_until_async(lambda: not mgr.connected, TIMEOUT, "the adapter to notice the lost bus", 0.01)
     await in_host(host.systemctl, "stop", a)
     mgr.bus.address = good
-    await wait_until(lambda: mgr.bus.connects == connects + 1 and mgr.connected, "reconnect")
+    await wait_until_async(lambda: mgr.bus.connects == connects + 1 and mgr.connected, TIMEOUT, "reconnect", 0.01)
     await rec.wait_state(a, LOADED)  # missed signal, caught up by the refresh
 
     # subscribed again: changes arrive by signal, and calls work
@@ -351,8 +342,8 @@ async def test_survives_a_restart_of_the_bus_daemon(host: Host, managers: Factor
     await rec.wait_state(name, RUNNING)
     connects = mgr.bus.connects
     await in_host(host.systemctl, "restart", "dbus.service")
-    await wait_until(lambda: mgr.bus.connects > connects and mgr.connected,
-                     "reconnect to the new dbus-daemon")
+    await wait_until_async(lambda: mgr.bus.connects > connects and mgr.connected, TIMEOUT,
+                           "reconnect to the new dbus-daemon", 0.01)
     await in_host(host.systemctl, "stop", name)
     await rec.wait_state(name, LOADED)
     await mgr.start([name])

@@ -10,6 +10,7 @@ import aetcd.exceptions
 import pytest
 
 from fleetlab.etcd import EtcdCluster, find_etcd_binary, member_healthy
+from fleetlab.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +35,11 @@ async def test_lease_expiry_deletes_keys(etcd: EtcdCluster, key_prefix: str) -> 
         key = f"{key_prefix}leased".encode()
         await client.put(key, b"x", lease=lease)
         assert await client.get(key) is not None
-        deadline = asyncio.get_running_loop().time() + 10
-        while await client.get(key) is not None:
-            assert asyncio.get_running_loop().time() < deadline, "lease never expired"
-            await asyncio.sleep(0.1)
+
+        async def expired() -> bool:
+            return await client.get(key) is None
+
+        await eventually(expired, 10, "the lease to expire and take its key", 0.1)
 
 
 async def test_watch_sees_a_put(etcd: EtcdCluster, key_prefix: str) -> None:
@@ -58,15 +60,16 @@ async def test_three_members_survive_losing_one(etcd3: EtcdCluster, key_prefix: 
     etcd3.stop_member(etcd3.members[0])
     assert not member_healthy(etcd3.members[0].client_url)
     async with _client(etcd3.endpoints[1]) as client:
+
         # member 0 may have been the leader: writes succeed once the others elect a new one
-        deadline = asyncio.get_running_loop().time() + 15
-        while True:
+        async def written() -> bool:
             try:
                 await client.put(f"{key_prefix}k".encode(), b"still")
-                break
             except aetcd.exceptions.ClientError:
-                assert asyncio.get_running_loop().time() < deadline, "no leader after losing one member"
-                await asyncio.sleep(0.1)
+                return False
+            return True
+
+        await eventually(written, 15, "a leader (a write) after losing one member", 0.1)
         got = await client.get(f"{key_prefix}k".encode())
         assert got is not None and got.value == b"still"
 

@@ -5,14 +5,14 @@ fleetd's real API, all in one background event loop."""
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fleetlab.etcd import EtcdCluster
 from fleetlab.simcluster import SimCluster
+from fleetlab.wait import wait_until
 from test_fleetctl_support import Fleet, canonical, fleet, fleetctl, loop, write_units  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -20,15 +20,6 @@ pytestmark = pytest.mark.integration
 SERVICE = "[Unit]\nDescription=u %n\n\n[Service]\nExecStart=/bin/sleep infinity\n"
 CHANGED = "[Unit]\nDescription=changed\n\n[Service]\nExecStart=/bin/sleep 1000\n"
 GLOBAL = "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n"
-
-
-def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll from the test's thread (never inside the loop: the API runs there)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Cluster:
@@ -135,7 +126,8 @@ def test_restart_of_a_global_unit_restarts_it_everywhere(cluster: Cluster, tmp_p
     result = fleetctl("start", "everywhere.service", env=cluster.env, cwd=tmp_path)
     assert result.out == "Triggered global unit everywhere.service start\n"
     listed = lambda: fleetctl("list-units", "--no-legend", "--fields=active", env=cluster.env).out  # noqa: E731
-    eventually(lambda: listed() == "active\nactive\n", 10, "the global unit to run on both machines")
+    # polled from the test's thread (never inside the loop: the API runs there)
+    wait_until(lambda: listed() == "active\nactive\n", 10, "the global unit to run on both machines")
     before = {m.id: m.manager.starts.get("everywhere.service", 0) for m in cluster.sim.machines.values()}
     result = fleetctl("restart", "everywhere", "--block-attempts=20", env=cluster.env)
     assert result.code == 0, result.err

@@ -12,6 +12,7 @@ from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry.etcd import Etcd, EtcdConfig, EtcdError, Resync
 from fleetd.registry.registry import MachineIdInUse, NotLeader, Registry, UnitExists, UnitNotFound
 from fleetlab.etcd import EtcdCluster
+from fleetlab.wait import eventually, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -134,9 +135,7 @@ async def test_watch_resumes_after_etcd_restart(key_prefix: str) -> None:
 
         task = asyncio.create_task(consume())
         await client.put(f"{key_prefix}one", b"1")
-        async with asyncio.timeout(10):
-            while not seen:
-                await asyncio.sleep(0.02)
+        await wait_until_async(lambda: seen, 10, "the watch to deliver the first put")
         cluster.stop()
         # written while the watcher is disconnected: must still arrive, exactly once
         cluster.start()
@@ -170,15 +169,16 @@ async def test_failover_to_the_next_endpoint(etcd3: EtcdCluster, key_prefix: str
     try:
         await client.put(f"{key_prefix}a", b"1")
         etcd3.stop_member(etcd3.members[0])
+
         # the client moves to the next endpoint; if member 0 led, wait out the election
-        deadline = asyncio.get_running_loop().time() + 15
-        while True:
+        async def written() -> bool:
             try:
                 await client.put(f"{key_prefix}b", b"2")
-                break
             except EtcdError:
-                assert asyncio.get_running_loop().time() < deadline, "no write after losing one member"
-                await asyncio.sleep(0.1)
+                return False
+            return True
+
+        await eventually(written, 15, "a write after losing one member", 0.1)
         got = await client.get(f"{key_prefix}b")
         assert got is not None and got.value == b"2"
     finally:
