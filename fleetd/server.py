@@ -26,7 +26,8 @@ from fleetd.agent.agent import Agent
 from fleetd.config import Config
 from fleetd.engine.engine import Engine
 from fleetd.model.state import MachineState
-from fleetd.registry.etcd import Etcd, EtcdConfig
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import connect
 from fleetd.registry.registry import Registry
 
 log = logging.getLogger("fleetd")
@@ -144,8 +145,7 @@ class Daemon:
             self.reload_requested.set()
 
         settings = self.config.settings()
-        etcd = Etcd(self.etcd_config())
-        registry = Registry(etcd, self.config.etcd_key_prefix)
+        registry = connect(self.etcd_config(), self.config.etcd_key_prefix)
         manager = SystemdManager(units_directory=self.config.units_directory.rstrip("/") or "/", user=self.config.systemd_user)
         await manager.connect()
         lease_file = os.path.join(os.path.dirname(self.config.units_directory.rstrip("/")) or "/run/fleet", "agent.lease")
@@ -178,7 +178,7 @@ class Daemon:
                     await agent.leave(unload_units=True)
             await api_server.close()
             await manager.close()
-            await etcd.close()
+            await registry.close()
 
     async def reload(self, agent: Agent) -> None:
         """SIGHUP: re-read the configuration; metadata and public IP apply at once."""

@@ -1,9 +1,12 @@
-"""A cluster of SIMULATED machines on a real etcd, for engine tests and benchmarks.
+"""A cluster of SIMULATED machines, on a real etcd or on the in-memory registry.
 
-Each machine is a real ``Agent`` talking to the real registry, with an in-memory service
-manager instead of systemd; engines are real ``Engine`` instances. Everything runs in the
-caller's event loop. Crashing a machine cancels its agent without leaving (its lease then
-expires as a dead machine's would).
+Each machine is a real ``Agent`` with an in-memory service manager instead of systemd;
+engines are real ``Engine`` instances. Everything runs in the caller's event loop.
+On etcd (integration tests, benchmarks) each agent and engine has its own connection;
+:meth:`SimCluster.in_memory` shares one :class:`MemoryRegistry` instead, for unit tests
+of the loops that run in milliseconds. Crashing a machine cancels its agent without
+leaving: on etcd its lease then expires after agent_ttl, as a dead machine's would; in
+memory time does not pass, so :meth:`SimCluster.expire_machine` ends the lease.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from fleetd.engine.engine import Engine
 from fleetd.model.state import MachineState, StoredUnit
 from fleetd.model.unit import DesiredState, build_unit
 from fleetd.model.unitfile import parse_unit_file
-from fleetd.registry.etcd import Etcd, EtcdConfig
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import connect
+from fleetd.registry.memory import MemoryRegistry
 from fleetd.registry.registry import Registry
 from fleetd.settings import Settings
 from fleetlab.simulated import SimulatedManager
@@ -52,20 +57,35 @@ class SimEngine:
 
 @dataclass
 class SimCluster:
-    endpoints: tuple[str, ...]
-    prefix: str
+    endpoints: tuple[str, ...] = ()
+    prefix: str = ""
     settings: Settings = field(default_factory=lambda: Settings(agent_ttl=2, engine_ttl=2, engine_reconcile_interval=0.5))
     machines: dict[str, SimMachine] = field(default_factory=dict)
     engines: list[SimEngine] = field(default_factory=list)
-    clients: list[Etcd] = field(default_factory=list)
+    registries: list[Registry] = field(default_factory=list)
+    memory: MemoryRegistry | None = None
 
-    def _etcd(self) -> Etcd:
-        client = Etcd(EtcdConfig(endpoints=self.endpoints, request_timeout=5))
-        self.clients.append(client)
-        return client
+    @classmethod
+    def in_memory(cls, settings: Settings | None = None) -> SimCluster:
+        """Every agent and engine on one shared in-memory registry."""
+        memory = MemoryRegistry()
+        return cls(settings=settings, memory=memory) if settings else cls(memory=memory)
 
     def registry(self) -> Registry:
-        return Registry(self._etcd(), self.prefix)
+        """A registry for one more participant: its own etcd connection, or the shared fake."""
+        if self.memory is not None:
+            return self.memory
+        registry = connect(EtcdConfig(endpoints=self.endpoints, request_timeout=5), self.prefix)
+        self.registries.append(registry)
+        return registry
+
+    async def expire_machine(self, machine_id: str) -> None:
+        """Crash a machine and end its lease now (in memory, where no TTL runs out)."""
+        sim = self.machines[machine_id]
+        lease = sim.agent.status.lease
+        await self.crash_machine(machine_id)
+        assert self.memory is not None, "on etcd the lease expires by itself after agent_ttl"
+        self.memory.expire_lease(lease)
 
     async def add_machine(self, metadata: Mapping[str, str] | None = None, machine_id: str | None = None) -> SimMachine:
         machine = MachineState(machine_id or uuid.uuid4().hex, "", dict(metadata or {}))
@@ -96,7 +116,7 @@ class SimCluster:
     async def submit(self, name: str, text: str, desired: DesiredState = DesiredState.LAUNCHED) -> None:
         file = parse_unit_file(text, name)
         unit, _ = build_unit(name, file)
-        registry = Registry(self.clients[0] if self.clients else self._etcd(), self.prefix)
+        registry = self.registries[0] if self.registries else self.registry()
         await registry.create_unit(StoredUnit(name, file, desired), unit.requirements.global_)
 
     def where(self, name: str) -> list[str]:
@@ -115,9 +135,9 @@ class SimCluster:
             await _cancel(sim.task)
         for engine in self.engines:
             await _cancel(engine.task)
-        for client in self.clients:
+        for registry in self.registries:
             with contextlib.suppress(Exception):
-                await client.close()
+                await registry.close()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

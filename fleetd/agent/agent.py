@@ -20,16 +20,9 @@ from fleetd.aio import cancel_and_wait
 from fleetd.agent.manager import SystemdState, UnitManager
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState, build_unit
-from fleetd.registry.etcd import Resync
-from fleetd.registry.registry import (
-    MachineIdInUse,
-    Registry,
-    decode_metadata,
-    decode_scheduled_unit,
-    decode_stored_unit,
-)
+from fleetd.agent.plan import AgentTask, Current, Desired, Load, Start, Stop, Unload, agent_plan
+from fleetd.registry.registry import MachineIdInUse, PlacementEvent, Registry, Resync, UnitEvent
 from fleetd.scheduler import JobInfo, MachineInfo, Snapshot, global_placements
-from fleetd.scheduler.agent import AgentTask, Current, Desired, agent_plan
 from fleetd.settings import Settings
 
 T = TypeVar("T")
@@ -84,14 +77,14 @@ class Agent:
 
     async def _register(self) -> int:
         """Get a lease and publish the machine entry, retrying while the id is taken."""
-        etcd = self.registry.etcd
+        registry = self.registry
         ttl = max(1, round(self.settings.agent_ttl))
         while True:
-            lease = await self._previous_lease() or await etcd.grant(ttl)
+            lease = await self._previous_lease() or await registry.grant_lease(ttl)
             try:
-                await self.registry.register_machine(self.machine, lease)
+                await registry.register_machine(self.machine, lease)
             except MachineIdInUse as exc:
-                await etcd.revoke(lease)
+                await registry.revoke_lease(lease)
                 self.status.error = str(exc)
                 log.error("%s", exc)
                 await asyncio.sleep(min(2.0, self.settings.agent_ttl / 3))
@@ -113,10 +106,9 @@ class Agent:
                 lease = int(handle.read().strip(), 16)
         except (OSError, ValueError):
             return None
-        kv = await self.registry.etcd.get(self.registry.keys.machine(self.machine_id))
-        if kv is None or kv.lease != lease:
+        if await self.registry.machine_lease(self.machine_id) != lease:
             return None
-        if await self.registry.etcd.keepalive(lease) <= 0:
+        if await self.registry.keepalive(lease) <= 0:
             return None
         log.info("adopting the registration of this machine's previous fleetd (lease %x)", lease)
         return lease
@@ -145,7 +137,7 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             try:
-                ttl = await self.registry.etcd.keepalive(self.status.lease)
+                ttl = await self.registry.keepalive(self.status.lease)
             except Exception:  # noqa: BLE001 - etcd away: keep units running, keep trying
                 log.info("agent keepalive failed; retrying", exc_info=True)
                 continue
@@ -166,29 +158,29 @@ class Agent:
         return rev_schedule, rev_globals
 
     async def _follow_schedule(self, revision: int) -> None:
-        keys = self.registry.keys
-        prefix = keys.machine_schedule(self.machine_id)
-        async for batch in self.registry.etcd.watch_prefix(prefix, revision):
+        async for batch in self.registry.watch_machine_schedule(self.machine_id, revision):
             for event in batch:
-                name = event.key[len(prefix):]
-                if event.value is None:
-                    self.schedule.pop(name, None)
-                else:
-                    self.schedule[name] = decode_scheduled_unit(event.value)
-                self._mark(name)
+                self._apply_event(self.schedule, event)
+                self._mark(event.name)
             self._dirty.set()
 
     async def _follow_globals(self, revision: int) -> None:
-        prefix = self.registry.keys.globals
-        async for batch in self.registry.etcd.watch_prefix(prefix, revision):
+        async for batch in self.registry.watch_global_units(revision):
             for event in batch:
-                name = event.key[len(prefix):]
-                if event.value is None:
-                    self.globals.pop(name, None)
-                else:
-                    self.globals[name] = decode_stored_unit(event.value)
+                self._apply_event(self.globals, event)
             self._dirty_names = None  # a global unit can change what else may run here
             self._dirty.set()
+
+    @staticmethod
+    def _apply_event(table: dict[str, StoredUnit], event: PlacementEvent | UnitEvent) -> None:
+        """A record that cannot be read counts as absent: this machine cannot run what it
+        cannot read, and the rest of its schedule goes on."""
+        if event.unit is None:
+            if event.error:
+                log.warning("ignoring %s: %s", event.name, event.error)
+            table.pop(event.name, None)
+        else:
+            table[event.name] = event.unit
 
     def _mark(self, name: str) -> None:
         if self._dirty_names is not None:
@@ -267,21 +259,23 @@ class Agent:
         return tasks
 
     async def _apply(self, tasks: list[AgentTask]) -> None:
-        by_kind: dict[str, list[str]] = {}
+        """Carry out a plan: each kind of task as one batch, in fleet's order (unload,
+        load, stop, start), logging every task with its reason as fleet's reconciler did."""
+        by_kind: dict[type[AgentTask], list[str]] = {}
         for task in tasks:
-            by_kind.setdefault(task.verb, []).append(task.unit)
-        # fleet's order: unload, load, stop, start; each kind as one batch
-        if by_kind.get("unload"):
-            await self.manager.unload(by_kind["unload"])
-            for name in by_kind["unload"]:
+            by_kind.setdefault(type(task), []).append(task.unit)
+        _log_tasks(tasks)
+        if unload := by_kind.get(Unload):
+            await self.manager.unload(unload)
+            for name in unload:
                 self._pending_states.pop(name, None)
-            await self._unpublish(by_kind["unload"])
-        if by_kind.get("load"):
-            await self.manager.load({name: self._file_of(name).file for name in by_kind["load"]})
-        if by_kind.get("stop"):
-            await self.manager.stop(by_kind["stop"])
-        if by_kind.get("start"):
-            await self.manager.start(by_kind["start"])
+            await self._unpublish(unload)
+        if load := by_kind.get(Load):
+            await self.manager.load({name: self._file_of(name).file for name in load})
+        if stop := by_kind.get(Stop):
+            await self.manager.stop(stop)
+        if start := by_kind.get(Start):
+            await self.manager.start(start)
 
     def _on_state(self, name: str, state: SystemdState) -> None:
         self._pending_states[name] = state
@@ -355,14 +349,22 @@ class Agent:
                 delay = min(delay * 2, 2.0)
 
     async def _follow_metadata(self) -> None:
-        """Merge metadata set through the API into the machine entry, now and on change."""
-        key = self.registry.keys.machine_metadata(self.machine_id)
-        kv = await self._retry("reading dynamic metadata", lambda: self.registry.etcd.get(key))
-        await self._set_dynamic_metadata(decode_metadata(kv.value if kv else None))
-        revision = kv.mod_revision if kv else await self.registry.etcd.revision()
-        async for batch in self.registry.etcd.watch_prefix(key, revision + 1):
-            last = batch[-1]
-            await self._set_dynamic_metadata(decode_metadata(last.value))
+        """Merge metadata set through the API into the machine entry, now and on change.
+
+        Never gives up: a failure (etcd away, a refused watch) is logged and the follow
+        starts over, so metadata changes keep reaching the engine."""
+        delay = 0.2
+        while True:
+            try:
+                async for dynamic in self.registry.follow_dynamic_metadata(self.machine_id):
+                    delay = 0.2
+                    await self._set_dynamic_metadata(dynamic)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged; retried with backoff
+                log.warning("agent: following dynamic metadata failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _set_dynamic_metadata(self, dynamic: Mapping[str, str]) -> None:
         self._dynamic = dict(dynamic)
@@ -421,8 +423,19 @@ class Agent:
                     await self.manager.unload(list(local))
         finally:
             if self.status.lease:
-                await self.registry.etcd.revoke(self.status.lease)
+                await self.registry.revoke_lease(self.status.lease)
                 self.status.registered = False
             if self.lease_file:
                 with contextlib.suppress(OSError):
                     os.unlink(self.lease_file)
+
+
+LOGGED_TASKS = 50
+
+
+def _log_tasks(tasks: list[AgentTask]) -> None:
+    """One line per task with its reason; a burst logs the first few and a count."""
+    for task in tasks[:LOGGED_TASKS]:
+        log.info("agent: %s %s: %s", task.verb, task.unit, task.reason)
+    if len(tasks) > LOGGED_TASKS:
+        log.info("agent: ... and %d more tasks", len(tasks) - LOGGED_TASKS)

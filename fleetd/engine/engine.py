@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleetd.aio import cancel_and_wait
 from fleetd.engine.reconcile import ClusterView, schedule_changes
-from fleetd.registry.etcd import Resync
-from fleetd.registry.registry import Leadership, NotLeader, Registry
+from fleetd.registry.registry import Leadership, NotLeader, Registry, Resync
 from fleetd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,14 @@ class Engine:
 
     async def run(self) -> None:
         """Campaign for leadership forever; lead while elected; stand by otherwise."""
-        etcd = self.registry.etcd
+        registry = self.registry
         while not self._stopping.is_set():
             lease = 0
             try:
-                lease = await etcd.grant(max(1, round(self.settings.engine_ttl)))
-                leadership = await self.registry.acquire_leadership(self.machine_id, lease)
+                lease = await registry.grant_lease(max(1, round(self.settings.engine_ttl)))
+                leadership = await registry.acquire_leadership(self.machine_id, lease)
                 if leadership is None:
-                    await etcd.revoke(lease)
+                    await registry.revoke_lease(lease)
                     lease = 0
                     await self._wait_for_vacancy()
                     continue
@@ -85,38 +86,20 @@ class Engine:
                 self.leadership = None
                 if lease:
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(etcd.revoke(lease))
+                        await asyncio.shield(registry.revoke_lease(lease))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _wait_for_vacancy(self) -> None:
-        """Return when the leader key is gone (watched), or after a while to re-check."""
-        etcd = self.registry.etcd
-        kv = await etcd.get(self.registry.keys.leader)
-        if kv is None:
-            return
-        watcher = etcd.watch_prefix(self.registry.keys.leader, kv.mod_revision + 1)
-
-        async def deleted() -> None:
-            async for batch in watcher:
-                if any(event.deleted for event in batch):
-                    return
-
-        waiter = asyncio.ensure_future(deleted())
+        """Return when the leader is gone, when stopping, or after engine_ttl to re-check."""
+        vacant = asyncio.ensure_future(self.registry.wait_leader_vacant())
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait(
-                {waiter, stopper},
-                timeout=self.settings.engine_ttl,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await asyncio.wait({vacant, stopper}, timeout=self.settings.engine_ttl, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiter.cancel()
-            stopper.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher.aclose()
+            await cancel_and_wait([vacant, stopper])
 
     # -- leading -------------------------------------------------------------------------
 
@@ -127,39 +110,39 @@ class Engine:
             revision = await self._load()
             self.leading.set()
             tasks.append(asyncio.create_task(self._keepalive(leadership.lease, lost)))
-            for prefix in (self.registry.keys.units, self.registry.keys.machines, self.registry.keys.schedule):
-                tasks.append(asyncio.create_task(self._follow(prefix, revision + 1, lost)))
+            registry = self.registry
+            tasks.append(asyncio.create_task(self._follow(registry.watch_units(revision + 1), "apply_unit", lost)))
+            tasks.append(asyncio.create_task(self._follow(registry.watch_machines(revision + 1), "apply_machine", lost)))
+            tasks.append(
+                asyncio.create_task(self._follow(registry.watch_placements(revision + 1), "apply_placement", lost))
+            )
             tasks.append(asyncio.create_task(self._timer()))
             await self._plan_loop(leadership, lost)
         finally:
             await cancel_and_wait(tasks)
 
     async def _load(self) -> int:
-        """Read units, machines and the schedule; the lowest revision seen is where watches start."""
-        etcd, keys = self.registry.etcd, self.registry.keys
+        """Read units, machines and the schedule into a new view; returns the revision
+        to watch after."""
+        read = await self.registry.read_cluster()
         view = ClusterView()
-        revisions = []
-        for prefix, apply in (
-            (keys.units, view.apply_unit),
-            (keys.machines, view.apply_machine),
-            (keys.schedule, view.apply_placement),
-        ):
-            items, revision = await etcd.get_prefix(prefix)
-            revisions.append(revision)
-            for kv in items:
-                apply(keys, kv.key, kv.value)
+        for unit in read.units:
+            view.apply_unit(unit)
+        for machine in read.machines:
+            view.apply_machine(machine)
+        for placement in read.placements:
+            view.apply_placement(placement)
         self.reasons = await self.registry.unplaceable()
         self.view = view
         self._dirty.set()
-        # start watching after the oldest read: replaying a few events is harmless
-        return min(revisions)
+        return read.revision
 
     async def _keepalive(self, lease: int, lost: asyncio.Event) -> None:
         interval = self.settings.keepalive_interval(self.settings.engine_ttl)
         while True:
             await asyncio.sleep(interval)
             try:
-                ttl = await self.registry.etcd.keepalive(lease)
+                ttl = await self.registry.keepalive(lease)
             except Exception:  # noqa: BLE001 - retried until the lease is surely gone
                 log.info("engine lease keepalive failed; retrying", exc_info=True)
                 continue
@@ -169,19 +152,24 @@ class Engine:
                 self._dirty.set()
                 return
 
-    async def _follow(self, prefix: str, revision: int, lost: asyncio.Event) -> None:
-        keys = self.registry.keys
-        method = {keys.units: "apply_unit", keys.machines: "apply_machine", keys.schedule: "apply_placement"}[prefix]
+    async def _follow(self, events: AsyncIterator[list[Any]], method: str, lost: asyncio.Event) -> None:
+        """Feed one watch into the view. Any failure of the watch ends the term (the
+        leader then re-reads everything): a view that silently stopped following would
+        plan on stale data for good."""
         try:
-            async for batch in self.registry.etcd.watch_prefix(prefix, revision):
+            async for batch in events:
                 apply = getattr(self.view, method)  # the view is replaced on a resync
                 for event in batch:
-                    apply(keys, event.key, event.value)
+                    apply(event)
                 self._dirty.set()
+        except asyncio.CancelledError:
+            raise
         except Resync:
-            log.warning("engine watch on %s compacted; reloading", prefix)
-            lost.set()  # simplest correct recovery: re-run the term from a fresh read
-            self._dirty.set()
+            log.warning("engine watch (%s) compacted; reloading", method)
+        except Exception:  # noqa: BLE001 - e.g. refused by etcd: re-run the term
+            log.warning("engine watch (%s) failed; reloading", method, exc_info=True)
+        lost.set()  # simplest correct recovery: re-run the term from a fresh read
+        self._dirty.set()
 
     async def _timer(self) -> None:
         """The safety net: a full re-read from etcd every ``engine_resync_interval``.

@@ -4,7 +4,7 @@
 and keeps what the scheduler needs: parsed units, live machines and current placements.
 ``schedule_changes`` runs the pure scheduler over it and turns the plan into the minimal
 set of writes: placements to put or delete and unplaceable reasons to set or clear.
-Comparing raw stored values keeps a steady state free of writes.
+Comparing the stored placement with the unit keeps a steady state free of writes.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import logging
 from dataclasses import dataclass, field
 
 from fleetd.model.errors import UnitFileError, UnitNameError
-from fleetd.model.state import MachineState, StoredUnit
+from fleetd.model.state import MachineState, StoredUnit, short_id
 from fleetd.model.unit import DesiredState, build_unit
-from fleetd.registry.keys import Keys
-from fleetd.registry.registry import decode_machine, decode_stored_unit, encode_unit
+from fleetd.registry.registry import MachineEvent, PlacementEvent, UnitEvent
 from fleetd.scheduler import JobInfo, MachineInfo, Place, Snapshot, Task, Unplace, plan
 
 log = logging.getLogger(__name__)
@@ -25,60 +24,63 @@ log = logging.getLogger(__name__)
 @dataclass
 class ClusterView:
     units: dict[str, StoredUnit] = field(default_factory=dict)
-    unit_raw: dict[str, bytes] = field(default_factory=dict)
     jobs: dict[str, JobInfo] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)
     machines: dict[str, MachineState] = field(default_factory=dict)
-    # (machine, unit) -> the raw placement value stored in etcd
-    stored: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    # (machine, unit) -> the unit stored as that placement; None when it cannot be read
+    # (then it never matches, so the engine rewrites or removes it)
+    stored: dict[tuple[str, str], StoredUnit | None] = field(default_factory=dict)
     force_resync: bool = False
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def apply_unit(self, keys: Keys, key: str, value: bytes | None) -> None:
-        name = keys.tail(key, keys.units)
-        if value is None:
-            for table in (self.units, self.unit_raw, self.jobs, self.invalid):
+    def apply_unit(self, event: UnitEvent) -> None:
+        name = event.name
+        if event.deleted:
+            for table in (self.units, self.jobs, self.invalid):
                 table.pop(name, None)  # type: ignore[attr-defined]
             return
-        if self.unit_raw.get(name) == value:
+        if event.unit is None:
+            self._invalid(name, event.error or "unreadable record")
+            return
+        if self.units.get(name) == event.unit:
             return
         try:
-            stored = decode_stored_unit(value)
-            unit, _ = build_unit(name, stored.file)
+            unit, _ = build_unit(name, event.unit.file)
         except (UnitFileError, UnitNameError, ValueError, KeyError) as exc:
-            self.invalid[name] = f"invalid unit: {exc}"
-            self.jobs.pop(name, None)
-            self.units.pop(name, None)
-            self.unit_raw[name] = value
+            self._invalid(name, str(exc))
             return
         self.invalid.pop(name, None)
-        self.units[name] = stored
-        self.unit_raw[name] = value
+        self.units[name] = event.unit
         if unit.is_template:
             self.jobs.pop(name, None)
         else:
-            self.jobs[name] = JobInfo(name, unit.requirements, stored.desired)
+            self.jobs[name] = JobInfo(name, unit.requirements, event.unit.desired)
 
-    def apply_machine(self, keys: Keys, key: str, value: bytes | None) -> None:
-        machine_id = keys.tail(key, keys.machines)
-        if value is None:
-            self.machines.pop(machine_id, None)
+    def _invalid(self, name: str, why: str) -> None:
+        self.invalid[name] = f"invalid unit: {why}"
+        self.jobs.pop(name, None)
+        self.units.pop(name, None)
+
+    def apply_machine(self, event: MachineEvent) -> None:
+        if event.machine is None:
+            if event.error:
+                log.warning("machine %s ignored: %s", short_id(event.machine_id), event.error)
+            self.machines.pop(event.machine_id, None)
         else:
-            self.machines[machine_id] = decode_machine(value)
+            self.machines[event.machine_id] = event.machine
 
-    def apply_placement(self, keys: Keys, key: str, value: bytes | None) -> None:
-        machine_id, name = keys.split_placement(key)
-        if value is None:
-            self.stored.pop((machine_id, name), None)
+    def apply_placement(self, event: PlacementEvent) -> None:
+        if event.deleted:
+            self.stored.pop((event.machine_id, event.name), None)
         else:
-            self.stored[(machine_id, name)] = value
+            self.stored[(event.machine_id, event.name)] = event.unit
 
-    def record_own_writes(self, changes: "ScheduleChanges") -> None:
+    def record_own_writes(self, changes: ScheduleChanges) -> None:
         for machine_id, name in changes.deletes:
             self.stored.pop((machine_id, name), None)
         for machine_id, unit in changes.puts:
-            self.stored[(machine_id, unit.name)] = self.unit_raw.get(unit.name) or encode_unit(unit)
+            self.stored[(machine_id, unit.name)] = unit
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -116,9 +118,9 @@ class ScheduleChanges:
 
 def _describe(task: Task) -> str:
     if isinstance(task, Place):
-        return f"place {task.unit} on {task.machine[:8]}: {task.reason}"
+        return f"place {task.unit} on {short_id(task.machine)}: {task.reason}"
     if isinstance(task, Unplace):
-        return f"unplace {task.unit} from {task.machine[:8]}: {task.reason}"
+        return f"unplace {task.unit} from {short_id(task.machine)}: {task.reason}"
     return repr(task)
 
 
@@ -139,7 +141,7 @@ def schedule_changes(view: ClusterView, current_reasons: dict[str, str]) -> Sche
         job = view.jobs.get(name)
         if job is None or job.desired is DesiredState.INACTIVE:
             continue
-        if view.stored.get((machine_id, name)) != view.unit_raw[name]:
+        if view.stored.get((machine_id, name)) != view.units[name]:
             changes.puts.append((machine_id, view.units[name]))
     wanted = dict(result.unplaceable)
     wanted.update(view.invalid)

@@ -25,6 +25,8 @@ import aetcd.transactions
 import aetcd.watcher
 from aetcd import rpc
 
+from fleetd.registry.errors import Resync
+
 log = logging.getLogger(__name__)
 
 # etcd's default --max-txn-ops is 128: every batched write stays at or below this.
@@ -86,14 +88,6 @@ class WatchEvent:
     @property
     def deleted(self) -> bool:
         return self.value is None
-
-
-class Resync(Exception):
-    """The watch could not resume (history compacted): reload from a fresh read."""
-
-    def __init__(self, revision: int) -> None:
-        super().__init__(f"watch history compacted at revision {revision}; resync needed")
-        self.revision = revision
 
 
 def _read(path: str | None) -> bytes | None:

@@ -6,15 +6,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fleetd.registry.etcd import Etcd, EtcdConfig
-from fleetd.registry.registry import Registry
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import EtcdRegistry, connect
 from fleetlab.etcd import EtcdCluster
 
 
 @pytest.fixture
-async def registry(etcd: EtcdCluster, key_prefix: str) -> AsyncIterator[Registry]:
-    client = Etcd(EtcdConfig(endpoints=tuple(etcd.endpoints), request_timeout=5))
+async def registry(etcd: EtcdCluster, key_prefix: str) -> AsyncIterator[EtcdRegistry]:
+    registry = connect(EtcdConfig(endpoints=tuple(etcd.endpoints), request_timeout=5), key_prefix)
     try:
-        yield Registry(client, key_prefix)
+        yield registry
     finally:
-        await client.close()
+        await registry.close()

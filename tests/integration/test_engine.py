@@ -214,7 +214,7 @@ async def test_a_deposed_engine_cannot_write(sim: SimCluster) -> None:
     await wait_until_async(lambda: bool(sim.where("early.service")), 10, "early.service placed")
     # the old leader is cut off: its lease is gone, and a new engine wins
     await sim.crash_engine(old)
-    await sim.registry().etcd.revoke(stale.lease)
+    await sim.registry().revoke_lease(stale.lease)
     await sim.add_engine("successor")
     await wait_until_async(lambda: sim.leader() is not None, 10, "the successor to lead")
     await sim.submit("late.service", SLEEP, DesiredState.LAUNCHED)
@@ -290,7 +290,7 @@ async def test_agent_that_loses_its_lease_registers_again(sim: SimCluster) -> No
     old_lease = agent.status.lease
     registry = sim.registry()
     # the lease vanishes (as after a long etcd outage): entry and states go with it
-    await registry.etcd.revoke(old_lease)
+    await registry.revoke_lease(old_lease)
 
     async def back() -> bool:
         machines = {m.id for m in await registry.machines()}

@@ -23,7 +23,8 @@ from fleetd.api.listeners import ApiServer
 from fleetd.model.state import MachineState, ScheduledUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
-from fleetd.registry.etcd import Etcd, EtcdConfig
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import connect
 from fleetd.registry.registry import Leadership, Registry
 from fleetlab.etcd import EtcdCluster
 from fleetctl.main import run
@@ -122,7 +123,7 @@ class Fleet:
 
     def start(self) -> Fleet:
         async def connect() -> Registry:
-            return Registry(Etcd(EtcdConfig(endpoints=tuple(self.etcd.endpoints), request_timeout=5)), self.prefix)
+            return connect(EtcdConfig(endpoints=tuple(self.etcd.endpoints), request_timeout=5), self.prefix)
 
         self.registry = self.loop.run(connect())
         return self
@@ -152,12 +153,12 @@ class Fleet:
     def _lease(self) -> int:
         assert self.registry is not None
         if not self.lease:
-            self.lease = self.run(self.registry.etcd.grant(120))
+            self.lease = self.run(self.registry.grant_lease(120))
         return self.lease
 
     def add_machine(self, machine_id: str, ip: str = "", metadata: dict[str, str] | None = None) -> None:
         assert self.registry is not None
-        lease = self.run(self.registry.etcd.grant(120))
+        lease = self.run(self.registry.grant_lease(120))
         self.run(self.registry.register_machine(MachineState(machine_id, ip, dict(metadata or {})), lease))
 
     def publish(self, *states: UnitState) -> None:
@@ -196,7 +197,7 @@ class Fleet:
                 self.loop.run(api.server.close())
         if self.registry is not None:
             with contextlib.suppress(Exception):
-                self.loop.run(self.registry.etcd.close())
+                self.loop.run(self.registry.close())
 
 
 @pytest.fixture(scope="module")

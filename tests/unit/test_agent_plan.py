@@ -1,4 +1,4 @@
-"""The agent's systemd actions (fleetd.scheduler.agent): given desired and current state,
+"""The agent's systemd actions (fleetd.agent.plan): given desired and current state,
 expect exactly these tasks, in fleet's order (unloads, loads, stops, starts)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fleetd.model.unit import DesiredState
-from fleetd.scheduler.agent import AgentTask, Load, Start, Stop, Unload, agent_plan
+from fleetd.agent.plan import AgentTask, Load, Start, Stop, Unload, agent_plan
 
 INACTIVE, LOADED, LAUNCHED = DesiredState.INACTIVE, DesiredState.LOADED, DesiredState.LAUNCHED
 H1 = "1" * 40

@@ -1,0 +1,99 @@
+"""How fleet's records are stored: JSON values, and the decoding that checks them.
+
+Every value the registry reads back from etcd passes through here; a value that is not
+what the registry wrote (hand-edited, written by another version, truncated) raises
+:class:`RecordError` naming the record, so one bad record can be reported and skipped
+instead of stopping whoever reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from fleetd.model.state import MachineState, StoredUnit, UnitState
+from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import UnitFile
+
+
+class RecordError(ValueError):
+    """A stored value that cannot be read as the record its key says it holds."""
+
+
+def dumps(data: Mapping[str, Any]) -> bytes:
+    """Canonical JSON (sorted keys, no spaces): equal records give equal bytes, which is
+    what lets the engine compare a placement with its unit without decoding either."""
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{what}: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RecordError(f"{what}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def encode_unit(unit: StoredUnit) -> bytes:
+    return dumps({"name": unit.name, "options": unit.file.to_options(), "desiredState": str(unit.desired)})
+
+
+def decode_stored_unit(raw: bytes, what: str = "unit record") -> StoredUnit:
+    data = _object(raw, what)
+    try:
+        return StoredUnit(data["name"], UnitFile.from_options(data["options"]), DesiredState(data["desiredState"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RecordError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def encode_machine(machine: MachineState) -> bytes:
+    return dumps(
+        {"id": machine.id, "publicIP": machine.public_ip, "metadata": dict(machine.metadata), "version": machine.version}
+    )
+
+
+def decode_machine(raw: bytes, what: str = "machine record") -> MachineState:
+    data = _object(raw, what)
+    machine_id, public_ip, version = data.get("id"), data.get("publicIP", ""), data.get("version", "")
+    metadata = data.get("metadata") or {}
+    if not isinstance(machine_id, str) or not machine_id:
+        raise RecordError(f"{what}: no machine id")
+    if not isinstance(public_ip, str) or not isinstance(version, str):
+        raise RecordError(f"{what}: publicIP and version must be strings")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise RecordError(f"{what}: metadata must map names to strings")
+    return MachineState(machine_id, public_ip, dict(metadata), version)
+
+
+def encode_metadata(metadata: Mapping[str, str]) -> bytes:
+    return dumps(dict(metadata))
+
+
+def decode_metadata(raw: bytes | None, what: str = "machine metadata") -> dict[str, str]:
+    if not raw:
+        return {}
+    return {str(k): str(v) for k, v in _object(raw, what).items()}
+
+
+def encode_state(state: UnitState) -> bytes:
+    return dumps(
+        {
+            "name": state.name,
+            "machineID": state.machine_id,
+            "hash": state.hash,
+            "load": state.load_state,
+            "active": state.active_state,
+            "sub": state.sub_state,
+        }
+    )
+
+
+def decode_state(raw: bytes, what: str = "unit state record") -> UnitState:
+    data = _object(raw, what)
+    try:
+        return UnitState(data["name"], data["machineID"], data["hash"], data["load"], data["active"], data["sub"])
+    except KeyError as exc:
+        raise RecordError(f"{what}: missing {exc}") from exc

@@ -1,0 +1,34 @@
+"""The registry's refusals, shared by every implementation so callers catch one set."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """A request the registry refused; the message says why and what to do."""
+
+
+class UnitExists(RegistryError):
+    pass
+
+
+class UnitNotFound(RegistryError):
+    pass
+
+
+class MachineIdInUse(RegistryError):
+    """Another live fleetd holds this machine id."""
+
+
+class NotLeader(RegistryError):
+    """An engine write was refused because this engine no longer holds leadership."""
+
+
+class Resync(Exception):
+    """A watch could not resume (its history was compacted): reload from a fresh read.
+
+    Not a :class:`RegistryError`: nothing was refused, the caller's view is just stale.
+    """
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"watch history compacted at revision {revision}; resync needed")
+        self.revision = revision

@@ -1,0 +1,413 @@
+"""The registry over etcd v3: the one implementation of :class:`Registry` the product runs.
+
+The key layout is in :mod:`fleetd.registry.keys`, the value encoding in
+:mod:`fleetd.registry.codec`; this module maps the interface's methods onto reads,
+transactions, leases and watches of :class:`~fleetd.registry.etcd.Etcd`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
+from fleetd.model.unit import DesiredState
+from fleetd.registry.codec import (
+    RecordError,
+    decode_machine,
+    decode_metadata,
+    decode_state,
+    decode_stored_unit,
+    encode_machine,
+    encode_metadata,
+    encode_state,
+    encode_unit,
+)
+from fleetd.registry.errors import MachineIdInUse, NotLeader, RegistryError, UnitExists, UnitNotFound
+from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, KeyValue
+from fleetd.registry.keys import Keys
+from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+# The decode memo is dropped when it grows past this (names churn, e.g. template instances).
+MEMO_LIMIT = 65536
+
+
+class EtcdRegistry(Registry):
+    def __init__(self, etcd: Etcd, prefix: str | None = None) -> None:
+        self._etcd = etcd
+        self._keys = Keys(prefix) if prefix else Keys()
+        # name -> (stored bytes, decoded unit): a placement holds the same bytes as its
+        # unit, so the engine's thousands of placement events decode to the very object
+        # it already has (no JSON parse; equality is then an identity check).
+        self._memo: dict[str, tuple[bytes, StoredUnit]] = {}
+
+    @property
+    def requests(self) -> int:
+        return self._etcd.requests
+
+    async def close(self) -> None:
+        await self._etcd.close()
+
+    # decoding ---------------------------------------------------------------------------
+
+    def _unit(self, name: str, raw: bytes, what: str) -> StoredUnit:
+        cached = self._memo.get(name)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        unit = decode_stored_unit(raw, f"{what} {name}")
+        if len(self._memo) >= MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[name] = (raw, unit)
+        return unit
+
+    def _unit_event(self, name: str, raw: bytes | None, what: str) -> UnitEvent:
+        if raw is None:
+            return UnitEvent(name)
+        try:
+            return UnitEvent(name, self._unit(name, raw, what))
+        except RecordError as exc:
+            return UnitEvent(name, None, str(exc))
+
+    def _placement_event(self, key: str, raw: bytes | None) -> PlacementEvent:
+        machine_id, _, name = key[len(self._keys.schedule) :].partition("/")
+        if raw is None:
+            return PlacementEvent(machine_id, name)
+        try:
+            return PlacementEvent(machine_id, name, self._unit(name, raw, "placement of"))
+        except RecordError as exc:
+            return PlacementEvent(machine_id, name, None, str(exc))
+
+    def _machine_event(self, machine_id: str, raw: bytes | None) -> MachineEvent:
+        if raw is None:
+            return MachineEvent(machine_id)
+        try:
+            return MachineEvent(machine_id, decode_machine(raw, f"machine {machine_id}"))
+        except RecordError as exc:
+            return MachineEvent(machine_id, None, str(exc))
+
+    @staticmethod
+    def _readable(items: Iterable[KeyValue], decode: Callable[[KeyValue], E]) -> list[E]:
+        """Decode each record, logging and leaving out the ones that cannot be read."""
+        result: list[E] = []
+        for kv in items:
+            try:
+                result.append(decode(kv))
+            except RecordError as exc:
+                log.warning("skipping an unreadable record at %s: %s", kv.key, exc)
+        return result
+
+    # units ------------------------------------------------------------------------------
+
+    def _unit_ops(self, unit: StoredUnit, is_global: bool) -> list[Any]:
+        value = encode_unit(unit)
+        ops = [self._etcd.op_put(self._keys.unit(unit.name), value)]
+        if is_global:
+            ops.append(self._etcd.op_put(self._keys.global_unit(unit.name), value))
+        return ops
+
+    async def create_unit(self, unit: StoredUnit, is_global: bool) -> None:
+        ok, _ = await self._etcd.txn([self._etcd.cmp_absent(self._keys.unit(unit.name))], self._unit_ops(unit, is_global))
+        if not ok:
+            raise UnitExists(f"unit {unit.name} already exists")
+
+    async def create_units(self, units: Iterable[tuple[StoredUnit, bool]]) -> None:
+        batch: list[tuple[StoredUnit, bool]] = list(units)
+        size = MAX_TXN_OPS // 2  # a global unit takes two operations
+        chunks = [batch[start : start + size] for start in range(0, len(batch), size)]
+        in_flight = asyncio.Semaphore(4)
+        etcd = self._etcd
+
+        async def write(chunk: list[tuple[StoredUnit, bool]]) -> None:
+            ops = [etcd.txn_op([etcd.cmp_absent(self._keys.unit(u.name))], self._unit_ops(u, g)) for u, g in chunk]
+            async with in_flight:
+                await etcd.txn([], ops)
+
+        await asyncio.gather(*(write(chunk) for chunk in chunks))
+
+    async def replace_unit(self, unit: StoredUnit, is_global: bool) -> None:
+        ops = self._unit_ops(unit, is_global)
+        if not is_global:
+            ops.append(self._etcd.op_delete(self._keys.global_unit(unit.name)))
+        await self._etcd.txn([], ops)
+
+    async def get_unit(self, name: str) -> StoredUnit | None:
+        kv = await self._etcd.get(self._keys.unit(name))
+        return None if kv is None else decode_stored_unit(kv.value, f"unit {name}")
+
+    async def units(self) -> list[StoredUnit]:
+        items, _ = await self._etcd.get_prefix(self._keys.units)
+        found = self._readable(items, lambda kv: decode_stored_unit(kv.value, f"unit at {kv.key}"))
+        return sorted(found, key=lambda u: u.name)
+
+    async def set_desired_state(self, name: str, desired: DesiredState) -> StoredUnit:
+        etcd, keys = self._etcd, self._keys
+        for _ in range(10):
+            kv = await etcd.get(keys.unit(name))
+            if kv is None:
+                raise UnitNotFound(f"unit {name} not found")
+            current = decode_stored_unit(kv.value, f"unit {name}")
+            updated = StoredUnit(current.name, current.file, desired)
+            value = encode_unit(updated)
+            ok, _ = await etcd.txn(
+                [etcd.cmp_mod(kv.key, kv.mod_revision)],
+                [
+                    etcd.op_put(kv.key, value),
+                    etcd.txn_op(
+                        [etcd.cmp_present(keys.global_unit(name))], [etcd.op_put(keys.global_unit(name), value)]
+                    ),
+                ],
+            )
+            if ok:
+                return updated
+        raise RegistryError(f"unit {name} kept changing; try again")
+
+    async def destroy_unit(self, name: str) -> bool:
+        etcd, keys = self._etcd, self._keys
+        ok, _ = await etcd.txn(
+            [etcd.cmp_present(keys.unit(name))], [etcd.op_delete(keys.unit(name)), etcd.op_delete(keys.global_unit(name))]
+        )
+        return ok
+
+    # leases -----------------------------------------------------------------------------
+
+    async def grant_lease(self, ttl: int) -> int:
+        return await self._etcd.grant(ttl)
+
+    async def keepalive(self, lease: int) -> int:
+        return await self._etcd.keepalive(lease)
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self._etcd.revoke(lease)
+
+    # machines ---------------------------------------------------------------------------
+
+    async def register_machine(self, machine: MachineState, lease: int) -> None:
+        etcd = self._etcd
+        key = self._keys.machine(machine.id)
+        value = encode_machine(machine)
+        ok, _ = await etcd.txn([etcd.cmp_absent(key)], [etcd.op_put(key, value, lease=lease)])
+        if ok:
+            return
+        existing = await etcd.get(key)
+        if existing is None or existing.lease == lease:
+            compare = [etcd.cmp_lease(key, existing.lease)] if existing else [etcd.cmp_absent(key)]
+            ok, _ = await etcd.txn(compare, [etcd.op_put(key, value, lease=lease)])
+            if ok:
+                return
+            existing = await etcd.get(key)
+        holder: MachineState | None = None
+        if existing is not None:
+            try:
+                holder = decode_machine(existing.value)
+            except RecordError:
+                holder = None
+        where = f" (public IP {holder.public_ip})" if holder and holder.public_ip else ""
+        raise MachineIdInUse(
+            f"machine ID {machine.id} is already registered by another live fleetd{where}; "
+            "each machine needs a unique /etc/machine-id (regenerate it with systemd-machine-id-setup "
+            "on cloned machines). Retrying until that registration expires."
+        )
+
+    async def machine_lease(self, machine_id: str) -> int:
+        kv = await self._etcd.get(self._keys.machine(machine_id))
+        return 0 if kv is None else kv.lease
+
+    async def machines(self) -> list[MachineState]:
+        items, _ = await self._etcd.get_prefix(self._keys.machines)
+        found = self._readable(items, lambda kv: decode_machine(kv.value, f"machine at {kv.key}"))
+        return sorted(found, key=lambda m: m.id)
+
+    async def dynamic_metadata(self, machine_id: str) -> dict[str, str]:
+        kv = await self._etcd.get(self._keys.machine_metadata(machine_id))
+        return decode_metadata(kv.value if kv else None)
+
+    async def update_dynamic_metadata(
+        self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
+    ) -> dict[str, str]:
+        etcd = self._etcd
+        key = self._keys.machine_metadata(machine_id)
+        removed = list(remove)
+        for _ in range(10):
+            kv = await etcd.get(key)
+            updated = decode_metadata(kv.value if kv else None)
+            updated.update(set_)
+            for name in removed:
+                updated.pop(name, None)
+            compare = [etcd.cmp_absent(key)] if kv is None else [etcd.cmp_mod(key, kv.mod_revision)]
+            op = etcd.op_put(key, encode_metadata(updated)) if updated else etcd.op_delete(key)
+            ok, _ = await etcd.txn(compare, [op])
+            if ok:
+                return updated
+        raise RegistryError(f"metadata of machine {machine_id} kept changing; try again")
+
+    async def follow_dynamic_metadata(self, machine_id: str) -> AsyncIterator[dict[str, str]]:
+        key = self._keys.machine_metadata(machine_id)
+        kv = await self._etcd.get(key)
+        # the revision is taken before yielding: a change made meanwhile must not be missed
+        revision = kv.mod_revision if kv else await self._etcd.revision()
+        yield self._metadata_or_empty(machine_id, kv.value if kv else None)
+        async for batch in self._etcd.watch_prefix(key, revision + 1):
+            yield self._metadata_or_empty(machine_id, batch[-1].value)
+
+    @staticmethod
+    def _metadata_or_empty(machine_id: str, raw: bytes | None) -> dict[str, str]:
+        try:
+            return decode_metadata(raw, f"dynamic metadata of machine {machine_id}")
+        except RecordError as exc:
+            log.warning("ignoring unreadable %s", exc)
+            return {}
+
+    # unit states ------------------------------------------------------------------------
+
+    async def publish_states(
+        self, machine_id: str, lease: int, changed: Iterable[UnitState], removed: Iterable[str] = ()
+    ) -> None:
+        writer = BatchWriter(self._etcd)
+        for state in changed:
+            writer.add(self._etcd.op_put(self._keys.state(state.name, machine_id), encode_state(state), lease=lease))
+        for name in removed:
+            writer.add(self._etcd.op_delete(self._keys.state(name, machine_id)))
+        await writer.commit()
+
+    async def unit_states(self, name: str | None = None) -> list[UnitState]:
+        prefix = self._keys.unit_states(name) if name else self._keys.states
+        items, _ = await self._etcd.get_prefix(prefix)
+        found = self._readable(items, lambda kv: decode_state(kv.value, f"unit state at {kv.key}"))
+        return sorted(found, key=lambda s: (s.name, s.machine_id))
+
+    # the schedule -----------------------------------------------------------------------
+
+    async def placements(self) -> dict[str, list[str]]:
+        items, _ = await self._etcd.get_prefix(self._keys.schedule)
+        result: dict[str, list[str]] = {}
+        for kv in items:
+            machine_id, name = self._keys.split_placement(kv.key)
+            result.setdefault(name, []).append(machine_id)
+        return result
+
+    async def machine_schedule(self, machine_id: str) -> tuple[dict[str, ScheduledUnit], int]:
+        items, revision = await self._etcd.get_prefix(self._keys.machine_schedule(machine_id))
+        events = [self._placement_event(kv.key, kv.value) for kv in items]
+        return {e.name: e.unit for e in self._usable(events) if e.unit is not None}, revision
+
+    async def watch_machine_schedule(self, machine_id: str, revision: int) -> AsyncIterator[list[PlacementEvent]]:
+        async for batch in self._etcd.watch_prefix(self._keys.machine_schedule(machine_id), revision):
+            yield [self._placement_event(event.key, event.value) for event in batch]
+
+    async def global_units(self) -> tuple[dict[str, StoredUnit], int]:
+        prefix = self._keys.globals
+        items, revision = await self._etcd.get_prefix(prefix)
+        events = [self._unit_event(kv.key[len(prefix) :], kv.value, "global unit") for kv in items]
+        return {e.name: e.unit for e in self._usable(events) if e.unit is not None}, revision
+
+    async def watch_global_units(self, revision: int) -> AsyncIterator[list[UnitEvent]]:
+        prefix = self._keys.globals
+        async for batch in self._etcd.watch_prefix(prefix, revision):
+            yield [self._unit_event(e.key[len(prefix) :], e.value, "global unit") for e in batch]
+
+    @staticmethod
+    def _usable(events: list[E]) -> list[E]:
+        for event in events:
+            error = getattr(event, "error", None)
+            if error:
+                log.warning("skipping an unreadable record: %s", error)
+        return [event for event in events if not getattr(event, "error", None)]
+
+    # the engine -------------------------------------------------------------------------
+
+    async def acquire_leadership(self, machine_id: str, lease: int) -> Leadership | None:
+        etcd, key = self._etcd, self._keys.leader
+        ok, responses = await etcd.txn(
+            [etcd.cmp_absent(key)],
+            [etcd.op_put(key, machine_id.encode(), lease=lease), etcd.op_get(key)],
+            [etcd.op_get(key)],
+        )
+        if not ok:
+            return None
+        _, got = responses[-1][0]
+        return Leadership(machine_id, lease, int(got.create_revision))
+
+    async def leader(self) -> str | None:
+        kv = await self._etcd.get(self._keys.leader)
+        return None if kv is None else kv.value.decode(errors="replace")
+
+    async def wait_leader_vacant(self) -> None:
+        kv = await self._etcd.get(self._keys.leader)
+        if kv is None:
+            return
+        watcher = self._etcd.watch_prefix(self._keys.leader, kv.mod_revision + 1)
+        try:
+            async for batch in watcher:
+                if any(event.deleted for event in batch):
+                    return
+        finally:
+            await watcher.aclose()
+
+    async def unplaceable(self) -> dict[str, str]:
+        prefix = self._keys.unplaceable_prefix
+        items, _ = await self._etcd.get_prefix(prefix)
+        return {kv.key[len(prefix) :]: kv.value.decode(errors="replace") for kv in items}
+
+    async def apply_schedule(
+        self,
+        leadership: Leadership,
+        puts: Iterable[tuple[str, ScheduledUnit]],
+        deletes: Iterable[tuple[str, str]],
+        reasons: Mapping[str, str | None] | None = None,
+    ) -> None:
+        etcd, keys = self._etcd, self._keys
+        writer = BatchWriter(etcd, guard=[etcd.cmp_create(keys.leader, leadership.create_revision)])
+        for machine_id, name in deletes:
+            writer.add(etcd.op_delete(keys.placement(machine_id, name)))
+        for machine_id, unit in puts:
+            cached = self._memo.get(unit.name)
+            value = cached[0] if cached is not None and cached[1] is unit else encode_unit(unit)
+            writer.add(etcd.op_put(keys.placement(machine_id, unit.name), value))
+        for name, reason in (reasons or {}).items():
+            key = keys.unplaceable(name)
+            writer.add(etcd.op_delete(key) if reason is None else etcd.op_put(key, reason.encode()))
+        if not await writer.commit():
+            raise NotLeader(f"engine on {leadership.machine_id} lost leadership; write refused")
+
+    async def read_cluster(self) -> ClusterRead:
+        keys = self._keys
+        units, rev_units = await self._etcd.get_prefix(keys.units)
+        machines, rev_machines = await self._etcd.get_prefix(keys.machines)
+        placements, rev_placements = await self._etcd.get_prefix(keys.schedule)
+        return ClusterRead(
+            units=[self._unit_event(kv.key[len(keys.units) :], kv.value, "unit") for kv in units],
+            machines=[self._machine_event(kv.key[len(keys.machines) :], kv.value) for kv in machines],
+            placements=[self._placement_event(kv.key, kv.value) for kv in placements],
+            # watch from the oldest read: replaying a few events is harmless
+            revision=min(rev_units, rev_machines, rev_placements),
+        )
+
+    async def watch_units(self, revision: int) -> AsyncIterator[list[UnitEvent]]:
+        prefix = self._keys.units
+        async for batch in self._etcd.watch_prefix(prefix, revision):
+            events = [self._unit_event(e.key[len(prefix) :], e.value, "unit") for e in batch]
+            for event in events:
+                if event.deleted:
+                    self._memo.pop(event.name, None)
+            yield events
+
+    async def watch_machines(self, revision: int) -> AsyncIterator[list[MachineEvent]]:
+        prefix = self._keys.machines
+        async for batch in self._etcd.watch_prefix(prefix, revision):
+            yield [self._machine_event(e.key[len(prefix) :], e.value) for e in batch]
+
+    async def watch_placements(self, revision: int) -> AsyncIterator[list[PlacementEvent]]:
+        async for batch in self._etcd.watch_prefix(self._keys.schedule, revision):
+            yield [self._placement_event(e.key, e.value) for e in batch]
+
+
+def connect(config: EtcdConfig, prefix: str | None = None) -> EtcdRegistry:
+    """A registry on the etcd cluster ``config`` describes (connects on first use)."""
+    return EtcdRegistry(Etcd(config), prefix)
+

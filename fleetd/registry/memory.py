@@ -1,0 +1,361 @@
+"""An in-memory :class:`Registry`: the fake the engine and agent loops are unit-tested on.
+
+It keeps etcd's semantics that the loops depend on, and the contract test suite
+(``tests/integration/test_registry_contract.py``) runs the same cases against it and
+against a real etcd to keep it that way:
+
+- one global revision, raised once per write (a transaction's keys share a revision);
+- records on a lease vanish together when the lease ends, and watchers see the deletes;
+- watches replay history from any revision still kept, in order, in batches, and raise
+  :class:`Resync` from before a :meth:`compact`;
+- deleting a missing record changes nothing and produces no event.
+
+Time does not pass here: a lease ends only when revoked or when a test calls
+:meth:`expire_lease`, so tests decide exactly when a machine or an engine is lost
+instead of sleeping through a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
+from fleetd.model.unit import DesiredState
+from fleetd.registry.errors import MachineIdInUse, NotLeader, RegistryError, Resync, UnitExists, UnitNotFound
+from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
+
+# Record keys are tuples: (kind, *names). Kinds mirror the etcd layout's prefixes.
+Key = tuple[str, ...]
+UNITS, GLOBALS, MACHINES, METADATA, SCHEDULE, STATES, LEADER, UNPLACEABLE = (
+    "units", "global", "machines", "machine-metadata", "schedule", "states", "leader", "unplaceable",
+)  # fmt: skip
+
+
+@dataclass
+class _Entry:
+    value: Any
+    create_revision: int
+    mod_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class _Change:
+    revision: int
+    key: Key
+    value: Any  # None: deleted
+
+
+class MemoryRegistry(Registry):
+    def __init__(self) -> None:
+        self._store: dict[Key, _Entry] = {}
+        self._revision = 1  # etcd's first revision of an empty store
+        self._history: list[_Change] = []
+        self._compacted = 0
+        self._leases: dict[int, int] = {}
+        self._lease_ids = itertools.count(0x1000)
+        self._wakeup: asyncio.Event | None = None
+        self._requests = 0
+        self.closed = False
+
+    # -- the store ------------------------------------------------------------------------
+
+    async def _request(self) -> None:
+        """Every operation yields to the loop once, as a network round trip would."""
+        self._requests += 1
+        await asyncio.sleep(0)
+
+    @property
+    def requests(self) -> int:
+        return self._requests
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def _commit(self, changes: Iterable[tuple[Key, Any, int]]) -> int:
+        """Apply puts (value) and deletes (value None) at one new revision."""
+        applied: list[_Change] = []
+        revision = self._revision + 1
+        for key, value, lease in changes:
+            if value is None:
+                if self._store.pop(key, None) is not None:
+                    applied.append(_Change(revision, key, None))
+                continue
+            entry = self._store.get(key)
+            created = entry.create_revision if entry is not None else revision
+            self._store[key] = _Entry(value, created, revision, lease)
+            applied.append(_Change(revision, key, value))
+        if applied:
+            self._revision = revision
+            self._history.extend(applied)
+            if self._wakeup is not None:
+                self._wakeup.set()
+                self._wakeup = None
+        return self._revision
+
+    def _items(self, kind: str, *names: str) -> list[tuple[Key, _Entry]]:
+        """Records of a kind (and name prefix), in etcd's order: sorted by key."""
+        size = 1 + len(names)
+        found = [(k, e) for k, e in self._store.items() if k[:size] == (kind, *names)]
+        return sorted(found, key=lambda item: item[0])
+
+    async def _watch(self, match: Callable[[Key], bool], revision: int) -> AsyncIterator[list[_Change]]:
+        position = max(1, revision)
+        while True:
+            if position < self._compacted:
+                raise Resync(self._compacted)
+            start = bisect.bisect_left(self._history, position, key=lambda change: change.revision)
+            batch = [change for change in self._history[start:] if match(change.key)]
+            position = self._revision + 1
+            if batch:
+                yield batch
+                continue
+            if self._wakeup is None:
+                self._wakeup = asyncio.Event()
+            await self._wakeup.wait()
+
+    # -- test controls --------------------------------------------------------------------
+
+    def expire_lease(self, lease: int) -> None:
+        """End a lease as if its TTL ran out (a machine or engine died)."""
+        self._leases.pop(lease, None)
+        self._commit((key, None, 0) for key, entry in list(self._store.items()) if entry.lease == lease)
+
+    def compact(self) -> None:
+        """Forget all history: watches from an older revision then raise Resync."""
+        self._compacted = self._revision
+        self._history.clear()
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    # -- units ----------------------------------------------------------------------------
+
+    def _unit_changes(self, unit: StoredUnit, is_global: bool) -> list[tuple[Key, Any, int]]:
+        changes: list[tuple[Key, Any, int]] = [((UNITS, unit.name), unit, 0)]
+        changes.append(((GLOBALS, unit.name), unit if is_global else None, 0))
+        return changes
+
+    async def create_unit(self, unit: StoredUnit, is_global: bool) -> None:
+        await self._request()
+        if (UNITS, unit.name) in self._store:
+            raise UnitExists(f"unit {unit.name} already exists")
+        self._commit(self._unit_changes(unit, is_global))
+
+    async def create_units(self, units: Iterable[tuple[StoredUnit, bool]]) -> None:
+        await self._request()
+        changes = []
+        for unit, is_global in units:
+            if (UNITS, unit.name) not in self._store:
+                changes += self._unit_changes(unit, is_global)
+        self._commit(changes)
+
+    async def replace_unit(self, unit: StoredUnit, is_global: bool) -> None:
+        await self._request()
+        self._commit(self._unit_changes(unit, is_global))
+
+    async def get_unit(self, name: str) -> StoredUnit | None:
+        await self._request()
+        entry = self._store.get((UNITS, name))
+        return None if entry is None else entry.value
+
+    async def units(self) -> list[StoredUnit]:
+        await self._request()
+        return [entry.value for _, entry in self._items(UNITS)]
+
+    async def set_desired_state(self, name: str, desired: DesiredState) -> StoredUnit:
+        await self._request()
+        entry = self._store.get((UNITS, name))
+        if entry is None:
+            raise UnitNotFound(f"unit {name} not found")
+        updated = StoredUnit(entry.value.name, entry.value.file, desired)
+        changes: list[tuple[Key, Any, int]] = [((UNITS, name), updated, 0)]
+        if (GLOBALS, name) in self._store:
+            changes.append(((GLOBALS, name), updated, 0))
+        self._commit(changes)
+        return updated
+
+    async def destroy_unit(self, name: str) -> bool:
+        await self._request()
+        if (UNITS, name) not in self._store:
+            return False
+        self._commit([((UNITS, name), None, 0), ((GLOBALS, name), None, 0)])
+        return True
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def grant_lease(self, ttl: int) -> int:
+        await self._request()
+        lease = next(self._lease_ids)
+        self._leases[lease] = max(1, int(ttl))
+        return lease
+
+    async def keepalive(self, lease: int) -> int:
+        await self._request()
+        return self._leases.get(lease, 0)
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self._request()
+        self.expire_lease(lease)
+
+    def _check_lease(self, lease: int) -> None:
+        if lease and lease not in self._leases:
+            raise RegistryError(f"lease {lease:x} not found")
+
+    # -- machines -------------------------------------------------------------------------
+
+    async def register_machine(self, machine: MachineState, lease: int) -> None:
+        await self._request()
+        self._check_lease(lease)
+        entry = self._store.get((MACHINES, machine.id))
+        if entry is not None and entry.lease != lease:
+            holder: MachineState = entry.value
+            where = f" (public IP {holder.public_ip})" if holder.public_ip else ""
+            raise MachineIdInUse(f"machine ID {machine.id} is already registered by another live fleetd{where}")
+        self._commit([((MACHINES, machine.id), machine, lease)])
+
+    async def machine_lease(self, machine_id: str) -> int:
+        await self._request()
+        entry = self._store.get((MACHINES, machine_id))
+        return 0 if entry is None else entry.lease
+
+    async def machines(self) -> list[MachineState]:
+        await self._request()
+        return [entry.value for _, entry in self._items(MACHINES)]
+
+    async def dynamic_metadata(self, machine_id: str) -> dict[str, str]:
+        await self._request()
+        entry = self._store.get((METADATA, machine_id))
+        return {} if entry is None else dict(entry.value)
+
+    async def update_dynamic_metadata(
+        self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
+    ) -> dict[str, str]:
+        await self._request()
+        entry = self._store.get((METADATA, machine_id))
+        updated = {} if entry is None else dict(entry.value)
+        updated.update(set_)
+        for name in remove:
+            updated.pop(name, None)
+        self._commit([((METADATA, machine_id), dict(updated) if updated else None, 0)])
+        return updated
+
+    async def follow_dynamic_metadata(self, machine_id: str) -> AsyncIterator[dict[str, str]]:
+        current = await self.dynamic_metadata(machine_id)
+        revision = self._revision  # before yielding: a change made meanwhile must not be missed
+        yield current
+        key = (METADATA, machine_id)
+        async for batch in self._watch(lambda k: k == key, revision + 1):
+            last = batch[-1].value
+            yield {} if last is None else dict(last)
+
+    # -- unit states ----------------------------------------------------------------------
+
+    async def publish_states(
+        self, machine_id: str, lease: int, changed: Iterable[UnitState], removed: Iterable[str] = ()
+    ) -> None:
+        await self._request()
+        self._check_lease(lease)
+        changes: list[tuple[Key, Any, int]] = [((STATES, s.name, machine_id), s, lease) for s in changed]
+        changes += [((STATES, name, machine_id), None, 0) for name in removed]
+        self._commit(changes)
+
+    async def unit_states(self, name: str | None = None) -> list[UnitState]:
+        await self._request()
+        items = self._items(STATES, name) if name else self._items(STATES)
+        return sorted((entry.value for _, entry in items), key=lambda s: (s.name, s.machine_id))
+
+    # -- the schedule ---------------------------------------------------------------------
+
+    async def placements(self) -> dict[str, list[str]]:
+        await self._request()
+        result: dict[str, list[str]] = {}
+        for (_, machine_id, name), _entry in self._items(SCHEDULE):
+            result.setdefault(name, []).append(machine_id)
+        return result
+
+    async def machine_schedule(self, machine_id: str) -> tuple[dict[str, ScheduledUnit], int]:
+        await self._request()
+        return {key[2]: entry.value for key, entry in self._items(SCHEDULE, machine_id)}, self._revision
+
+    async def watch_machine_schedule(self, machine_id: str, revision: int) -> AsyncIterator[list[PlacementEvent]]:
+        async for batch in self._watch(lambda k: k[0] == SCHEDULE and k[1] == machine_id, revision):
+            yield [PlacementEvent(c.key[1], c.key[2], c.value) for c in batch]
+
+    async def global_units(self) -> tuple[dict[str, StoredUnit], int]:
+        await self._request()
+        return {key[1]: entry.value for key, entry in self._items(GLOBALS)}, self._revision
+
+    async def watch_global_units(self, revision: int) -> AsyncIterator[list[UnitEvent]]:
+        async for batch in self._watch(lambda k: k[0] == GLOBALS, revision):
+            yield [UnitEvent(c.key[1], c.value) for c in batch]
+
+    # -- the engine -----------------------------------------------------------------------
+
+    async def acquire_leadership(self, machine_id: str, lease: int) -> Leadership | None:
+        await self._request()
+        self._check_lease(lease)
+        if (LEADER,) in self._store:
+            return None
+        revision = self._commit([((LEADER,), machine_id, lease)])
+        return Leadership(machine_id, lease, revision)
+
+    async def leader(self) -> str | None:
+        await self._request()
+        entry = self._store.get((LEADER,))
+        return None if entry is None else entry.value
+
+    async def wait_leader_vacant(self) -> None:
+        await self._request()
+        if (LEADER,) not in self._store:
+            return
+        async for batch in self._watch(lambda k: k == (LEADER,), self._revision + 1):
+            if any(change.value is None for change in batch):
+                return
+
+    async def unplaceable(self) -> dict[str, str]:
+        await self._request()
+        return {key[1]: entry.value for key, entry in self._items(UNPLACEABLE)}
+
+    async def apply_schedule(
+        self,
+        leadership: Leadership,
+        puts: Iterable[tuple[str, ScheduledUnit]],
+        deletes: Iterable[tuple[str, str]],
+        reasons: Mapping[str, str | None] | None = None,
+    ) -> None:
+        await self._request()
+        leader = self._store.get((LEADER,))
+        if leader is None or leader.create_revision != leadership.create_revision:
+            raise NotLeader(f"engine on {leadership.machine_id} lost leadership; write refused")
+        changes: list[tuple[Key, Any, int]] = [((SCHEDULE, m, name), None, 0) for m, name in deletes]
+        changes += [((SCHEDULE, m, unit.name), unit, 0) for m, unit in puts]
+        changes += [((UNPLACEABLE, name), reason, 0) for name, reason in (reasons or {}).items()]
+        self._commit(changes)
+
+    async def read_cluster(self) -> ClusterRead:
+        await self._request()
+        return ClusterRead(
+            units=[UnitEvent(key[1], entry.value) for key, entry in self._items(UNITS)],
+            machines=[MachineEvent(key[1], entry.value) for key, entry in self._items(MACHINES)],
+            placements=[PlacementEvent(key[1], key[2], entry.value) for key, entry in self._items(SCHEDULE)],
+            revision=self._revision,
+        )
+
+    async def watch_units(self, revision: int) -> AsyncIterator[list[UnitEvent]]:
+        async for batch in self._watch(lambda k: k[0] == UNITS, revision):
+            yield [UnitEvent(c.key[1], c.value) for c in batch]
+
+    async def watch_machines(self, revision: int) -> AsyncIterator[list[MachineEvent]]:
+        async for batch in self._watch(lambda k: k[0] == MACHINES, revision):
+            yield [MachineEvent(c.key[1], c.value) for c in batch]
+
+    async def watch_placements(self, revision: int) -> AsyncIterator[list[PlacementEvent]]:
+        async for batch in self._watch(lambda k: k[0] == SCHEDULE, revision):
+            yield [PlacementEvent(c.key[1], c.key[2], c.value) for c in batch]

@@ -1,0 +1,335 @@
+"""The registry contract: the same cases against the in-memory fake and a real etcd.
+
+The engine and agent loops are unit-tested on :class:`MemoryRegistry`; these cases are
+what makes that worth something. Each runs twice, once per implementation, and a case
+that passes on one and fails on the other means the fake has drifted from etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+
+from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
+from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import parse_unit_file
+from fleetd.registry import (
+    MachineIdInUse,
+    MemoryRegistry,
+    NotLeader,
+    PlacementEvent,
+    Registry,
+    Resync,
+    UnitEvent,
+    UnitExists,
+    UnitNotFound,
+)
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import EtcdRegistry, connect
+from fleetlab.etcd import EtcdCluster
+
+T = TypeVar("T")
+
+BODY = parse_unit_file("[Service]\nExecStart=/bin/sleep infinity\n")
+OTHER_BODY = parse_unit_file("[Service]\nExecStart=/bin/sleep 1000\n")
+GLOBAL_BODY = parse_unit_file("[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\n")
+M1, M2 = "1" * 32, "2" * 32
+
+
+def unit(name: str, desired: DesiredState = DesiredState.INACTIVE, body: Any = BODY) -> StoredUnit:
+    return StoredUnit(name, body, desired)
+
+
+@dataclass
+class Backend:
+    """One implementation under test, with the two things only a test may do to it."""
+
+    registry: Registry
+    compact: Callable[[], Any]
+
+
+async def _compact_etcd(registry: EtcdRegistry) -> None:
+    etcd = registry._etcd  # noqa: SLF001 - the test reaches below the interface on purpose
+    await (await etcd.client()).compact(await etcd.revision())
+
+
+@pytest.fixture(params=["memory", "etcd"])
+async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        memory = MemoryRegistry()
+
+        async def compact_memory() -> None:
+            memory.compact()
+
+        yield Backend(memory, compact_memory)
+        return
+    request.applymarker(pytest.mark.integration)
+    cluster: EtcdCluster = request.getfixturevalue("etcd")
+    registry = connect(EtcdConfig(endpoints=tuple(cluster.endpoints), request_timeout=5), key_prefix)
+    try:
+        yield Backend(registry, lambda: _compact_etcd(registry))
+    finally:
+        await registry.close()
+
+
+@pytest.fixture
+def registry(backend: Backend) -> Registry:
+    return backend.registry
+
+
+async def next_batch(events: AsyncIterator[list[T]]) -> list[T]:
+    async with asyncio.timeout(10):
+        return await anext(events)
+
+
+async def collect(events: AsyncIterator[list[T]], count: int) -> list[T]:
+    """The next ``count`` events, however the implementation batches them."""
+    found: list[T] = []
+    while len(found) < count:
+        found.extend(await next_batch(events))
+    return found
+
+
+# -- units ----------------------------------------------------------------------------------
+
+
+async def test_create_refuses_duplicates_and_leaves_the_original(registry: Registry) -> None:
+    await registry.create_unit(unit("a.service"), is_global=False)
+    with pytest.raises(UnitExists):
+        await registry.create_unit(StoredUnit("a.service", GLOBAL_BODY, DesiredState.LAUNCHED), is_global=True)
+    assert await registry.get_unit("a.service") == unit("a.service")
+    assert (await registry.global_units())[0] == {}
+
+
+async def test_units_are_listed_by_name(registry: Registry) -> None:
+    for name in ("b.service", "a.service", "c@1.service"):
+        await registry.create_unit(unit(name), is_global=False)
+    assert [u.name for u in await registry.units()] == ["a.service", "b.service", "c@1.service"]
+    assert await registry.get_unit("missing.service") is None
+
+
+async def test_desired_state_reaches_the_global_copy(registry: Registry) -> None:
+    await registry.create_unit(StoredUnit("g.service", GLOBAL_BODY, DesiredState.INACTIVE), is_global=True)
+    updated = await registry.set_desired_state("g.service", DesiredState.LAUNCHED)
+    assert updated.desired is DesiredState.LAUNCHED
+    globals_, _ = await registry.global_units()
+    assert globals_["g.service"].desired is DesiredState.LAUNCHED
+    assert (await registry.get_unit("g.service")) == updated
+    with pytest.raises(UnitNotFound):
+        await registry.set_desired_state("missing.service", DesiredState.LOADED)
+
+
+async def test_destroy_removes_unit_and_global_copy(registry: Registry) -> None:
+    await registry.create_unit(StoredUnit("g.service", GLOBAL_BODY, DesiredState.INACTIVE), is_global=True)
+    assert await registry.destroy_unit("g.service")
+    assert await registry.get_unit("g.service") is None
+    assert (await registry.global_units())[0] == {}
+    assert not await registry.destroy_unit("g.service")
+
+
+async def test_replace_swaps_the_body_and_the_global_copy(registry: Registry) -> None:
+    await registry.create_unit(StoredUnit("g.service", GLOBAL_BODY, DesiredState.LAUNCHED), is_global=True)
+    await registry.replace_unit(unit("g.service", DesiredState.LAUNCHED, OTHER_BODY), is_global=False)
+    assert await registry.get_unit("g.service") == unit("g.service", DesiredState.LAUNCHED, OTHER_BODY)
+    assert (await registry.global_units())[0] == {}
+    await registry.replace_unit(unit("new.service"), is_global=False)  # replace creates
+    assert await registry.get_unit("new.service") == unit("new.service")
+
+
+async def test_bulk_create_skips_existing_units(registry: Registry) -> None:
+    await registry.create_unit(unit("u0007.service", DesiredState.LAUNCHED), is_global=False)
+    await registry.create_units((unit(f"u{i:04}.service"), False) for i in range(300))
+    units = await registry.units()
+    assert len(units) == 300
+    assert next(u for u in units if u.name == "u0007.service").desired is DesiredState.LAUNCHED
+
+
+# -- leases and machines ----------------------------------------------------------------------
+
+
+async def test_machine_registration_refuses_a_live_duplicate(registry: Registry) -> None:
+    lease_a = await registry.grant_lease(30)
+    lease_b = await registry.grant_lease(30)
+    await registry.register_machine(MachineState(M1, "10.0.0.1", {"region": "eu"}), lease_a)
+    # the same lease may re-register (a metadata change)
+    await registry.register_machine(MachineState(M1, "10.0.0.1", {"region": "us"}), lease_a)
+    with pytest.raises(MachineIdInUse, match="already registered.*10.0.0.1"):
+        await registry.register_machine(MachineState(M1, "10.0.0.2", {}), lease_b)
+    assert [m.metadata for m in await registry.machines()] == [{"region": "us"}]
+    assert await registry.machine_lease(M1) == lease_a
+    await registry.revoke_lease(lease_a)
+    assert await registry.machine_lease(M1) == 0
+    await registry.register_machine(MachineState(M1, "10.0.0.2", {}), lease_b)
+    assert [m.public_ip for m in await registry.machines()] == ["10.0.0.2"]
+
+
+async def test_a_lease_carries_its_machine_and_states_away(registry: Registry) -> None:
+    lease = await registry.grant_lease(30)
+    assert await registry.keepalive(lease) > 0
+    await registry.register_machine(MachineState(M2), lease)
+    states = [UnitState(n, M2, "h", "loaded", "active", "running") for n in ("x.service", "y.service")]
+    await registry.publish_states(M2, lease, states)
+    assert await registry.unit_states() == states
+    assert await registry.unit_states("y.service") == states[1:]
+    await registry.publish_states(M2, lease, [], removed=["x.service"])
+    assert await registry.unit_states() == states[1:]
+    await registry.revoke_lease(lease)
+    assert await registry.machines() == []
+    assert await registry.unit_states() == []
+    assert await registry.keepalive(lease) == 0
+    await registry.revoke_lease(lease)  # revoking twice is harmless
+
+
+async def test_machine_watch_sees_join_and_loss(registry: Registry) -> None:
+    read = await registry.read_cluster()
+    events = registry.watch_machines(read.revision + 1)
+    lease = await registry.grant_lease(30)
+    await registry.register_machine(MachineState(M1, "10.0.0.1"), lease)
+    joined = await collect(events, 1)
+    assert [(e.machine_id, e.machine) for e in joined] == [(M1, MachineState(M1, "10.0.0.1"))]
+    await registry.revoke_lease(lease)
+    lost = await collect(events, 1)
+    assert [(e.machine_id, e.deleted) for e in lost] == [(M1, True)]
+    await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_dynamic_metadata_is_followed(registry: Registry) -> None:
+    assert await registry.dynamic_metadata(M1) == {}
+    follow = registry.follow_dynamic_metadata(M1)
+    assert await anext(follow) == {}
+    assert await registry.update_dynamic_metadata(M1, {"role": "web", "zone": "a"}) == {"role": "web", "zone": "a"}
+    async with asyncio.timeout(10):
+        assert await anext(follow) == {"role": "web", "zone": "a"}
+    assert await registry.update_dynamic_metadata(M1, {}, remove=["role"]) == {"zone": "a"}
+    async with asyncio.timeout(10):
+        assert await anext(follow) == {"zone": "a"}
+    await registry.update_dynamic_metadata(M1, {}, remove=["zone"])
+    async with asyncio.timeout(10):
+        assert await anext(follow) == {}
+    assert await registry.dynamic_metadata(M1) == {}
+    await follow.aclose()  # type: ignore[attr-defined]
+
+
+# -- leadership and the schedule --------------------------------------------------------------
+
+
+async def test_leadership_fences_a_deposed_engine(registry: Registry) -> None:
+    lease1 = await registry.grant_lease(30)
+    lease2 = await registry.grant_lease(30)
+    first = await registry.acquire_leadership("m1", lease1)
+    assert first is not None and await registry.leader() == "m1"
+    assert await registry.acquire_leadership("m2", lease2) is None
+    await registry.apply_schedule(first, [("m1", ScheduledUnit("a.service", BODY, DesiredState.LAUNCHED))], [])
+    assert await registry.placements() == {"a.service": ["m1"]}
+    await registry.revoke_lease(lease1)  # the first engine's lease ends; m2 takes over
+    async with asyncio.timeout(10):
+        await registry.wait_leader_vacant()
+    second = await registry.acquire_leadership("m2", lease2)
+    assert second is not None and await registry.leader() == "m2"
+    with pytest.raises(NotLeader):
+        await registry.apply_schedule(first, [("m1", unit("b.service"))], [("m1", "a.service")])
+    assert await registry.placements() == {"a.service": ["m1"]}
+    # even the same machine winning again is a new term: an old proof stays fenced
+    await registry.revoke_lease(lease2)
+    third = await registry.acquire_leadership("m1", await registry.grant_lease(30))
+    assert third is not None and third.create_revision != first.create_revision
+    with pytest.raises(NotLeader):
+        await registry.apply_schedule(first, [], [("m1", "a.service")])
+    await registry.apply_schedule(third, [], [("m1", "a.service")])
+    assert await registry.placements() == {}
+
+
+async def test_wait_leader_vacant_returns_when_the_leader_goes(registry: Registry) -> None:
+    await registry.wait_leader_vacant()  # nobody leads: at once
+    lease = await registry.grant_lease(30)
+    assert await registry.acquire_leadership("m1", lease) is not None
+    waiter = asyncio.ensure_future(registry.wait_leader_vacant())
+    await asyncio.sleep(0.2)  # give a wrong implementation the chance to return early
+    assert not waiter.done()
+    await registry.revoke_lease(lease)
+    async with asyncio.timeout(10):
+        await waiter
+    assert await registry.leader() is None
+
+
+async def test_schedule_reasons_and_watches(registry: Registry) -> None:
+    lease = await registry.grant_lease(30)
+    leadership = await registry.acquire_leadership("m1", lease)
+    assert leadership is not None
+    schedule, revision = await registry.machine_schedule(M1)
+    assert schedule == {}
+    mine = registry.watch_machine_schedule(M1, revision + 1)
+    everything = registry.watch_placements(revision + 1)
+    a = ScheduledUnit("a.service", BODY, DesiredState.LAUNCHED)
+    b = ScheduledUnit("b.service", BODY, DesiredState.LOADED)
+    await registry.apply_schedule(leadership, [(M1, a), (M2, b)], [], {"c.service": "no machine matches"})
+    assert await registry.unplaceable() == {"c.service": "no machine matches"}
+    assert await registry.placements() == {"a.service": [M1], "b.service": [M2]}
+    assert (await registry.machine_schedule(M1))[0] == {"a.service": a}
+    assert await collect(mine, 1) == [PlacementEvent(M1, "a.service", a)]
+    assert sorted(await collect(everything, 2), key=lambda e: e.name) == [
+        PlacementEvent(M1, "a.service", a),
+        PlacementEvent(M2, "b.service", b),
+    ]
+    # a move: the delete and the put land together, deletes first
+    await registry.apply_schedule(leadership, [(M1, b)], [(M2, "b.service")], {"c.service": None})
+    assert await registry.unplaceable() == {}
+    assert await collect(everything, 2) == [PlacementEvent(M2, "b.service"), PlacementEvent(M1, "b.service", b)]
+    assert await collect(mine, 1) == [PlacementEvent(M1, "b.service", b)]
+    await mine.aclose()  # type: ignore[attr-defined]
+    await everything.aclose()  # type: ignore[attr-defined]
+
+
+async def test_read_cluster_then_watch_misses_nothing(registry: Registry) -> None:
+    lease = await registry.grant_lease(30)
+    await registry.register_machine(MachineState(M1), lease)
+    await registry.create_unit(unit("a.service", DesiredState.LAUNCHED), is_global=False)
+    read = await registry.read_cluster()
+    assert [(e.name, e.unit) for e in read.units] == [("a.service", unit("a.service", DesiredState.LAUNCHED))]
+    assert [e.machine_id for e in read.machines] == [M1]
+    assert read.placements == []
+    events = registry.watch_units(read.revision + 1)
+    await registry.create_unit(unit("b.service"), is_global=False)
+    await registry.set_desired_state("b.service", DesiredState.LOADED)
+    await registry.destroy_unit("a.service")
+    await registry.destroy_unit("a.service")  # deleting what is gone is no event
+    await registry.create_unit(unit("c.service"), is_global=False)
+    seen = await collect(events, 4)
+    assert seen == [
+        UnitEvent("b.service", unit("b.service")),
+        UnitEvent("b.service", unit("b.service", DesiredState.LOADED)),
+        UnitEvent("a.service"),
+        UnitEvent("c.service", unit("c.service")),
+    ]
+    assert seen[2].deleted
+    await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_global_unit_watch(registry: Registry) -> None:
+    _, revision = await registry.global_units()
+    events = registry.watch_global_units(revision + 1)
+    await registry.create_unit(unit("plain.service"), is_global=False)  # not a global: no event
+    g = StoredUnit("g.service", GLOBAL_BODY, DesiredState.LAUNCHED)
+    await registry.create_unit(g, is_global=True)
+    await registry.destroy_unit("g.service")
+    assert await collect(events, 2) == [UnitEvent("g.service", g), UnitEvent("g.service")]
+    await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_watch_from_compacted_history_asks_for_resync(backend: Backend) -> None:
+    registry = backend.registry
+    start = (await registry.read_cluster()).revision
+    for i in range(3):
+        await registry.create_unit(unit(f"u{i}.service"), is_global=False)
+    await backend.compact()
+    with pytest.raises(Resync):
+        await collect(registry.watch_units(start + 1), 3)
+    # from the current revision on, watching works again
+    fresh = registry.watch_units((await registry.read_cluster()).revision + 1)
+    await registry.create_unit(unit("after.service"), is_global=False)
+    assert [e.name for e in await collect(fresh, 1)] == ["after.service"]
+    await fresh.aclose()  # type: ignore[attr-defined]
