@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from fleetd.model.state import StoredUnit  # noqa: E402
 from fleetd.model.unit import DesiredState  # noqa: E402
 from fleetd.model.unitfile import parse_unit_file  # noqa: E402
-from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
-from fleetd.registry.registry import Registry  # noqa: E402
+from fleetd.registry.etcd import EtcdConfig  # noqa: E402
+from fleetd.registry.etcd_registry import connect  # noqa: E402
 from fleetlab.fleetcluster import PREFIX, FleetCluster  # noqa: E402
 
 ONESHOT = "[Unit]\nDescription=bench %n\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
@@ -37,8 +37,7 @@ SLEEP = "[Unit]\nDescription=bench %n\n\n[Service]\nExecStart=/bin/sleep infinit
 
 
 async def submit_and_wait(endpoints: list[str], units: int, body: str, timeout: float) -> float:
-    etcd = Etcd(EtcdConfig(endpoints=tuple(endpoints), request_timeout=30))
-    registry = Registry(etcd, PREFIX)
+    registry = connect(EtcdConfig(endpoints=tuple(endpoints), request_timeout=30), PREFIX)
     try:
         file = parse_unit_file(body)
         started = time.monotonic()
@@ -56,7 +55,7 @@ async def submit_and_wait(endpoints: list[str], units: int, body: str, timeout: 
                 raise TimeoutError(f"only {active} of {units} units active after {timeout:.0f} s")
             await asyncio.sleep(0.5)
     finally:
-        await etcd.close()
+        await registry.close()
 
 
 def time_list_units(endpoint: str, runs: int, expected_rows: int) -> list[float]:

@@ -27,8 +27,8 @@ from fleetd.engine.engine import Engine  # noqa: E402
 from fleetd.model.state import MachineState, StoredUnit  # noqa: E402
 from fleetd.model.unit import DesiredState  # noqa: E402
 from fleetd.model.unitfile import parse_unit_file  # noqa: E402
-from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
-from fleetd.registry.registry import Registry  # noqa: E402
+from fleetd.registry.etcd import EtcdConfig  # noqa: E402
+from fleetd.registry.etcd_registry import connect  # noqa: E402
 from fleetd.settings import Settings  # noqa: E402
 from fleetlab.etcd import EtcdCluster  # noqa: E402
 from fleetlab.wait import eventually, wait_until_async  # noqa: E402
@@ -39,12 +39,15 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
     with EtcdCluster() as cluster:
         config = EtcdConfig(endpoints=tuple(cluster.endpoints), request_timeout=30)
         prefix = "/bench/"
-        etcds = [Etcd(config) for _ in range(clients)]
-        engine_etcd = Etcd(config)
-        submit_etcd = Etcd(config)
+        # one connection (registry) per `clients` agents: aetcd serialises watch creation
+        # per connection, and a real cluster has one connection per machine anyway
+        registries = [connect(config, prefix) for _ in range(clients)]
+        leader_registry = connect(config, prefix)
+        submit_registry = connect(config, prefix)
+        everyone = [*registries, leader_registry, submit_registry]
         agents = []
         for index in range(machines):
-            registry = Registry(etcds[index % clients], prefix)
+            registry = registries[index % clients]
             machine = MachineState(uuid.uuid4().hex, f"10.0.{index // 250}.{index % 250 + 1}", {})
             agents.append(Agent(registry, SimulatedManager(), machine, settings))
         tasks = [asyncio.create_task(agent.run()) for agent in agents]
@@ -53,7 +56,6 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
             "--prefix", prefix, stdout=asyncio.subprocess.PIPE,
         )
         await wait_until_async(lambda: all(a.ready.is_set() for a in agents), 60, "agents to register")
-        leader_registry = Registry(engine_etcd, prefix)
 
         async def has_leader() -> bool:
             return bool(await leader_registry.leader())
@@ -62,9 +64,9 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
 
         body = parse_unit_file("[Unit]\nDescription=bench\n[Service]\nExecStart=/bin/sleep infinity\n")
         batch = [(StoredUnit(f"bench-{i:06}.service", body, DesiredState.LAUNCHED), False) for i in range(units)]
-        requests_before = sum(e.requests for e in [*etcds, engine_etcd, submit_etcd])
+        requests_before = sum(r.requests for r in everyone)
         started = time.perf_counter()
-        await Registry(submit_etcd, prefix).create_units(batch)
+        await submit_registry.create_units(batch)
         submitted = time.perf_counter() - started
 
         def all_running() -> bool:
@@ -75,7 +77,7 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
 
         await wait_until_async(all_running, timeout, f"{units} units running", 0.02)
         elapsed = time.perf_counter() - started
-        requests = sum(e.requests for e in [*etcds, engine_etcd, submit_etcd]) - requests_before
+        requests = sum(r.requests for r in everyone) - requests_before
         per_machine = sorted(len(a.schedule) for a in agents)
 
         engine_proc.terminate()
@@ -85,8 +87,8 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for e in [*etcds, engine_etcd, submit_etcd]:
-            await e.close()
+        for r in everyone:
+            await r.close()
 
     rate = units / elapsed
     print(f"machines={machines} units={units}")
@@ -106,14 +108,14 @@ async def run_engine(endpoints: str, prefix: str) -> None:
     import signal
 
     settings = Settings(agent_ttl=10.0, engine_ttl=10.0)
-    etcd = Etcd(EtcdConfig(endpoints=tuple(endpoints.split(",")), request_timeout=30))
-    engine = Engine(Registry(etcd, prefix), "engine-bench", settings)
+    registry = connect(EtcdConfig(endpoints=tuple(endpoints.split(",")), request_timeout=30), prefix)
+    engine = Engine(registry, "engine-bench", settings)
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, engine.stop)
     await engine.run()
     stats = engine.stats
     print(f"engine_plans={stats.plans} engine_last_plan_s={stats.last_plan_s:.3f} "
-          f"engine_etcd_requests={etcd.requests}", flush=True)
-    await etcd.close()
+          f"engine_etcd_requests={registry.requests}", flush=True)
+    await registry.close()
 
 
 def main() -> None:
