@@ -48,8 +48,8 @@ from _cluster import (  # noqa: E402
 from fleetd.model.state import StoredUnit  # noqa: E402
 from fleetd.model.unit import DesiredState  # noqa: E402
 from fleetd.model.unitfile import parse_unit_file  # noqa: E402
-from fleetd.registry.etcd import Etcd, EtcdConfig  # noqa: E402
-from fleetd.registry.registry import Registry  # noqa: E402
+from fleetd.registry.etcd import EtcdConfig  # noqa: E402
+from fleetd.registry.etcd_registry import connect  # noqa: E402
 from fleetlab.fleetcluster import FleetCluster, FleetHost  # noqa: E402
 
 BASELINE = "fleet 1.0 (DESIGN.md): engine leader's fleetd 25 % of a core, etcd 63 requests/s, with 500 units idle"
@@ -72,21 +72,21 @@ def submit_api(host: FleetHost, count: int, workers: int) -> None:
 
 async def submit_etcd(endpoints: list[str], host: FleetHost, count: int) -> None:
     """Write every unit straight into etcd in batched transactions (Registry.create_units)."""
-    etcd = Etcd(EtcdConfig(endpoints=tuple(endpoints), request_timeout=30))
+    registry = connect(EtcdConfig(endpoints=tuple(endpoints), request_timeout=30))
     try:
         units = [(StoredUnit(unit_name(i), parse_unit_file(UNIT.format(index=i, machine=host.machine_id)),
                              DesiredState.LAUNCHED), False) for i in range(count)]
-        await Registry(etcd).create_units(units)
+        await registry.create_units(units)
     finally:
-        await etcd.close()
+        await registry.close()
 
 
 async def engine_leader(endpoints: list[str]) -> str | None:
-    etcd = Etcd(EtcdConfig(endpoints=tuple(endpoints), request_timeout=10))
+    registry = connect(EtcdConfig(endpoints=tuple(endpoints), request_timeout=10))
     try:
-        return await Registry(etcd).leader()
+        return await registry.leader()
     finally:
-        await etcd.close()
+        await registry.close()
 
 
 def active_units(host: FleetHost) -> int:
