@@ -33,15 +33,11 @@ from fleetctl.errors import UsageError
 from fleetctl.output import DEFAULT_MACHINE_FIELDS, DEFAULT_UNIT_FIELDS, DEFAULT_UNIT_FILE_FIELDS
 from fleetctl.tabwriter import tabwrite
 from fleetd import __version__
+from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS
 
 ENV_PREFIX = "FLEETCTL_"
 _TRUE = frozenset({"1", "t", "true", "yes", "y", "on"})
 _FALSE = frozenset({"0", "f", "false", "no", "n", "off"})
-JOURNAL_OUTPUTS = (
-    "short", "short-full", "short-iso", "short-iso-precise", "short-precise", "short-monotonic",
-    "short-delta", "short-unix", "verbose", "export", "json", "json-pretty", "json-sse",
-    "json-seq", "cat", "with-unit",
-)
 
 
 def version_line() -> str:
@@ -148,11 +144,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("journal", "Print the journal of a unit in the cluster to stdout", "[options] <unit>",
             "fleetctl.cmd_remote:cmd_journal",
             (
-                Flag("lines", "int", "Number of recent journal entries to show.", 10, short="n", metavar="N"),
+                Flag("lines", "int", "Number of recent journal entries to show.", DEFAULT_JOURNAL_LINES, short="n",
+                     metavar="N"),
                 Flag("follow", "bool", "Continuously print new entries as they are appended to the journal.",
                      False, short="f"),
-                Flag("output", "choice", "journalctl output format (short, verbose, json, cat, ...).", "short",
-                     choices=JOURNAL_OUTPUTS, dest="journal_output"),
+                Flag("output", "choice", "journalctl output format (short, verbose, json, cat, ...).",
+                     DEFAULT_JOURNAL_OUTPUT, choices=JOURNAL_OUTPUTS, dest="journal_output"),
                 Flag("sudo", "bool", "Accepted for compatibility with fleet (the journal is read by fleetd).", False),
             ),
             (("unit", 1, "UNIT"),),

@@ -5,6 +5,9 @@ the local machine's systemd only through the :class:`NodeInfo` it is given.
 """
 
 from fleetd.api.activation import ActivationError, listen_fds
+from fleetd.api.app import make_app
+from fleetd.api.context import DEFAULT_TOKEN_LIMIT, Node, NodeInfo
+from fleetd.api.errors import ApiError
 from fleetd.api.listeners import (
     ApiServer,
     ListenError,
@@ -16,7 +19,6 @@ from fleetd.api.listeners import (
     serve,
     start_api,
 )
-from fleetd.api.server import DEFAULT_TOKEN_LIMIT, ApiError, Node, NodeInfo, make_app
 
 __all__ = [
     "ActivationError",

@@ -53,6 +53,21 @@ def unit_json(unit: StoredUnit, placed: list[str], states: Mapping[str, UnitStat
     }
 
 
+def units_json(
+    units: Iterable[StoredUnit], placements: Mapping[str, list[str]], states: Iterable[UnitState]
+) -> list[dict[str, Any]]:
+    """The API's unit objects for ``units``, given every placement (unit name -> machine
+    ids) and published state; a list and a one-unit read both show units this way."""
+    by_unit = states_by_unit(states)
+    return [unit_json(u, sorted(placements.get(u.name, [])), by_unit.get(u.name, {})) for u in units]
+
+
+def select_states(states: Iterable[UnitState], unit: str | None = None, machine: str | None = None) -> list[UnitState]:
+    """The states of ``unit`` on ``machine`` (either ``None``: all), as ``GET /state``'s
+    ``unitName`` and ``machineID`` filters choose them."""
+    return [s for s in states if (not unit or s.name == unit) and (not machine or s.machine_id == machine)]
+
+
 def state_json(state: UnitState) -> dict[str, str]:
     return {
         "name": state.name,

@@ -9,9 +9,12 @@ import pytest
 
 from fleetd.api.activation import ActivationError, listen_fds
 from fleetd.api.auth import TokenRules, authorized
+from fleetd.api.context import Node, NodeInfo
+from fleetd.api.errors import ApiError
+from fleetd.api.machines import parse_metadata_patch
 from fleetd.api.paging import BadPageToken, decode_token, encode_token, paginate
-from fleetd.api.server import ApiError, Node, NodeInfo, current_state, parse_metadata_patch
 from fleetd.model.state import UnitState
+from fleetd.model.wire import current_state
 
 
 def test_paginate_walks_every_item_once() -> None:

@@ -1,0 +1,63 @@
+"""fleet's HTTP API v1 (``/fleet/v1``) as an aiohttp application, plus what we add to it.
+
+``make_app(registry, node)`` builds the application and is the one place that says which
+handler answers which route; :mod:`fleetd.api.listeners` serves it on unix sockets, TCP
+and activated sockets. Handlers read and write the cluster only through
+:class:`~fleetd.registry.registry.Registry` and validate with the model, so the API
+refuses exactly what fleetctl and the engine would.
+
+Every error answers ``{"error": {"code": N, "message": "..."}}``, including unknown routes
+(404), wrong methods (405), malformed JSON (400), missing tokens on TCP (401) and a node
+that must not serve (503, with :meth:`NodeInfo.error`'s message).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fleetd.api.auth import TOKEN_RULES, TokenRules
+from fleetd.api.context import DEFAULT_TOKEN_LIMIT, STATE, ApiState, NodeInfo
+from fleetd.api.discovery import discovery_document
+from fleetd.api.extensions import journal, list_unplaceable, status
+from fleetd.api.machines import list_machines, patch_machines
+from fleetd.api.metrics import metrics
+from fleetd.api.middleware import fleet_middleware
+from fleetd.api.state import list_states
+from fleetd.api.units import delete_unit, get_unit, list_units, put_unit
+from fleetd.registry.registry import Registry
+
+PREFIX = "/fleet/v1"
+MAX_BODY = 4 * 1024 * 1024
+
+
+async def discovery(request: web.Request) -> web.Response:
+    return web.json_response(discovery_document())
+
+
+def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_TOKEN_LIMIT) -> web.Application:
+    """The API application: fleet's ``/fleet/v1`` routes plus journal, status,
+    unplaceable and ``/metrics``. ``token_limit`` is the page size of every list."""
+    app = web.Application(middlewares=[fleet_middleware], client_max_size=MAX_BODY)
+    app[STATE] = ApiState(registry, node, max(1, int(token_limit)))
+    app[TOKEN_RULES] = TokenRules()
+
+    async def stop_streams(app: web.Application) -> None:
+        app[STATE].closing = True
+
+    app.on_shutdown.append(stop_streams)
+    app.router.add_get(f"{PREFIX}/units", list_units)
+    app.router.add_get(f"{PREFIX}/units/{{name}}", get_unit)
+    app.router.add_put(f"{PREFIX}/units/{{name}}", put_unit)
+    app.router.add_delete(f"{PREFIX}/units/{{name}}", delete_unit)
+    app.router.add_get(f"{PREFIX}/state", list_states)
+    app.router.add_get(f"{PREFIX}/machines", list_machines)
+    app.router.add_patch(f"{PREFIX}/machines", patch_machines)
+    app.router.add_get(f"{PREFIX}/machines/{{machine}}/journal/{{name}}", journal)
+    app.router.add_get(f"{PREFIX}/machines/{{machine}}/status/{{name}}", status)
+    app.router.add_get(f"{PREFIX}/unplaceable", list_unplaceable)
+    app.router.add_get(f"{PREFIX}/discovery", discovery)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+__all__ = ["MAX_BODY", "PREFIX", "discovery", "make_app"]

@@ -1,0 +1,129 @@
+"""What fleet's API never had: why units are unplaceable, and a unit's journal and status.
+
+fleet's fleetctl read journals and status over SSH; here each machine's fleetd answers
+for its own machine (``/machines/<id>/journal/<unit>``, ``/machines/<id>/status/<unit>``)
+and tells a client that asked the wrong fleetd where the right one is. The journal is
+streamed; its first line is awaited briefly so that a reader that fails at once (unknown
+unit, journalctl missing) can still answer with a status instead of a broken stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+
+from fleetd.api.context import api_state
+from fleetd.api.errors import ApiError, node_failure
+from fleetd.api.params import query_bool, query_int, unit_name
+from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS, MAX_JOURNAL_LINES
+
+# A journal's first line is awaited this long before the stream starts, so that a failure
+# to read the journal (unknown unit, journalctl missing) can still answer with a status.
+FIRST_LINE_WAIT = 0.5
+
+
+async def list_unplaceable(request: web.Request) -> web.Response:
+    reasons = await api_state(request).registry.unplaceable()
+    return web.json_response({"units": dict(sorted(reasons.items()))})
+
+
+async def require_local(request: web.Request, machine_id: str) -> None:
+    """Journal and status are answered by the machine's own fleetd; others say where."""
+    state = api_state(request)
+    if machine_id == state.node.machine_id:
+        return
+    machines = await state.registry.machines()
+    owner = next((m for m in machines if m.id == machine_id), None)
+    if owner is None:
+        raise ApiError(404, f"machine {machine_id} is not in the cluster (this fleetd is {state.node.machine_id})")
+    where = f"at {owner.public_ip}" if owner.public_ip else "(its IP is unknown)"
+    raise ApiError(
+        404,
+        f"machine {machine_id} is not this fleetd's machine ({state.node.machine_id}); "
+        f"ask the fleetd on machine {machine_id} {where}",
+        {"X-Fleet-Machine-IP": owner.public_ip} if owner.public_ip else None,
+    )
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def journal(request: web.Request) -> web.StreamResponse:
+    state = api_state(request)
+    machine_id = request.match_info["machine"]
+    unit = unit_name(request.match_info["name"])
+    lines = query_int(request, "lines", DEFAULT_JOURNAL_LINES, 0, MAX_JOURNAL_LINES)
+    follow = query_bool(request, "follow")
+    output = request.query.get("output") or DEFAULT_JOURNAL_OUTPUT
+    if output not in JOURNAL_OUTPUTS:
+        raise ApiError(400, f"invalid output {output!r}: one of {', '.join(sorted(JOURNAL_OUTPUTS))}")
+    await require_local(request, machine_id)
+    what = f"journal of {unit}"
+    try:
+        source = state.node.journal(unit, lines, follow, output).__aiter__()
+    except Exception as exc:  # noqa: BLE001 - the node's failure becomes the answer
+        raise node_failure(what, exc) from None
+
+    async def close_source() -> None:
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+    pending: asyncio.Future[str] = asyncio.ensure_future(source.__anext__())
+    try:
+        await asyncio.wait({pending}, timeout=FIRST_LINE_WAIT)
+        if pending.done() and not pending.cancelled():
+            failure = pending.exception()
+            if failure is not None and not isinstance(failure, StopAsyncIteration):
+                raise node_failure(what, failure)
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain; charset=utf-8"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            while True:
+                while not pending.done():
+                    await asyncio.wait({pending}, timeout=0.5)
+                    if not pending.done() and (_client_gone(request) or state.closing):
+                        return response
+                try:
+                    line = pending.result()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:  # noqa: BLE001 - headers are sent: report in the stream
+                    await response.write(f"fleetd: reading the journal failed: {exc}\n".encode())
+                    break
+                text = line if line.endswith("\n") else line + "\n"
+                await response.write(text.encode("utf-8", "replace"))
+                if state.closing:  # fleetd is stopping: end the stream cleanly
+                    break
+                pending = asyncio.ensure_future(source.__anext__())
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away
+        return response
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        await close_source()
+
+
+async def status(request: web.Request) -> web.Response:
+    state = api_state(request)
+    machine_id = request.match_info["machine"]
+    unit = unit_name(request.match_info["name"])
+    await require_local(request, machine_id)
+    try:
+        text = await state.node.status(unit)
+    except Exception as exc:  # noqa: BLE001 - the node's failure becomes the answer
+        raise node_failure(f"status of {unit}", exc) from None
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+__all__ = ["FIRST_LINE_WAIT", "journal", "list_unplaceable", "require_local", "status"]

@@ -1,0 +1,104 @@
+"""``/fleet/v1/machines``: list the live machines and change their dynamic metadata.
+
+``PATCH`` takes a JSON-patch-like list of operations on ``/<machineID>/metadata/<key>``.
+The whole list is validated before anything is written (:func:`parse_metadata_patch`), so
+a rejected request changes nothing; the operations are then folded per machine and each
+machine's metadata is changed in one registry write.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from fleetd.api.context import api_state
+from fleetd.api.errors import ApiError
+from fleetd.api.params import json_body, listing, page
+from fleetd.model.wire import machine_json
+
+_MACHINE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_.:-]{1,253}")
+_PATCH_PATH_RE = re.compile(r"/([^/]+)/metadata/([^/]+)")
+
+
+async def list_machines(request: web.Request) -> web.Response:
+    machines = await api_state(request).registry.machines()
+    items, token = page(request, machines, lambda m: (m.id,), "machines")
+    return listing("machines", [machine_json(m) for m in items], token)
+
+
+@dataclass(frozen=True)
+class MetadataOp:
+    """One validated PATCH operation; ``value`` is ``None`` for ``remove``."""
+
+    op: str
+    machine_id: str
+    key: str
+    value: str | None
+
+
+def _patch_value(item: dict[str, Any], where: str, op: str, key: str) -> str:
+    if "value" not in item:
+        raise ApiError(400, f"{where}: {op} needs a value")
+    raw = item["value"]
+    if isinstance(raw, dict) and set(raw) == {"value"}:
+        raw = raw["value"]  # fleet's own client nests it: {"value": {"value": "x"}}
+    if not isinstance(raw, str):
+        raise ApiError(400, f'{where}: value must be a string or {{"value": "<string>"}}')
+    if not raw or any(ord(ch) < 32 or ch in ',"' for ch in raw):
+        raise ApiError(
+            400,
+            f"{where}: invalid value {raw!r} for {key} (non-empty, no commas, quotes or control characters)",
+        )
+    return raw
+
+
+def parse_metadata_patch(body: Any) -> list[MetadataOp]:
+    """Validate a whole PATCH /machines body; raises ApiError(400) naming the first bad
+    operation, so a rejected request changes nothing."""
+    if not isinstance(body, list):
+        raise ApiError(400, 'expected a JSON list of {"op", "path", "value"} operations')
+    result: list[MetadataOp] = []
+    for index, item in enumerate(body):
+        where = f"operation {index}"
+        if not isinstance(item, dict):
+            raise ApiError(400, f'{where}: expected an object {{"op", "path", "value"}}')
+        op = item.get("op")
+        if op not in ("add", "remove", "replace"):
+            raise ApiError(400, f"{where}: invalid op {op!r}: expected add, remove or replace")
+        path = item.get("path")
+        match = _PATCH_PATH_RE.fullmatch(path) if isinstance(path, str) else None
+        if match is None:
+            raise ApiError(400, f'{where}: invalid path {path!r}: expected "/<machineID>/metadata/<key>"')
+        machine_id, key = match.groups()
+        if not _MACHINE_ID_RE.fullmatch(machine_id):
+            raise ApiError(400, f"{where}: invalid machine ID {machine_id!r}")
+        if not _METADATA_KEY_RE.fullmatch(key):
+            raise ApiError(400, f"{where}: invalid metadata key {key!r} (allowed: A-Z a-z 0-9 _ . : -)")
+        value = None if op == "remove" else _patch_value(item, where, op, key)
+        result.append(MetadataOp(op, machine_id, key, value))
+    return result
+
+
+async def patch_machines(request: web.Request) -> web.Response:
+    operations = parse_metadata_patch(await json_body(request))
+    changes: dict[str, tuple[dict[str, str], set[str]]] = {}
+    for op in operations:  # fold in order: a later op on the same key wins
+        set_, remove = changes.setdefault(op.machine_id, ({}, set()))
+        if op.op == "remove":
+            set_.pop(op.key, None)
+            remove.add(op.key)
+        else:
+            assert op.value is not None
+            set_[op.key] = op.value
+            remove.discard(op.key)
+    registry = api_state(request).registry
+    for machine_id, (set_, remove) in changes.items():
+        await registry.update_dynamic_metadata(machine_id, set_, remove)
+    return web.Response(status=204)
+
+
+__all__ = ["MetadataOp", "list_machines", "parse_metadata_patch", "patch_machines"]

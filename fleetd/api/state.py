@@ -1,0 +1,26 @@
+"""``/fleet/v1/state``: the systemd state each machine published for its units.
+
+A resource of its own in fleet's API (filtered by ``unitName`` and ``machineID``), kept
+apart from the units it describes because it is written by the agents, not by users.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fleetd.api.context import api_state
+from fleetd.api.params import listing, page, unit_name
+from fleetd.model.wire import select_states, state_json
+
+
+async def list_states(request: web.Request) -> web.Response:
+    name = request.query.get("unitName") or None
+    machine_id = request.query.get("machineID") or None
+    if name:
+        unit_name(name)
+    states = select_states(await api_state(request).registry.unit_states(name), name, machine_id)
+    items, token = page(request, states, lambda s: (s.name, s.machine_id), "state")
+    return listing("states", [state_json(s) for s in items], token)
+
+
+__all__ = ["list_states"]

@@ -1,0 +1,121 @@
+"""``/fleet/v1/units``: list, read, create/replace/re-target (PUT) and destroy units.
+
+What a PUT does is decided by :mod:`fleetd.model.submit`, the same rules fleetctl's etcd
+driver applies; this module reads the body, carries the decision out on the registry and
+decides again when another writer got there first. Records are shaped by
+:mod:`fleetd.model.wire`, as the etcd driver shapes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from fleetd.api.context import api_state
+from fleetd.api.errors import ApiError, refused
+from fleetd.api.params import json_body, listing, page, query_bool, unit_name
+from fleetd.model.submit import (
+    MAX_ATTEMPTS,
+    Action,
+    Submission,
+    SubmitError,
+    decide,
+    desired_state,
+    gave_up,
+    submission,
+    template_to_read,
+)
+from fleetd.model.wire import units_json
+from fleetd.registry.registry import Registry, UnitExists, UnitNotFound
+
+log = logging.getLogger("fleetd.api")
+
+
+async def list_units(request: web.Request) -> web.Response:
+    registry = api_state(request).registry
+    units, placements, states = await asyncio.gather(registry.units(), registry.placements(), registry.unit_states())
+    items, token = page(request, units, lambda u: (u.name,), "units")
+    return listing("units", units_json(items, placements, states), token)
+
+
+async def get_unit(request: web.Request) -> web.Response:
+    registry = api_state(request).registry
+    name = unit_name(request.match_info["name"])
+    unit, placements, states = await asyncio.gather(
+        registry.get_unit(name), registry.placements(), registry.unit_states(name)
+    )
+    if unit is None:
+        raise ApiError(404, f"unit {name} not found")
+    return web.json_response(units_json([unit], placements, states)[0])
+
+
+async def _read_submission(request: web.Request, name: str) -> Submission:
+    """The PUT body and ``?replace``, validated in the order fleet's API checks them."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object {name, desiredState, options}")
+    body_name = body.get("name")
+    if body_name not in (None, ""):
+        if not isinstance(body_name, str):
+            raise ApiError(400, "name in the body must be a string")
+        if body_name != name:
+            raise ApiError(400, f'name in the body "{body_name}" does not match the unit name "{name}" in the URL')
+    try:
+        target = desired_state(body.get("desiredState"))
+        replace = query_bool(request, "replace")
+        result = submission(name, target, body.get("options"), replace=replace)
+    except SubmitError as exc:
+        raise refused(exc) from None
+    for warning in result.warnings:
+        log.info("unit %s: %s", name, warning)
+    return result
+
+
+async def _apply(registry: Registry, request: Submission) -> int:
+    """Carry the request out; the HTTP status of success (201 created, 204 otherwise).
+    A write overtaken by another (created or destroyed meanwhile) is decided again."""
+    name = request.name
+    for _ in range(MAX_ATTEMPTS):
+        existing = await registry.get_unit(name)
+        wanted = template_to_read(request, existing)
+        template = await registry.get_unit(wanted) if wanted else None
+        decision = decide(request, existing, template)
+        for warning in decision.warnings:
+            log.info("unit %s: %s", name, warning)
+        if decision.action is Action.CREATE:
+            try:
+                await registry.create_unit(decision.stored, decision.is_global)
+            except UnitExists:
+                continue  # created meanwhile: decide again against what is there now
+            return 201
+        if decision.action is Action.REPLACE:
+            await registry.replace_unit(decision.stored, decision.is_global)
+        elif decision.action is Action.SET_DESIRED:
+            try:
+                await registry.set_desired_state(name, request.desired)
+            except UnitNotFound:
+                continue  # destroyed meanwhile
+        return 204
+    raise gave_up(name)
+
+
+async def put_unit(request: web.Request) -> web.Response:
+    registry = api_state(request).registry
+    name = unit_name(request.match_info["name"])
+    wanted = await _read_submission(request, name)
+    try:
+        return web.Response(status=await _apply(registry, wanted))
+    except SubmitError as exc:
+        raise refused(exc) from None
+
+
+async def delete_unit(request: web.Request) -> web.Response:
+    name = unit_name(request.match_info["name"])
+    if not await api_state(request).registry.destroy_unit(name):
+        raise ApiError(404, f"unit {name} not found")
+    return web.Response(status=204)
+
+
+__all__ = ["delete_unit", "get_unit", "list_units", "put_unit"]
