@@ -2,8 +2,9 @@
 
 Imported only for that driver (it pulls in aetcd and grpc through the registry). It gives
 the same records as the API: a unit's ``currentState`` and ``machineID`` are derived from
-the placements and the published unit states exactly as fleetd's API derives them, and
-writes are validated with the same model checks, so both drivers behave alike. Journal and
+the placements and the published unit states by the same functions fleetd's API uses
+(:mod:`fleetd.model.wire`), and writes follow the API's rules for ``PUT /units``
+(:mod:`fleetd.model.submit`), so both drivers accept, refuse and show the same. Journal and
 status still come from each machine's own fleetd API (etcd does not hold them).
 """
 
@@ -16,13 +17,21 @@ from typing import Any, TypeVar
 from fleetctl.client import Record, Transport
 from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
-from fleetd.model.errors import UnitFileError, UnitNameError
 from fleetd.model.state import StoredUnit, UnitState
-from fleetd.model.unit import DesiredState, build_unit
-from fleetd.model.unitfile import UnitFile
-from fleetd.model.wire import machine_json, state_json, states_by_unit, unit_json
+from fleetd.model.submit import (
+    MAX_ATTEMPTS,
+    Action,
+    Submission,
+    SubmitError,
+    decide,
+    desired_state,
+    gave_up,
+    submission,
+    template_to_read,
+)
+from fleetd.model.wire import machine_json, select_states, state_json, units_json
 from fleetd.registry.etcd import Etcd, EtcdConfig
-from fleetd.registry.registry import Registry, RegistryError, UnitExists
+from fleetd.registry.registry import Registry, RegistryError, UnitExists, UnitNotFound
 
 T = TypeVar("T")
 
@@ -59,7 +68,7 @@ class EtcdClient:
             return self.loop.run_until_complete(bounded())
         except FleetctlError:
             raise
-        except RegistryError as exc:
+        except (RegistryError, SubmitError) as exc:
             raise FleetctlError(str(exc)) from None
         except (TimeoutError, OSError) as exc:
             raise NotReachable(self._unreachable(exc)) from None
@@ -88,8 +97,7 @@ class EtcdClient:
             )
 
         units, placements, states = self._run(read())
-        by_unit = states_by_unit(states)
-        return [unit_json(u, sorted(placements.get(u.name, [])), by_unit.get(u.name, {})) for u in units]
+        return units_json(units, placements, states)
 
     def unit(self, name: str) -> Record | None:
         async def read() -> tuple[StoredUnit | None, dict[str, list[str]], list[UnitState]]:
@@ -100,46 +108,57 @@ class EtcdClient:
         unit, placements, states = self._run(read())
         if unit is None:
             return None
-        by_machine = {s.machine_id: s for s in states if s.name == name}
-        return unit_json(unit, sorted(placements.get(name, [])), by_machine)
+        return units_json([unit], placements, states)[0]
 
     def states(self, unit: str | None = None, machine: str | None = None) -> list[Record]:
         states = self._run(self.registry.unit_states(unit))
-        return [
-            state_json(s)
-            for s in states
-            if (unit is None or s.name == unit) and (machine is None or s.machine_id == machine)
-        ]
+        return [state_json(s) for s in select_states(states, unit, machine)]
 
     def unplaceable(self) -> dict[str, str]:
         return dict(self._run(self.registry.unplaceable()))
 
-    # writes -----------------------------------------------------------------------------
+    # writes: the API's rules for PUT /units (fleetd.model.submit), on the registry -----
 
-    def _build(self, name: str, options: list[Record]) -> tuple[UnitFile, bool]:
+    async def _apply(self, request: Submission) -> None:
+        """What fleetd's API does for ``PUT /units/<name>``: decide, write, and decide
+        again when another writer created or destroyed the unit in between."""
+        registry = self.registry
+        for _ in range(MAX_ATTEMPTS):
+            existing = await registry.get_unit(request.name)
+            wanted = template_to_read(request, existing)
+            template = await registry.get_unit(wanted) if wanted else None
+            decision = decide(request, existing, template)
+            if decision.action is Action.CREATE:
+                try:
+                    await registry.create_unit(decision.stored, decision.is_global)
+                except UnitExists:
+                    continue  # created meanwhile: decide again against what is there now
+            elif decision.action is Action.REPLACE:
+                await registry.replace_unit(decision.stored, decision.is_global)
+            elif decision.action is Action.SET_DESIRED:
+                try:
+                    await registry.set_desired_state(request.name, request.desired)
+                except UnitNotFound:
+                    continue  # destroyed meanwhile
+            return
+        raise gave_up(request.name)
+
+    def _put(self, name: str, options: list[Record] | None, desired: str, replace: bool) -> None:
+        """One unit write, refused here (before any I/O) when the request is invalid."""
         try:
-            file = UnitFile.from_options(options)
-            unit, _ = build_unit(name, file)
-        except (UnitFileError, UnitNameError) as exc:
-            raise FleetctlError(f"unit {name}: {exc}") from None
-        return file, unit.requirements.global_
+            request = submission(name, desired_state(desired), options, replace=replace)
+        except SubmitError as exc:
+            raise FleetctlError(str(exc)) from None
+        self._run(self._apply(request))
 
     def create_unit(self, name: str, options: list[Record], desired: str) -> None:
-        file, is_global = self._build(name, options)
-        try:
-            self._run(self.registry.create_unit(StoredUnit(name, file, DesiredState(desired)), is_global))
-        except UnitExists:
-            existing = self._run(self.registry.get_unit(name))
-            if existing is None or existing.file != file:
-                raise FleetctlError(f"unit {name} already exists with different contents; use --replace") from None
-            self.set_desired(name, desired)
+        self._put(name, options, desired, replace=False)
 
     def set_desired(self, name: str, desired: str) -> None:
-        self._run(self.registry.set_desired_state(name, DesiredState(desired)))
+        self._put(name, None, desired, replace=False)
 
     def replace_unit(self, name: str, options: list[Record], desired: str) -> None:
-        file, is_global = self._build(name, options)
-        self._run(self.registry.replace_unit(StoredUnit(name, file, DesiredState(desired)), is_global))
+        self._put(name, options, desired, replace=True)
 
     def destroy_unit(self, name: str) -> bool:
         return bool(self._run(self.registry.destroy_unit(name)))
