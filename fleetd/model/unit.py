@@ -105,7 +105,7 @@ def check_transition(
 
     ``current`` is ``None`` for a unit that does not exist yet. A template (``name`` like
     ``foo@.service``) can only ever be ``inactive``. ``command`` (submit, load, start, stop,
-    unload) applies REFERENCE.md's table, which is stricter than the states alone: e.g.
+    unload) applies the table of docs/commands.md, which is stricter than the states alone: e.g.
     ``stop`` of an inactive unit is an error while ``load`` of it is fine. Staying in the
     same state is allowed (a no-op), except ``submit`` of a unit that already exists.
     ``destroy`` is always allowed and is not checked here.

@@ -9,7 +9,8 @@ from fleetctl.tabwriter import format_table, tabwrite
 
 
 def test_reference_examples() -> None:
-    # REFERENCE.md section 3, with the tabs the terminal rendered as spaces
+    # fleet's list-machines, list-units and list-unit-files as a terminal shows them (tab
+    # stops every 8 columns); docs/commands.md, "Table output"
     assert format_table([["MACHINE", "IP", "METADATA"], ["113f16a7...", "172.17.8.103", "az=us-west-1b"]]) == (
         "MACHINE\t\tIP\t\tMETADATA\n113f16a7...\t172.17.8.103\taz=us-west-1b\n"
     )

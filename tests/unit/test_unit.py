@@ -11,7 +11,8 @@ from fleetd.model.unitfile import parse_unit_file
 INACTIVE, LOADED, LAUNCHED = DesiredState.INACTIVE, DesiredState.LOADED, DesiredState.LAUNCHED
 NEW = None
 
-# REFERENCE.md section 2: command -> desired state, and the states it is allowed from.
+# docs/commands.md, "Which command may change what": command -> desired state, and the
+# states it is accepted from.
 # (current, command, target, allowed)
 TABLE = [
     (NEW, "submit", INACTIVE, True),
