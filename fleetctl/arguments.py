@@ -19,13 +19,13 @@ from collections.abc import Iterable
 
 from fleetctl.errors import FleetctlError
 from fleetd.model.errors import UnitNameError
-from fleetd.model.names import DEFAULT_SUFFIX, has_unit_suffix, mangle_unit_name, parse_unit_name
-
-GLOB_CHARS = frozenset("*?[")
-
-
-def has_glob(text: str) -> bool:
-    return any(ch in GLOB_CHARS for ch in text)
+from fleetd.model.names import (
+    DEFAULT_SUFFIX,
+    has_glob,
+    has_unit_suffix,
+    mangle_unit_name,
+    parse_unit_name,
+)
 
 
 def _basename(arg: str) -> str:

@@ -22,11 +22,11 @@ from functools import lru_cache
 from typing import Any
 
 from fleetctl.tabwriter import format_table
+from fleetd.model.state import short_id
 
 Record = Mapping[str, Any]
 Machines = Mapping[str, Record]  # machine id -> machine record
 
-SHORT_ID = 8
 SHORT_HASH = 7
 EMPTY = "-"
 
@@ -40,7 +40,7 @@ class FieldError(ValueError):
 
 def machine_id_legend(machine_id: str, full: bool) -> str:
     """``113f16a7...`` (the whole id with ``full``)."""
-    return machine_id if full else f"{machine_id[:SHORT_ID]}..."
+    return machine_id if full else f"{short_id(machine_id)}..."
 
 
 def machine_legend(machine_id: str, machines: Machines, full: bool) -> str:

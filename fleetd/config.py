@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from fleetd.model import words
 from fleetd.registry.keys import DEFAULT_PREFIX
 from fleetd.settings import Settings
 
@@ -91,12 +92,8 @@ def parse_duration(text: str) -> float:
 
 
 def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on", "t", "y"):
-        return True
-    if lowered in ("0", "false", "no", "off", "f", "n", ""):
-        return False
-    raise ValueError(f'invalid boolean "{text}" (use true or false)')
+    """A boolean option, with the words fleetd's configuration accepts (``CONFIG_BOOL``)."""
+    return words.parse_bool(text, words.CONFIG_BOOL)
 
 
 def parse_list(text: str) -> tuple[str, ...]:

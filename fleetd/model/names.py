@@ -22,6 +22,11 @@ UNIT_SUFFIXES = frozenset(
 TEMPLATE_SUFFIXES = frozenset({"path", "service", "socket", "target", "timer"})
 DEFAULT_SUFFIX = "service"
 
+#: The characters that make a unit argument or a Conflicts=/Replaces= value a glob
+#: (fnmatch's wildcards). fleetctl and the scheduler must agree on which values are
+#: patterns, or a literal name would be matched differently by the two.
+GLOB_CHARS = frozenset("*?[")
+
 _BAD_CHAR_RE = re.compile(r"[^A-Za-z0-9:_.@-]")
 _SPECIFIER_RE = re.compile(r"%(.)", re.DOTALL)
 
@@ -65,6 +70,11 @@ def is_valid_unit_name(name: str) -> bool:
     except UnitNameError:
         return False
     return True
+
+
+def has_glob(text: str) -> bool:
+    """Whether ``text`` is a glob (contains a wildcard) rather than a literal name."""
+    return any(ch in GLOB_CHARS for ch in text)
 
 
 def has_unit_suffix(name: str) -> bool:

@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from fleetd.model.errors import UnitFileError
 from fleetd.model.names import expand_specifiers
 from fleetd.model.unitfile import UnitFile
+from fleetd.model.words import UNIT_FILE_BOOL, parse_bool
 
 SECTION = "X-Fleet"
 
@@ -44,8 +45,6 @@ EXCLUSIVE: tuple[tuple[str, str], ...] = (
     ("Conflicts", "Replaces"),
 )
 
-TRUE_WORDS = frozenset({"true", "yes", "1", "on", "t"})
-FALSE_WORDS = frozenset({"false", "no", "0", "off", "f"})
 _HEX_RE = re.compile(r"[0-9a-fA-F]{1,32}")
 
 Metadata = tuple[tuple[str, tuple[str, ...]], ...]
@@ -117,16 +116,6 @@ def split_words(value: str) -> list[str]:
     return words
 
 
-def parse_bool(word: str) -> bool:
-    """systemd-style boolean; raises ``ValueError`` for anything else."""
-    lowered = word.lower()
-    if lowered in TRUE_WORDS:
-        return True
-    if lowered in FALSE_WORDS:
-        return False
-    raise ValueError(f"invalid boolean {word!r} (use true/yes/1/on/t or false/no/0/off/f)")
-
-
 @dataclass(frozen=True)
 class _Word:
     """One value word with where it came from, for error messages."""
@@ -174,7 +163,7 @@ class _Parser:
         if len(words) != 1:
             raise self.error(f"{key} takes exactly one boolean value, got {len(words)}", line)
         try:
-            self.global_ = parse_bool(words[0].text)
+            self.global_ = parse_bool(words[0].text, UNIT_FILE_BOOL)
         except ValueError as exc:
             raise self.error(f"{key}: {exc}", line) from None
         self.global_word = words[0]

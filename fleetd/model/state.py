@@ -12,6 +12,21 @@ from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile
 
 
+#: How many leading characters of a machine id fleet shows where the full id is too long
+#: (fleetctl's MACHINE column, reasons, log lines); 8 hex digits are unique in practice.
+SHORT_ID_LENGTH = 8
+
+
+def short_id(machine_id: str) -> str:
+    """The short form of a machine id that fleet shows to people (its first 8 characters).
+
+    One definition so every place that shows a machine abbreviates it the same way, and a
+    user can paste what one message shows into another command (MachineID= accepts a
+    unique prefix).
+    """
+    return machine_id[:SHORT_ID_LENGTH]
+
+
 @dataclass(frozen=True)
 class MachineState:
     """A live machine as its agent registered it."""
@@ -23,7 +38,7 @@ class MachineState:
 
     @property
     def short_id(self) -> str:
-        return self.id[:8]
+        return short_id(self.id)
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,20 @@ Everything is deterministic: the same snapshot always gives the same plan.
 """
 
 from fleetd.scheduler.agent import AgentTask, Current, Desired, Load, Start, Stop, Unload, agent_plan
-from fleetd.scheduler.filters import FILTERS, Rejection, resolve_machine_id
+from fleetd.model.state import short_id
+from fleetd.scheduler.filters import FILTERS, FilterKind, Rejection, resolve_machine_id
 from fleetd.scheduler.global_units import (
     global_machines,
     global_placements,
     global_unplaceable_reason,
 )
 from fleetd.scheduler.placement import plan
-from fleetd.scheduler.snapshot import JobInfo, MachineInfo, Snapshot, short_id
+from fleetd.scheduler.snapshot import JobInfo, MachineInfo, Snapshot
 from fleetd.scheduler.tasks import Place, Plan, Task, Unplace
 
 __all__ = [
     "FILTERS",
+    "FilterKind",
     "AgentTask",
     "Current",
     "Desired",

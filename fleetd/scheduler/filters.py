@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from fleetd.model.requirements import Requirements
+from fleetd.model.state import short_id
 from fleetd.scheduler.occupancy import Occupancy
-from fleetd.scheduler.snapshot import JobInfo, MachineInfo, short_id
+from fleetd.scheduler.snapshot import JobInfo, MachineInfo
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,24 @@ class Context:
 Filter = Callable[[Context, str, str], "str | None"]
 
 
+class FilterKind(StrEnum):
+    """Which [X-Fleet] rule refused a machine.
+
+    Summaries group rejections by kind (every machine refused for metadata reads
+    differently from a mix of reasons), so the kinds are a closed set rather than free
+    text; the values are the names the filters always had, for logs and reprs.
+    """
+
+    MACHINE_ID = "machine-id"
+    MACHINE_OF = "machine-of"
+    METADATA = "metadata"
+    CONFLICTS = "conflicts"
+    REPLACES = "replaces"
+
+
+FilterStep = tuple[FilterKind, Filter]
+
+
 def machine_id_filter(ctx: Context, unit: str, machine: str) -> str | None:
     """``MachineID=``: only the machine it names (full id or unique prefix)."""
     value = ctx.requirements(unit).machine_id
@@ -152,14 +172,14 @@ def replaces_filter(ctx: Context, unit: str, machine: str) -> str | None:
 # The pipeline, in the order reasons are reported. The first three only depend on the
 # unit and the machine (the planner narrows with them up front); the last two depend on
 # what else is scheduled there and are checked per candidate.
-STATIC_FILTERS: tuple[tuple[str, Filter], ...] = (
-    ("machine-id", machine_id_filter),
-    ("machine-of", machine_of_filter),
-    ("metadata", metadata_filter),
+STATIC_FILTERS: tuple[FilterStep, ...] = (
+    (FilterKind.MACHINE_ID, machine_id_filter),
+    (FilterKind.MACHINE_OF, machine_of_filter),
+    (FilterKind.METADATA, metadata_filter),
 )
-DYNAMIC_FILTERS: tuple[tuple[str, Filter], ...] = (
-    ("conflicts", conflicts_filter),
-    ("replaces", replaces_filter),
+DYNAMIC_FILTERS: tuple[FilterStep, ...] = (
+    (FilterKind.CONFLICTS, conflicts_filter),
+    (FilterKind.REPLACES, replaces_filter),
 )
 FILTERS = STATIC_FILTERS + DYNAMIC_FILTERS
 
@@ -169,12 +189,12 @@ class Rejection:
     """Why one machine was refused: the filter's name and its reason."""
 
     machine: str
-    kind: str
+    kind: FilterKind
     reason: str
 
 
 def first_rejection(
-    ctx: Context, unit: str, machine: str, filters: tuple[tuple[str, Filter], ...] = FILTERS
+    ctx: Context, unit: str, machine: str, filters: tuple[FilterStep, ...] = FILTERS
 ) -> Rejection | None:
     """Run ``filters`` in order; the first that refuses ``machine`` gives the reason."""
     for kind, check in filters:

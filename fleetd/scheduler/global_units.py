@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 
 from fleetd.scheduler.filters import (
     Context,
+    FilterKind,
+    FilterStep,
     Rejection,
     conflicts_filter,
     first_rejection,
@@ -26,7 +28,10 @@ from fleetd.scheduler.occupancy import Occupancy
 from fleetd.scheduler.reasons import summarise
 from fleetd.scheduler.snapshot import JobInfo, Snapshot
 
-GLOBAL_FILTERS = (("metadata", metadata_filter), ("conflicts", conflicts_filter))
+GLOBAL_FILTERS: tuple[FilterStep, ...] = (
+    (FilterKind.METADATA, metadata_filter),
+    (FilterKind.CONFLICTS, conflicts_filter),
+)
 
 
 def run_globals(

@@ -13,14 +13,13 @@ from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Protocol
 
+from fleetd.model.names import has_glob
 from fleetd.model.requirements import Requirements
-
-_GLOB_MAGIC = frozenset("*?[")
 
 
 def is_literal(glob: str) -> bool:
     """A glob without wildcards matches exactly its own text (a cheap dict lookup)."""
-    return not any(ch in _GLOB_MAGIC for ch in glob)
+    return not has_glob(glob)
 
 
 class GlobIndex:

@@ -37,10 +37,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fleetd.model.requirements import Metadata, Requirements
+from fleetd.model.state import short_id
 from fleetd.scheduler.filters import (
     DYNAMIC_FILTERS,
     Context,
-    Filter,
+    FilterKind,
+    FilterStep,
     conflicts_filter,
     first_rejection,
     metadata_filter,
@@ -51,14 +53,14 @@ from fleetd.scheduler.occupancy import Occupancy
 from fleetd.scheduler.ordering import machine_of_order
 from fleetd.scheduler.ranking import Ranking
 from fleetd.scheduler.reasons import plural, summarise
-from fleetd.scheduler.snapshot import Snapshot, short_id
+from fleetd.scheduler.snapshot import Snapshot
 from fleetd.scheduler.tasks import Place, Plan, Task, Unplace
 
 # Checked on a machine that MachineID or MachineOf already singled out.
-PINNED_FILTERS: tuple[tuple[str, Filter], ...] = (
-    ("metadata", metadata_filter),
-    ("conflicts", conflicts_filter),
-    ("replaces", replaces_filter),
+PINNED_FILTERS: tuple[FilterStep, ...] = (
+    (FilterKind.METADATA, metadata_filter),
+    (FilterKind.CONFLICTS, conflicts_filter),
+    (FilterKind.REPLACES, replaces_filter),
 )
 
 
@@ -160,7 +162,7 @@ class _Planner:
                 self._admit(unit, where)
                 continue
             reason: str | _Deferred = rejection.reason
-            if rejection.kind == "machine-of":
+            if rejection.kind is FilterKind.MACHINE_OF:
                 missing = self._unplaced_target(unit)
                 if missing is not None:
                     reason = _Deferred(missing)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from fleetd.scheduler.filters import Context, Rejection, format_metadata
+from fleetd.scheduler.filters import Context, FilterKind, Rejection, format_metadata
 
 # Long lists are cut: the user needs the gist, and the line must stay readable.
 MAX_NAMES = 3
@@ -76,17 +76,17 @@ def summarise(ctx: Context, unit: str, rejections: Sequence[Rejection]) -> str:
         return "no eligible machine"
     kinds = {r.kind for r in rejections}
     machines = [r.machine for r in rejections]
-    if kinds == {"metadata"}:
+    if kinds == {FilterKind.METADATA}:
         wanted = format_metadata(ctx.requirements(unit).metadata)
         return f"no machine has metadata {wanted} ({_metadata_seen(ctx, unit, machines)})"
-    if kinds == {"conflicts"}:
+    if kinds == {FilterKind.CONFLICTS}:
         names = _conflict_names(ctx, unit, machines)
         return f"conflicts with {name_list(names)} on every eligible machine"
     reasons = {r.reason for r in rejections}
     if len(reasons) == 1:
         return f"{reasons.pop()} on every eligible machine"
-    conflicted = [r.machine for r in rejections if r.kind == "conflicts"]
+    conflicted = [r.machine for r in rejections if r.kind is FilterKind.CONFLICTS]
     if conflicted:
         merged = f"conflicts with {name_list(_conflict_names(ctx, unit, conflicted))}"
-    labels = [merged if r.kind == "conflicts" else r.reason for r in rejections]
+    labels = [merged if r.kind is FilterKind.CONFLICTS else r.reason for r in rejections]
     return counted(labels)

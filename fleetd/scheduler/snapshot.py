@@ -14,11 +14,6 @@ from fleetd.model.requirements import Requirements
 from fleetd.model.unit import DesiredState
 
 
-def short_id(machine_id: str) -> str:
-    """The 8-character form fleetctl shows, used in every human-readable reason."""
-    return machine_id[:8]
-
-
 @dataclass(frozen=True)
 class MachineInfo:
     """A live machine: its id, the metadata units can ask for, and its IP (for display)."""
