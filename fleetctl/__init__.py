@@ -28,7 +28,7 @@ Where fleetctl differs from fleet's (all deliberate)
   wait for (and print) the state, so the command's promise holds when it returns; fleet
   skipped them silently. ``stop``/``unload``/``restart`` of a unit that does not exist
   is an error (fleet skipped it silently); ``destroy`` of one stays a no-op (with a note).
-- ``load`` of a launched unit is refused (REFERENCE.md's table; fleet silently stopped it).
+- ``load`` of a launched unit is refused (docs/commands.md's table; fleet silently stopped it).
 - ``destroy`` waits (unless ``--no-block``) until no machine reports the unit any more.
 - ``restart`` waits for the stop before starting again, also for global units (fleet's
   restart of a global unit did nothing); a loaded unit is simply started.
