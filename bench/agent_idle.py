@@ -14,7 +14,7 @@ N active, lets things settle, then measures over a window in which nothing chang
 
 Ends with ``cpu_percent=<float> rss_mib=<float>``. Targets: under 1 % CPU, under 80 MiB.
 Baseline, measured with fleet 1.0 on machines like ours (2 cores, namespaced systemd hosts,
-etcd on tmpfs): with 500 units running the engine leader's fleetd used 25 % of a core and
+etcd on tmpfs): with 500 units running the engine leader's fleetd used 18 % of a core and
 etcd served 63 requests/s while nothing changed.
 
     python bench/agent_idle.py --units 500 --seconds 30
@@ -54,7 +54,7 @@ from fleetd.registry.etcd_registry import connect  # noqa: E402
 from fleetlab.fleetcluster import FleetCluster, FleetHost  # noqa: E402
 
 BASELINE = (
-    "fleet 1.0, measured on the same kind of machine: engine leader's fleetd 25 % of a core, "
+    "fleet 1.0, measured on the same kind of machine: engine leader's fleetd 18 % of a core, "
     "etcd 63 requests/s, with 500 units idle"
 )
 UNIT = "[Unit]\nDescription=bench idle unit {index}\n[Service]\nExecStart=/bin/sleep infinity\n[X-Fleet]\nMachineID={machine}\n"

@@ -71,9 +71,9 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
 
         def all_running() -> bool:
             # cheap test first: the full count only once enough states are published
-            if sum(len(a._published) for a in agents) < units:
+            if sum(len(a.states.published) for a in agents) < units:
                 return False
-            return sum(1 for a in agents for s in a._published.values() if s.active_state == "active") >= units
+            return sum(1 for a in agents for s in a.states.published.values() if s.active_state == "active") >= units
 
         await wait_until_async(all_running, timeout, f"{units} units running", 0.02)
         elapsed = time.perf_counter() - started

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from fleetd.aio import cancel_and_wait
-from fleetd.agent.manager import SystemdState, UnitManager
+from fleetd.agent.manager import UnitManager
+from fleetd.agent.states import StatePublisher
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState, build_unit
 from fleetd.agent.plan import AgentTask, Current, Desired, Load, Start, Stop, Unload, agent_plan
@@ -57,18 +58,19 @@ class Agent:
         # units whose desired state changed since the last pass; None means "all of them"
         self._dirty_names: set[str] | None = None
         self._jobs: dict[tuple[str, str], JobInfo | None] = {}
-        self._states_dirty = asyncio.Event()
-        self._pending_states: dict[str, SystemdState] = {}
-        self._published: dict[str, UnitState] = {}
+        self.states = StatePublisher(self.registry, self.manager, self.machine.id, self.settings, self._lease)
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.static_metadata = dict(self.machine.metadata)
         self._dynamic: dict[str, str] = {}
-        self.manager.subscribe(self._on_state)
+        self.manager.subscribe(self.states.changed)
 
     @property
     def machine_id(self) -> str:
         return self.machine.id
+
+    def _lease(self) -> int | None:
+        return self.status.lease if self.status.registered else None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -91,10 +93,7 @@ class Agent:
                 continue
             self.status = AgentStatus(registered=True, lease=lease)
             self._save_lease(lease)
-            self._published.clear()  # the new lease holds no states yet: republish all
-            for name, local in (await self.manager.units()).items():
-                self._pending_states[name] = local.state
-            self._states_dirty.set()
+            self.states.republish(await self.manager.units())
             return lease
 
     async def _previous_lease(self) -> int | None:
@@ -267,54 +266,13 @@ class Agent:
         _log_tasks(tasks)
         if unload := by_kind.get(Unload):
             await self.manager.unload(unload)
-            for name in unload:
-                self._pending_states.pop(name, None)
-            await self._unpublish(unload)
+            await self.states.unpublish(unload)
         if load := by_kind.get(Load):
             await self.manager.load({name: self._file_of(name).file for name in load})
         if stop := by_kind.get(Stop):
             await self.manager.stop(stop)
         if start := by_kind.get(Start):
             await self.manager.start(start)
-
-    def _on_state(self, name: str, state: SystemdState) -> None:
-        self._pending_states[name] = state
-        self._states_dirty.set()
-
-    async def _unpublish(self, names: list[str]) -> None:
-        gone = [name for name in names if self._published.pop(name, None) is not None]
-        if gone and self.status.registered:
-            await self.registry.publish_states(self.machine_id, self.status.lease, [], gone)
-
-    async def _publisher(self) -> None:
-        """Write state changes in batches: a burst of 1,000 starts is a handful of txns."""
-        while True:
-            await self._states_dirty.wait()
-            await asyncio.sleep(self.settings.debounce)
-            self._states_dirty.clear()
-            pending, self._pending_states = self._pending_states, {}
-            local = await self.manager.units()
-            changed = []
-            for name, state in pending.items():
-                unit = local.get(name)
-                if unit is None:
-                    continue
-                record = UnitState(name, self.machine_id, unit.hash, state.load, state.active, state.sub)
-                if self._published.get(name) != record:
-                    changed.append(record)
-            if not changed:
-                continue
-            try:
-                await self.registry.publish_states(self.machine_id, self.status.lease, changed)
-            except Exception:  # noqa: BLE001 - etcd away: retry these later
-                log.info("publishing unit states failed; will retry", exc_info=True)
-                for record in changed:
-                    self._pending_states.setdefault(record.name, SystemdState(record.load_state, record.active_state, record.sub_state))
-                await asyncio.sleep(0.5)
-                self._states_dirty.set()
-                continue
-            for record in changed:
-                self._published[record.name] = record
 
     async def _loop(self) -> None:
         while True:
@@ -385,7 +343,7 @@ class Agent:
             await self._retry("registering the machine", self._register)
             lease_tasks = [
                 asyncio.create_task(self._keepalive()),
-                asyncio.create_task(self._publisher()),
+                asyncio.create_task(self.states.run()),
                 asyncio.create_task(self._follow_metadata()),
             ]
             while not self._stopping.is_set():
