@@ -33,7 +33,11 @@ VETH_PREFIX = "vh9-"  # distinct from the test labs' interface names
 STATE_DIR = Path("/run/fleet-demo")
 STATE_FILE = STATE_DIR / "demo.json"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-METADATA = [{"region": "us-east", "disk": "ssd"}, {"region": "us-east", "disk": "hdd"}, {"region": "eu-west", "disk": "ssd"}]
+METADATA = [
+    {"region": "us-east", "disk": "ssd"},
+    {"region": "us-east", "disk": "hdd"},
+    {"region": "eu-west", "disk": "ssd"},
+]
 # the example units and the fleetctl command that starts each group
 EXAMPLE_STARTS = [
     ["hello.service"],
@@ -150,6 +154,7 @@ def status() -> int:
 
     print(wait_until(listing, 30, "the API"))
     venv_bin = os.path.dirname(sys.executable)
+    pids = ", ".join(f"{h['name']}={h['pid']}" for h in state["hosts"])
     print(f"""Point fleetctl at the cluster (any host's API works; port {API_PORT}):
 
     export PATH={venv_bin}:$PATH
@@ -160,7 +165,7 @@ def status() -> int:
 
 etcd: {', '.join(state['etcd_endpoints'])} (key prefix /_coreos.com/fleet/)
 Hosts: {', '.join(f"{h['name']} {h['ip']}" for h in state['hosts'])}
-Run a command inside a host: nsenter -t <pid> -m -u -p -n systemctl status (pids: {', '.join(f"{h['name']}={h['pid']}" for h in state['hosts'])})
+Run a command inside a host: nsenter -t <pid> -m -u -p -n systemctl status (pids: {pids})
 Tear it all down: bash examples/cluster.sh down""")
     return 0
 

@@ -27,12 +27,13 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from fleetlab.wait import wait_until
 
 
 class EtcdNotFound(RuntimeError):
@@ -300,7 +301,7 @@ class EtcdCluster:
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
 
-    def start(self, timeout: float = 30.0) -> "EtcdCluster":
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
         for member in self.members:
             self.start_member(member)
         self.wait_healthy(timeout)
@@ -308,24 +309,27 @@ class EtcdCluster:
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every running member reports healthy; raise with the log tail if not."""
-        deadline = time.monotonic() + timeout
         pending = [m for m in self.members if m.process is not None]
-        while pending:
-            member = pending[0]
-            if member.process is not None and member.process.poll() is not None:
-                raise RuntimeError(
-                    f"etcd member {member.name} exited with {member.process.returncode}:\n"
-                    + self.log_tail(member)
-                )
-            if member_healthy(member.client_url, tls=self.tls):
+
+        def all_healthy() -> bool:
+            while pending:
+                member = pending[0]
+                if member.process is not None and member.process.poll() is not None:
+                    raise RuntimeError(
+                        f"etcd member {member.name} exited with {member.process.returncode}:\n"
+                        + self.log_tail(member)
+                    )
+                if not member_healthy(member.client_url, tls=self.tls):
+                    return False
                 pending.pop(0)
-                continue
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"etcd member {member.name} not healthy after {timeout} s:\n"
-                    + self.log_tail(member)
-                )
-            time.sleep(0.05)
+            return True
+
+        def not_healthy() -> TimeoutError:
+            return TimeoutError(
+                f"etcd member {pending[0].name} not healthy after {timeout} s:\n" + self.log_tail(pending[0])
+            )
+
+        wait_until(all_healthy, timeout, "etcd to be healthy", 0.05, on_timeout=not_healthy)
 
     def stop_member(self, member: EtcdMember, sig: int = signal.SIGKILL) -> None:
         """End one member's process (ours by construction) and reap it."""
@@ -359,7 +363,7 @@ class EtcdCluster:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "EtcdCluster":
+    def __enter__(self) -> EtcdCluster:
         try:
             return self.start()
         except BaseException:

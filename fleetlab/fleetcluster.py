@@ -121,7 +121,7 @@ class FleetCluster:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> "FleetCluster":
+    def start(self, timeout: float = 60.0) -> FleetCluster:
         try:
             self.lab = open_lab(self.lab_prefix, binds=default_binds())
             self.etcd = EtcdCluster(listen_hosts=("127.0.0.1", self.lab.bridge_ip))
@@ -181,7 +181,7 @@ class FleetCluster:
             self.etcd.close()
             self.etcd = None
 
-    def __enter__(self) -> "FleetCluster":
+    def __enter__(self) -> FleetCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
