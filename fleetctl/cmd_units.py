@@ -17,8 +17,6 @@ from fleetctl.client import Record
 from fleetctl.context import Context
 from fleetctl.errors import FleetctlError
 from fleetctl.output import is_global
-# Failed, Units, report, resolve_names are imported from here by fleetctl.main and
-# fleetctl.cmd_remote: this module stays their address.
 from fleetctl.unit_plan import (
     TARGET,
     Failed,
@@ -33,6 +31,8 @@ from fleetctl.waiting import FEW, Goal, Waiter, is_active
 from fleetd.model.unit import DesiredState, check_transition
 from fleetd.model.unitfile import UnitFile
 
+# Failed, Units, report and resolve_names live in fleetctl.unit_plan; fleetctl.main and
+# fleetctl.cmd_remote import them from here, which stays their address.
 
 # -- submit / load / start ---------------------------------------------------------------------
 
@@ -145,7 +145,9 @@ def cmd_stop_unload(ctx: Context, args: argparse.Namespace) -> int:
     if errors:
         return report(ctx, errors)
     for record in records:
-        problem = check_transition(DesiredState(record["desiredState"]), DesiredState(target), name=record["name"], command=command)
+        problem = check_transition(
+            DesiredState(record["desiredState"]), DesiredState(target), name=record["name"], command=command
+        )
         if problem:
             errors.append(problem)
     if errors:
@@ -225,7 +227,10 @@ def _wait_unloaded(ctx: Context, names: list[str], attempts: int) -> list[str]:
                 + ", ".join(waiter.legend(m) for m in sorted(machines))
                 for name, machines in sorted(remaining.items())
             ]
-        waiter.show(f"Waiting for {len(remaining)} destroyed units to be unloaded; {len(names) - len(remaining)}/{len(names)} done")
+        waiter.show(
+            f"Waiting for {len(remaining)} destroyed units to be unloaded; "
+            f"{len(names) - len(remaining)}/{len(names)} done"
+        )
         waiter.sleep(interval)
         interval = min(0.5, interval * 1.5)
 
@@ -237,7 +242,9 @@ def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
     records, errors, _ = _existing(ctx, args.units)
     for record in records:
         if record["desiredState"] == "inactive":
-            errors.append(f"cannot restart {record['name']}: it is not loaded (desired state inactive); use fleetctl start")
+            errors.append(
+                f"cannot restart {record['name']}: it is not loaded (desired state inactive); use fleetctl start"
+            )
     if errors:
         return report(ctx, errors)
     cluster = ctx.cluster
@@ -250,7 +257,9 @@ def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
     for record in running:
         if is_global(record):
             was_on[record["name"]] = {s["machineID"] for s in cluster.states(unit=record["name"]) if is_active(s)}
-    errors += _messages(_run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], "loaded")) for r in running]))
+    errors += _messages(
+        _run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], "loaded")) for r in running])
+    )
     if errors:
         return report(ctx, errors)
     for name, machines in was_on.items():
@@ -264,7 +273,9 @@ def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
     errors += waiter.wait_units([Goal(r["name"], "loaded") for r in local], "stop")
     if errors:
         return report(ctx, _timeouts(errors))
-    errors += _messages(_run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], "launched")) for r in records]))
+    errors += _messages(
+        _run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], "launched")) for r in records])
+    )
     if errors:
         return report(ctx, errors)
     no_block = getattr(args, "no_block", False)

@@ -238,7 +238,9 @@ def _plan_one(ctx: Context, item: Item, units: Units, command: str, target: str,
             item.file, label = _template_body(ctx, item, units)
         else:
             tried = " or ".join(dict.fromkeys(_candidates(item.arg)))
-            raise FleetctlError(f"unable to find unit {item.name}: it is not in the cluster and there is no file {tried}")
+            raise FleetctlError(
+                f"unable to find unit {item.name}: it is not in the cluster and there is no file {tried}"
+            )
         item.is_global = validate(ctx, item.name, item.file, label)
         item.create = True
         problem = check_transition(None, DesiredState(target), name=item.name, command=command)
@@ -252,7 +254,8 @@ def _plan_one(ctx: Context, item: Item, units: Units, command: str, target: str,
         file, label = local
         if not replace:
             ctx.warn(
-                f"WARNING: Unit {item.name} in registry differs from local unit file {label}. Add --replace to override."
+                f"WARNING: Unit {item.name} in registry differs from local unit file {label}. "
+                "Add --replace to override."
             )
         elif current not in REPLACE_FROM[command]:
             ctx.warn(

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile
 
-
 #: How many leading characters of a machine id fleet shows where the full id is too long
 #: (fleetctl's MACHINE column, reasons, log lines); 8 hex digits are unique in practice.
 SHORT_ID_LENGTH = 8

@@ -142,7 +142,7 @@ class Occupancy:
     def __init__(self, machine_ids: Iterable[str], requirements: Mapping[str, Requirements]) -> None:
         self.requirements = requirements
         self.units: dict[str, set[str]] = {m: set() for m in machine_ids}
-        self.load: dict[str, int] = {m: 0 for m in self.units}
+        self.load: dict[str, int] = dict.fromkeys(self.units, 0)
         self.placed: dict[str, str] = {}
         self.globals_on: dict[str, set[str]] = {m: set() for m in self.units}
         self.conflicts = GlobRelation(g for r in requirements.values() for g in r.conflicts)

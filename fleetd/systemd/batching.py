@@ -115,7 +115,7 @@ class StateQueries:
             rows = (await self._bus.call("ListUnitsByPatterns", "asas", [[], names]))[0]
         pairs: Iterable[tuple[str, Any]]
         if loading and len(rows) == len(names):
-            pairs = zip(names, rows)
+            pairs = zip(names, rows, strict=True)
         else:
             pairs = ((row[0], row) for row in rows)
         found = {name: SystemdState(row[2], row[3], row[4]) for name, row in pairs}
@@ -143,7 +143,7 @@ class UnitCalls:
         results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
         replies: dict[str, Any] = {}
         unavailable: BaseException | None = None
-        for name, result in zip(names, results):
+        for name, result in zip(names, results, strict=True):
             if isinstance(result, SystemdCallError):
                 if not quiet:
                     self.errors[name] = str(result)

@@ -300,9 +300,9 @@ class SystemdManager:
                 elif self._managed:
                     # someone else's daemon-reload: re-read our units (LoadState may differ)
                     self._queries.request(list(self._managed), load=True)
-        elif msg.interface == DBUS and member == "NameOwnerChanged" and len(body) >= 3:
-            if body[0] == SYSTEMD and body[2]:  # systemd (re-)appeared on the bus
-                self._spawn(self._resubscribe())
+        elif (msg.interface == DBUS and member == "NameOwnerChanged" and len(body) >= 3
+              and body[0] == SYSTEMD and body[2]):  # systemd (re-)appeared on the bus
+            self._spawn(self._resubscribe())
 
     async def _resubscribe(self) -> None:
         try:

@@ -81,7 +81,7 @@ class UnitStates:
         for callback in list(self._callbacks):
             try:
                 callback(name, state)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop the others
+            except Exception:  # a subscriber's bug must not stop the others
                 log.exception("unit state callback failed for %s", name)
 
     def signalled(self, name: str, state: SystemdState) -> None:

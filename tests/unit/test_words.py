@@ -101,7 +101,7 @@ def test_unit_files_and_config_use_their_word_sets() -> None:
 def test_glob_is_one_rule_for_fleetctl_and_scheduler(text: str, glob: bool) -> None:
     from fleetctl.arguments import has_glob as fleetctl_has_glob
 
-    assert GLOB_CHARS == frozenset("*?[")
+    assert frozenset("*?[") == GLOB_CHARS
     assert has_glob(text) is glob
     assert fleetctl_has_glob(text) is glob
     assert is_literal(text) is not glob
