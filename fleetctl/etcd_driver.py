@@ -30,8 +30,9 @@ from fleetd.model.submit import (
     template_to_read,
 )
 from fleetd.model.wire import machine_json, select_states, state_json, units_json
-from fleetd.registry.etcd import Etcd, EtcdConfig
-from fleetd.registry.registry import Registry, RegistryError, UnitExists, UnitNotFound
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import connect
+from fleetd.registry.registry import RegistryError, UnitExists, UnitNotFound
 
 T = TypeVar("T")
 
@@ -46,16 +47,16 @@ class EtcdClient:
                     f"--driver etcd needs etcd URLs in --endpoint (e.g. http://127.0.0.1:2379), not {endpoint}"
                 )
         self.loop = asyncio.new_event_loop()
-        self.etcd = Etcd(
+        self.registry = connect(
             EtcdConfig(
                 endpoints=endpoints,
                 ca_file=config.ca_file,
                 cert_file=config.cert_file,
                 key_file=config.key_file,
                 request_timeout=config.request_timeout or 3.0,
-            )
+            ),
+            config.etcd_key_prefix,
         )
-        self.registry = Registry(self.etcd, config.etcd_key_prefix)
         self.endpoint_text = ",".join(endpoints)
 
     def _run(self, coro: Any) -> Any:
@@ -181,7 +182,7 @@ class EtcdClient:
 
     def close(self) -> None:
         try:
-            self.loop.run_until_complete(self.etcd.close())
+            self.loop.run_until_complete(self.registry.close())
         except Exception:  # noqa: BLE001 - closing: nothing left to report
             pass
         finally:
