@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from fleetd.aio import cancel_and_wait
 from fleetd.agent.manager import UnitManager
-from fleetd.agent.states import StatePublisher
-from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
-from fleetd.model.unit import DesiredState, build_unit
 from fleetd.agent.plan import AgentTask, Current, Desired, Load, Start, Stop, Unload, agent_plan
+from fleetd.agent.states import StatePublisher
+from fleetd.aio import cancel_and_wait
+from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit
+from fleetd.model.unit import DesiredState, build_unit
 from fleetd.registry.registry import MachineIdInUse, PlacementEvent, Registry, Resync, UnitEvent
 from fleetd.scheduler import JobInfo, MachineInfo, Snapshot, global_placements
 from fleetd.settings import Settings
@@ -125,9 +125,7 @@ class Agent:
     async def update_identity(self, public_ip: str, static_metadata: Mapping[str, str]) -> None:
         """New configuration (SIGHUP): publish the new IP and metadata under the same lease."""
         self.static_metadata = dict(static_metadata)
-        self.machine = replace(
-            self.machine, public_ip=public_ip, metadata={**self.static_metadata, **self._dynamic}
-        )
+        self.machine = replace(self.machine, public_ip=public_ip, metadata={**self.static_metadata, **self._dynamic})
         if self.status.registered:
             await self.registry.register_machine(self.machine, self.status.lease)
 
@@ -137,7 +135,7 @@ class Agent:
             await asyncio.sleep(interval)
             try:
                 ttl = await self.registry.keepalive(self.status.lease)
-            except Exception:  # noqa: BLE001 - etcd away: keep units running, keep trying
+            except Exception:
                 log.info("agent keepalive failed; retrying", exc_info=True)
                 continue
             if ttl <= 0:
@@ -231,7 +229,7 @@ class Agent:
                 if job is not None:
                     jobs[name] = job
         me = MachineInfo(self.machine_id, dict(self.machine.metadata), self.machine.public_ip)
-        snapshot = Snapshot({self.machine_id: me}, jobs, {name: self.machine_id for name in self.schedule})
+        snapshot = Snapshot({self.machine_id: me}, jobs, dict.fromkeys(self.schedule, self.machine_id))
         return {name for name, machines in global_placements(snapshot).items() if self.machine_id in machines}
 
     def _file_of(self, name: str) -> ScheduledUnit | StoredUnit:
@@ -250,8 +248,7 @@ class Agent:
         if names is not None:
             local = {name: local[name] for name in names if name in local}
         current = {
-            name: Current(loaded=True, active=unit.state.is_active, hash=unit.hash)
-            for name, unit in local.items()
+            name: Current(loaded=True, active=unit.state.is_active, hash=unit.hash) for name, unit in local.items()
         }
         tasks = agent_plan(desired, current)
         await self._apply(tasks)
@@ -286,7 +283,7 @@ class Agent:
             names, self._dirty_names = self._dirty_names, set()
             try:
                 await self.reconcile(names)
-            except Exception:  # noqa: BLE001 - a failed action is retried on the next pass
+            except Exception:
                 log.warning("agent reconcile failed; retrying", exc_info=True)
                 self._dirty_names = None
                 await asyncio.sleep(0.5)

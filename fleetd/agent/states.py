@@ -88,7 +88,7 @@ class StatePublisher:
                 continue
             try:
                 await self.registry.publish_states(self.machine_id, lease, changed)
-            except Exception:  # noqa: BLE001 - registry away: retry these later
+            except Exception:
                 log.info("publishing unit states failed; will retry", exc_info=True)
                 self._keep(changed)
                 await asyncio.sleep(RETRY_DELAY)
@@ -99,4 +99,6 @@ class StatePublisher:
 
     def _keep(self, records: list[UnitState]) -> None:
         for record in records:
-            self._pending.setdefault(record.name, SystemdState(record.load_state, record.active_state, record.sub_state))
+            self._pending.setdefault(
+                record.name, SystemdState(record.load_state, record.active_state, record.sub_state)
+            )

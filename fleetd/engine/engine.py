@@ -78,7 +78,7 @@ class Engine:
                 await self._lead(leadership)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - etcd trouble: step down, retry
+            except Exception:
                 log.warning("engine on %s: stepping down after an error", self.machine_id, exc_info=True)
                 await self._sleep(min(1.0, self.settings.engine_ttl / 4))
             finally:
@@ -112,7 +112,9 @@ class Engine:
             tasks.append(asyncio.create_task(self._keepalive(leadership.lease, lost)))
             registry = self.registry
             tasks.append(asyncio.create_task(self._follow(registry.watch_units(revision + 1), "apply_unit", lost)))
-            tasks.append(asyncio.create_task(self._follow(registry.watch_machines(revision + 1), "apply_machine", lost)))
+            tasks.append(
+                asyncio.create_task(self._follow(registry.watch_machines(revision + 1), "apply_machine", lost))
+            )
             tasks.append(
                 asyncio.create_task(self._follow(registry.watch_placements(revision + 1), "apply_placement", lost))
             )
@@ -143,7 +145,7 @@ class Engine:
             await asyncio.sleep(interval)
             try:
                 ttl = await self.registry.keepalive(lease)
-            except Exception:  # noqa: BLE001 - retried until the lease is surely gone
+            except Exception:
                 log.info("engine lease keepalive failed; retrying", exc_info=True)
                 continue
             if ttl <= 0:
@@ -166,7 +168,7 @@ class Engine:
             raise
         except Resync:
             log.warning("engine watch (%s) compacted; reloading", method)
-        except Exception:  # noqa: BLE001 - e.g. refused by etcd: re-run the term
+        except Exception:
             log.warning("engine watch (%s) failed; reloading", method, exc_info=True)
         lost.set()  # simplest correct recovery: re-run the term from a fresh read
         self._dirty.set()

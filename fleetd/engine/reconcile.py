@@ -134,7 +134,7 @@ def schedule_changes(view: ClusterView, current_reasons: dict[str, str]) -> Sche
     result = plan(view.snapshot(placements))
     final = result.placements
     changes = ScheduleChanges(tasks=list(result.tasks))
-    for (machine_id, name) in view.stored:
+    for machine_id, name in view.stored:
         if final.get(name) != machine_id:
             changes.deletes.append((machine_id, name))
     for name, machine_id in final.items():

@@ -51,7 +51,12 @@ def decode_stored_unit(raw: bytes, what: str = "unit record") -> StoredUnit:
 
 def encode_machine(machine: MachineState) -> bytes:
     return dumps(
-        {"id": machine.id, "publicIP": machine.public_ip, "metadata": dict(machine.metadata), "version": machine.version}
+        {
+            "id": machine.id,
+            "publicIP": machine.public_ip,
+            "metadata": dict(machine.metadata),
+            "version": machine.version,
+        }
     )
 
 

@@ -20,11 +20,9 @@ from urllib.parse import urlsplit
 
 import aetcd
 import aetcd.exceptions
-import aetcd.rpc
 import aetcd.transactions
-import aetcd.watcher
-from aetcd import rpc
 
+from fleetd.registry.aetcd_client import Client, LeaseCompare, WatchRefused
 from fleetd.registry.errors import Resync
 
 log = logging.getLogger(__name__)
@@ -50,9 +48,7 @@ class EtcdConfig:
 
     @property
     def uses_tls(self) -> bool:
-        return bool(self.ca_file or self.cert_file) or any(
-            e.startswith("https://") for e in self.endpoints
-        )
+        return bool(self.ca_file or self.cert_file) or any(e.startswith("https://") for e in self.endpoints)
 
     def addresses(self) -> list[tuple[str, int]]:
         """``(host, port)`` of each endpoint; a missing port means etcd's 2379."""
@@ -90,110 +86,14 @@ class WatchEvent:
         return self.value is None
 
 
-def _read(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-class WatchRefused(aetcd.exceptions.ClientError):
-    """etcd refused to create a watch (no or expired auth token, or no read permission)."""
-
-
-class _Watcher(aetcd.watcher.Watcher):
-    """aetcd's watcher, except that a watch etcd refuses fails instead of hanging forever.
-
-    etcd answers a watch create request it does not permit with a response that is both
-    ``created`` and ``canceled``; aetcd ignores ``canceled`` and returns a watch that never
-    yields anything (and files it under the request's watch id, 0).
-    """
-
-    async def _handle_response(self, response: Any) -> None:
-        if response.created and response.canceled:
-            async with self._lock:
-                if self._new_callback is not None:
-                    self._new_callback.error = WatchRefused(
-                        response.cancel_reason or "etcd canceled the watch"
-                    )
-                    self._new_callback_ready.notify_all()
-            return
-        await super()._handle_response(response)
-
-
-class _LeaseCompare(aetcd.transactions.BaseCompare):
-    """Compare a key's lease id (etcd supports it; aetcd has no class for it)."""
-
-    def build_compare(self, compare: Any) -> None:
-        compare.target = rpc.Compare.LEASE
-        compare.lease = int(self.value)
-
-
-class _Client(aetcd.Client):
-    """aetcd's client, connecting over TLS when configured (aetcd itself only does plaintext)."""
-
-    def __init__(self, config: EtcdConfig, host: str, port: int) -> None:
-        super().__init__(
-            host=host,
-            port=port,
-            username=config.username,
-            password=config.password,
-            timeout=max(1, int(round(config.request_timeout))),
-            options={
-                "grpc.keepalive_time_ms": 5000,
-                "grpc.keepalive_timeout_ms": 3000,
-                "grpc.keepalive_permit_without_calls": 1,
-                "grpc.initial_reconnect_backoff_ms": 200,
-                "grpc.max_reconnect_backoff_ms": 1000,
-                "grpc.max_receive_message_length": 64 * 1024 * 1024,
-            },
-        )
-        self._config = config
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        await self._open()
-        watcher: Any = getattr(self, "_watcher")  # set by aetcd's connect; untyped there
-        if watcher is not None and not isinstance(watcher, _Watcher):
-            # Not set up yet (aetcd starts its stream on the first watch): replace it.
-            self._watcher = _Watcher(
-                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
-            )
-
-    async def _open(self) -> None:
-        if not self._config.uses_tls:
-            await super().connect()
-            return
-        import grpc  # only for the credentials object
-
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(self._config.ca_file),
-            private_key=_read(self._config.key_file),
-            certificate_chain=_read(self._config.cert_file),
-        )
-        original = rpc.insecure_channel
-
-        def secure(target: str, options: Any = None) -> Any:
-            return rpc.secure_channel(target, credentials, options=options)
-
-        # aetcd builds its channel with rpc.insecure_channel; swap in a secure one for
-        # this connect only (no await runs between the swap and the channel creation).
-        aetcd.rpc.insecure_channel = secure  # type: ignore[assignment]
-        try:
-            await super().connect()
-        finally:
-            aetcd.rpc.insecure_channel = original  # type: ignore[assignment]
-
-
 CLOSE_TIMEOUT = 5.0
 
 
-async def _close_quietly(client: _Client) -> None:
+async def _close_quietly(client: Client) -> None:
     """Close a connection, giving up after CLOSE_TIMEOUT; errors of a dead one are moot."""
     try:
         await asyncio.wait_for(client.close(), CLOSE_TIMEOUT)
-    except (Exception, asyncio.TimeoutError):  # noqa: BLE001
+    except (TimeoutError, Exception):
         log.debug("closing an etcd connection failed", exc_info=True)
 
 
@@ -208,19 +108,19 @@ class Etcd:
         self.config = config
         self._addresses = config.addresses()
         self._index = 0
-        self._client: _Client | None = None
+        self._client: Client | None = None
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Future[None]] = set()
         self.requests = 0  # operations sent, for benchmarks
 
     # -- connection ------------------------------------------------------------------
 
-    async def client(self) -> _Client:
+    async def client(self) -> Client:
         if self._client is None:
             async with self._lock:
                 if self._client is None:
                     host, port = self._addresses[self._index % len(self._addresses)]
-                    client = _Client(self.config, host, port)
+                    client = Client(self.config, host, port)
                     await client.connect()
                     self._client = client
         return self._client
@@ -229,7 +129,7 @@ class Etcd:
         """Drop the current connection and move to the next endpoint."""
         await self._drop_client(next_endpoint=True)
 
-    async def _drop_client(self, next_endpoint: bool, only: _Client | None = None) -> None:
+    async def _drop_client(self, next_endpoint: bool, only: Client | None = None) -> None:
         """Close the current connection (when ``only`` is given: if it is still that one)."""
         async with self._lock:
             if only is not None and self._client is not only:
@@ -291,10 +191,7 @@ class Etcd:
     async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix`` and the store revision the read saw."""
         result = await self._call("get_prefix", prefix.encode())
-        items = [
-            KeyValue(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
-            for kv in result
-        ]
+        items = [KeyValue(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease) for kv in result]
         return items, int(result.header.revision)
 
     async def revision(self) -> int:
@@ -335,7 +232,7 @@ class Etcd:
         return aetcd.transactions.Create(key.encode()) > 0
 
     def cmp_lease(self, key: str, lease: int) -> Any:
-        return _LeaseCompare(key.encode()) == lease
+        return LeaseCompare(key.encode()) == lease
 
     def txn_op(self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
         """A nested transaction, as one operation of an outer one (per-item conditions)."""
@@ -386,7 +283,7 @@ class Etcd:
         while True:
             queue: asyncio.Queue[Any] = asyncio.Queue()
             watch = None
-            client: _Client | None = None
+            client: Client | None = None
             try:
                 client = await self.client()
                 self.requests += 1
@@ -413,8 +310,13 @@ class Etcd:
             except Exception as exc:  # noqa: BLE001 - any stream failure: resume elsewhere
                 failures += 1
                 # first loss at INFO, the retries of a long outage only at DEBUG
-                log.log(logging.INFO if failures == 1 else logging.DEBUG,
-                        "watch on %s lost (%s); resuming at revision %d", prefix, exc, next_revision)
+                log.log(
+                    logging.INFO if failures == 1 else logging.DEBUG,
+                    "watch on %s lost (%s); resuming at revision %d",
+                    prefix,
+                    exc,
+                    next_revision,
+                )
                 # only the watch whose connection failed moves on: the others sharing it
                 # then reconnect to the new one instead of each skipping an endpoint
                 await self._drop_client(next_endpoint=True, only=client)
@@ -476,3 +378,17 @@ class BatchWriter:
             if not ok:
                 return False
         return True
+
+
+__all__ = [
+    "MAX_TXN_OPS",
+    "BatchWriter",
+    "ConnectionLost",
+    "Etcd",
+    "EtcdConfig",
+    "EtcdError",
+    "KeyValue",
+    "Resync",
+    "WatchEvent",
+    "WatchRefused",
+]

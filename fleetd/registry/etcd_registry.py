@@ -112,7 +112,9 @@ class EtcdRegistry(Registry):
         return ops
 
     async def create_unit(self, unit: StoredUnit, is_global: bool) -> None:
-        ok, _ = await self._etcd.txn([self._etcd.cmp_absent(self._keys.unit(unit.name))], self._unit_ops(unit, is_global))
+        ok, _ = await self._etcd.txn(
+            [self._etcd.cmp_absent(self._keys.unit(unit.name))], self._unit_ops(unit, is_global)
+        )
         if not ok:
             raise UnitExists(f"unit {unit.name} already exists")
 
@@ -170,7 +172,8 @@ class EtcdRegistry(Registry):
     async def destroy_unit(self, name: str) -> bool:
         etcd, keys = self._etcd, self._keys
         ok, _ = await etcd.txn(
-            [etcd.cmp_present(keys.unit(name))], [etcd.op_delete(keys.unit(name)), etcd.op_delete(keys.global_unit(name))]
+            [etcd.cmp_present(keys.unit(name))],
+            [etcd.op_delete(keys.unit(name)), etcd.op_delete(keys.global_unit(name))],
         )
         return ok
 
@@ -410,4 +413,3 @@ class EtcdRegistry(Registry):
 def connect(config: EtcdConfig, prefix: str | None = None) -> EtcdRegistry:
     """A registry on the etcd cluster ``config`` describes (connects on first use)."""
     return EtcdRegistry(Etcd(config), prefix)
-

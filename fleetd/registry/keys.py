@@ -95,7 +95,7 @@ class Keys:
     def tail(self, key: str, prefix: str) -> str:
         if not key.startswith(prefix):
             raise ValueError(f"key {key!r} is not under {prefix!r}")
-        return key[len(prefix):]
+        return key[len(prefix) :]
 
     def split_placement(self, key: str) -> tuple[str, str]:
         """``schedule/<machine>/<name>`` -> ``(machine, name)``."""

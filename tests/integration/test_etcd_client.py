@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_unreadable_records_are_reported_and_skipped(registry: EtcdRegistry, key_prefix: str) -> None:
-    etcd, keys = registry._etcd, Keys(key_prefix)  # noqa: SLF001 - writing what fleetd never would
+    etcd, keys = registry._etcd, Keys(key_prefix)
     start = await etcd.revision()
     await etcd.put(keys.unit("bad.service"), b"[]")
     await etcd.put(keys.unit("junk.service"), b"junk")
@@ -78,7 +78,7 @@ async def test_watch_resumes_after_etcd_restart(key_prefix: str) -> None:
 
 
 async def test_watch_reports_compaction_as_resync(registry: EtcdRegistry, key_prefix: str) -> None:
-    etcd = registry._etcd  # noqa: SLF001
+    etcd = registry._etcd
     start = await etcd.revision()
     for i in range(3):
         await etcd.put(f"{key_prefix}k", str(i).encode())

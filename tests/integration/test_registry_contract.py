@@ -53,7 +53,7 @@ class Backend:
 
 
 async def _compact_etcd(registry: EtcdRegistry) -> None:
-    etcd = registry._etcd  # noqa: SLF001 - the test reaches below the interface on purpose
+    etcd = registry._etcd
     await (await etcd.client()).compact(await etcd.revision())
 
 

@@ -238,8 +238,8 @@ async def test_a_steady_cluster_is_not_rewritten(sim: SimCluster) -> None:
     await wait_until_async(lambda: sim.where("a.service"), 5, "a.service running")
     writes, revision = engine.stats.writes, registry.revision
     engine.view.force_resync = True  # a full re-read of an unchanged cluster ...
-    engine._dirty.set()  # noqa: SLF001
+    engine._dirty.set()
     await wait_until_async(lambda: not engine.view.force_resync, 5, "the re-read")
     await asyncio.sleep(0.05)
     assert engine.stats.writes == writes  # ... writes nothing
-    assert all(c.key[0] == "states" for c in registry._history if c.revision > revision)  # noqa: SLF001
+    assert all(c.key[0] == "states" for c in registry._history if c.revision > revision)
