@@ -1,5 +1,5 @@
 #!/bin/bash
-# In-namespace init of a fleet test host (see fleetlab/hosts.py, which starts it).
+# In-namespace init of a fleet test host (see fleetlab/host.py, which starts it).
 #
 # Runs as PID 1 of fresh pid/mount/uts/cgroup(/net) namespaces made by
 #   unshare --pid --fork --mount --uts --cgroup --mount-proc [--net] bash host_init.sh [BIND...]
