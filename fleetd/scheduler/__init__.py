@@ -4,12 +4,10 @@
   each with a reason, and why the rest cannot be placed.
 - :func:`global_machines` / :func:`global_unplaceable_reason` / :func:`global_placements` —
   where global units run (agents and the engine both use these, so they agree).
-- :func:`agent_plan` — one machine's systemd actions to reach its desired state.
 
 Everything is deterministic: the same snapshot always gives the same plan.
 """
 
-from fleetd.scheduler.agent import AgentTask, Current, Desired, Load, Start, Stop, Unload, agent_plan
 from fleetd.model.state import short_id
 from fleetd.scheduler.filters import FILTERS, FilterKind, Rejection, resolve_machine_id
 from fleetd.scheduler.global_units import (
@@ -24,22 +22,14 @@ from fleetd.scheduler.tasks import Place, Plan, Task, Unplace
 __all__ = [
     "FILTERS",
     "FilterKind",
-    "AgentTask",
-    "Current",
-    "Desired",
     "JobInfo",
-    "Load",
     "MachineInfo",
     "Place",
     "Plan",
     "Rejection",
     "Snapshot",
-    "Start",
-    "Stop",
     "Task",
-    "Unload",
     "Unplace",
-    "agent_plan",
     "global_machines",
     "global_placements",
     "global_unplaceable_reason",
