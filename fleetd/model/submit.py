@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from fleetd.model.errors import UnitFileError, UnitNameError
 from fleetd.model.names import parse_unit_name
@@ -88,7 +89,7 @@ class Decision:
     warnings: tuple[str, ...] = ()
 
 
-def desired_state(value: object) -> DesiredState:
+def desired_state(value: Any) -> DesiredState:
     """The request's ``desiredState``; required, one of inactive, loaded, launched."""
     if value is None:
         raise SubmitError(Refusal.INVALID, "desiredState is required (inactive, loaded or launched)")
@@ -162,8 +163,9 @@ def decide(request: Submission, existing: StoredUnit | None, template: StoredUni
     Raises :class:`SubmitError` for a refusal."""
     name, target = request.name, request.desired
     if existing is None:
+        warnings: tuple[str, ...] = ()
         if request.unit is not None:
-            unit, warnings = request.unit, ()
+            unit = request.unit
         else:
             unit, warnings = _from_template(name, template)
         _check(None, target, name)

@@ -3,6 +3,8 @@ fleetd's API and fleetctl's etcd driver both follow: tested once here, without I
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from fleetd.model.state import StoredUnit
@@ -26,9 +28,10 @@ TEMPLATE = parse_unit_file("[Service]\nExecStart=/bin/echo %i\n\n[X-Fleet]\nConf
 INACTIVE, LOADED, LAUNCHED = DesiredState.INACTIVE, DesiredState.LOADED, DesiredState.LAUNCHED
 
 
-def refusal(call: object, *args: object, **kwargs: object) -> SubmitError:
+def refusal(call: Callable[..., object], *args: object, **kwargs: object) -> SubmitError:
+    """The refusal ``call(*args, **kwargs)`` raises."""
     with pytest.raises(SubmitError) as caught:
-        call(*args, **kwargs)  # type: ignore[operator]
+        call(*args, **kwargs)
     return caught.value
 
 
