@@ -122,10 +122,10 @@ class Fleet:
     leadership: Leadership | None = None
 
     def start(self) -> Fleet:
-        async def connect() -> Registry:
+        async def open_registry() -> Registry:  # built inside the loop that will use it
             return connect(EtcdConfig(endpoints=tuple(self.etcd.endpoints), request_timeout=5), self.prefix)
 
-        self.registry = self.loop.run(connect())
+        self.registry = self.loop.run(open_registry())
         return self
 
     def add_api(
