@@ -37,6 +37,7 @@ import aiohttp  # noqa: E402
 from dbus_fast import Message, MessageType  # noqa: E402
 from dbus_fast.aio import MessageBus  # noqa: E402
 
+from fleetd.model.state import short_id  # noqa: E402
 from fleetlab.fleetcluster import FleetCluster, FleetHost  # noqa: E402
 from fleetlab.wait import eventually  # noqa: E402
 
@@ -188,7 +189,7 @@ def main() -> None:
     try:
         log(f"starting etcd and {args.hosts} systemd hosts running fleetd")
         cluster.start()
-        log("cluster up: " + ", ".join(f"{h.name}={h.machine_id[:8]}" for h in cluster.hosts))
+        log("cluster up: " + ", ".join(f"{h.name}={short_id(h.machine_id)}" for h in cluster.hosts))
         results = asyncio.run(measure(cluster, args.runs, args.interval, args.timeout, args.pause))
     finally:
         for fleet_host in cluster.hosts:  # nothing is left running, but stop fleetd cleanly first

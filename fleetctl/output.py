@@ -23,11 +23,11 @@ from typing import Any
 
 from fleetctl.tabwriter import format_table
 from fleetd.model.state import short_id
+from fleetd.model.unitfile import short_hash
 
 Record = Mapping[str, Any]
 Machines = Mapping[str, Record]  # machine id -> machine record
 
-SHORT_HASH = 7
 EMPTY = "-"
 
 
@@ -63,7 +63,7 @@ def format_metadata(metadata: Mapping[str, str] | None) -> str:
 def hash_legend(full_hash: str, full: bool) -> str:
     if not full_hash:
         return EMPTY
-    return full_hash if full else full_hash[:SHORT_HASH]
+    return full_hash if full else short_hash(full_hash)
 
 
 def _cell(value: Any) -> str:

@@ -92,7 +92,7 @@ class SimCluster:
         agent = Agent(self.registry(), SimulatedManager(), machine, self.settings)
         sim = SimMachine(agent, asyncio.create_task(agent.run()))
         self.machines[machine.id] = sim
-        await wait_until_async(agent.ready.is_set, 10, f"machine {machine.id[:8]} to start")
+        await wait_until_async(agent.ready.is_set, 10, f"machine {machine.short_id} to start")
         return sim
 
     async def add_engine(self, name: str | None = None) -> SimEngine:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import short_hash
 
 
 class Desired(NamedTuple):
@@ -81,7 +82,7 @@ class Start(AgentTask):
 
 
 def _short(hash_: str) -> str:
-    return hash_[:7] if hash_ else "unknown"
+    return short_hash(hash_) if hash_ else "unknown"
 
 
 def _unit_tasks(name: str, desired: Desired | None, current: Current | None) -> list[AgentTask]:

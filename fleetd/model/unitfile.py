@@ -19,6 +19,14 @@ from fleetd.model.errors import UnitFileError
 
 COMMENT_PREFIXES = ("#", ";")
 
+SHORT_HASH_LENGTH = 7
+
+
+def short_hash(full_hash: str) -> str:
+    """The 7-character unit hash fleetctl prints without ``--full`` and logs show; one
+    definition, so what a log line names can be found in ``list-unit-files``."""
+    return full_hash[:SHORT_HASH_LENGTH]
+
 # Section names: anything printable without brackets, no surrounding whitespace.
 _SECTION_RE = re.compile(r"[^\[\]\x00-\x1f\x7f]+")
 
@@ -102,8 +110,7 @@ class UnitFile:
 
     @property
     def short_hash(self) -> str:
-        """The 7-character hash fleetctl prints without ``--full``."""
-        return self.hash()[:7]
+        return short_hash(self.hash())
 
     @classmethod
     def from_options(cls, options: Iterable[Mapping[str, str]]) -> UnitFile:
