@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleetd.registry.errors import MachineIdInUse, NotLeader, RegistryError, Resync, UnitExists, UnitNotFound
+from fleetd.registry.errors import (
+    MachineIdInUse,
+    NotLeader,
+    RegistryError,
+    Resync,
+    UnitExists,
+    UnitNotFound,
+    is_unavailable,
+)
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
 
 _LAZY = {
@@ -49,4 +57,5 @@ __all__ = [
     "UnitExists",
     "UnitNotFound",
     "connect",
+    "is_unavailable",
 ]

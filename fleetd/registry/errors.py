@@ -32,3 +32,14 @@ class Resync(Exception):
     def __init__(self, revision: int) -> None:
         super().__init__(f"watch history compacted at revision {revision}; resync needed")
         self.revision = revision
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store could not be reached or did not answer in time.
+
+    Callers answer those with "try again" (the API's 503, fleetctl's "not reachable")
+    instead of reporting a bug. Only the registry may know which client library raised
+    it, so the test lives here.
+    """
+    module = type(exc).__module__.split(".")[0]
+    return module in ("aetcd", "grpc") or isinstance(exc, (ConnectionError, TimeoutError))
