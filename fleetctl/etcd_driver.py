@@ -30,6 +30,7 @@ from fleetd.model.submit import (
     template_to_read,
 )
 from fleetd.model.wire import machine_json, select_states, state_json, units_json
+from fleetd.registry import is_unavailable
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import connect
 from fleetd.registry.registry import RegistryError, UnitExists, UnitNotFound
@@ -73,9 +74,8 @@ class EtcdClient:
             raise FleetctlError(str(exc)) from None
         except (TimeoutError, OSError) as exc:
             raise NotReachable(self._unreachable(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - aetcd/grpc failures: say where and why
-            module = type(exc).__module__.split(".")[0]
-            if module in ("aetcd", "grpc"):
+        except Exception as exc:
+            if is_unavailable(exc):  # the etcd client's own failures: say where and why
                 raise NotReachable(self._unreachable(exc)) from None
             raise
 
@@ -178,7 +178,8 @@ class EtcdClient:
         if not ip:
             return []
         endpoint: Endpoint = parse_endpoint(DEFAULT_ENDPOINT).on_host(ip)
-        return [Transport(endpoint, timeout=self.config.request_timeout or None, token=self.config.api_token, debug=self.config.debug)]
+        timeout = self.config.request_timeout or None
+        return [Transport(endpoint, timeout=timeout, token=self.config.api_token, debug=self.config.debug)]
 
     def close(self) -> None:
         try:

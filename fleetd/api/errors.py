@@ -2,8 +2,9 @@
 
 Every error answers ``{"error": {"code": N, "message": "..."}}``. Handlers raise
 :class:`ApiError`; the middleware turns it (and everything else) into that shape. The
-mappings from the model's refusals, the node's exceptions and etcd's failures to a status
-live here so that every handler maps them alike.
+mappings from the model's refusals and the node's exceptions to a status live here so that
+every handler maps them alike (which failures mean "etcd is unreachable" is the registry's
+to say: :func:`fleetd.registry.is_unavailable`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return web.json_response({"error": {"code": status, "message": message}}, status=status, headers=headers)
 
 
-def looks_like_etcd_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says etcd could not be reached (503) rather than a bug (500)."""
-    module = type(exc).__module__.split(".")[0]
-    return module in ("aetcd", "grpc") or isinstance(exc, (ConnectionError, TimeoutError))
-
-
 _REFUSAL_STATUS = {Refusal.INVALID: 400, Refusal.NOT_FOUND: 404, Refusal.CONFLICT: 409, Refusal.BUSY: 503}
 
 
@@ -56,4 +51,4 @@ def node_failure(what: str, exc: BaseException) -> ApiError:
     return ApiError(500, f"{what}: {exc}")
 
 
-__all__ = ["ApiError", "error_response", "looks_like_etcd_failure", "node_failure", "refused"]
+__all__ = ["ApiError", "error_response", "node_failure", "refused"]

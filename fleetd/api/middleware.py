@@ -15,7 +15,8 @@ from aiohttp import web
 
 from fleetd.api.auth import TOKEN_RULES, authorized
 from fleetd.api.context import api_state
-from fleetd.api.errors import ApiError, error_response, looks_like_etcd_failure
+from fleetd.api.errors import ApiError, error_response
+from fleetd.registry import is_unavailable
 from fleetd.registry.registry import RegistryError, UnitNotFound
 
 log = logging.getLogger("fleetd.api")
@@ -73,7 +74,7 @@ async def fleet_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = 499
         raise
     except Exception as exc:  # every failure answers in fleet's shape (logged)
-        if looks_like_etcd_failure(exc):
+        if is_unavailable(exc):
             code = 503
             log.warning("API %s %s: etcd unavailable: %r", request.method, request.path, exc)
             return error_response(503, f"cannot reach etcd: {exc or type(exc).__name__}")
