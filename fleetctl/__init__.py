@@ -34,7 +34,7 @@ Where fleetctl differs from fleet's (all deliberate)
   restart of a global unit did nothing); a loaded unit is simply started.
 - ``start --replace`` waits until the unit's machine runs the new body (its hash).
 - ``journal`` and ``status`` read the machine's own fleetd API instead of SSH; a global
-  unit's journal shows every machine, lines prefixed ``<machine id[:8]>: ``, and ``-f``
+  unit's journal shows every machine, lines prefixed ``<short machine id>: ``, and ``-f``
   follows all of them; ``status`` of a global unit prints one block per machine.
   ``--sudo`` is accepted and ignored.
 - ``cat`` accepts several units (printed one after the other, a blank line between).

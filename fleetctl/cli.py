@@ -34,10 +34,10 @@ from fleetctl.output import DEFAULT_MACHINE_FIELDS, DEFAULT_UNIT_FIELDS, DEFAULT
 from fleetctl.tabwriter import tabwrite
 from fleetd import __version__
 from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS
+from fleetd.model.words import FLAG_BOOL
+from fleetd.model.words import parse_bool as parse_words
 
 ENV_PREFIX = "FLEETCTL_"
-_TRUE = frozenset({"1", "t", "true", "yes", "y", "on"})
-_FALSE = frozenset({"0", "f", "false", "no", "n", "off"})
 
 
 def version_line() -> str:
@@ -45,12 +45,10 @@ def version_line() -> str:
 
 
 def parse_bool(text: str, what: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise UsageError(f'invalid boolean value "{text}" for {what} (use true or false)')
+    try:
+        return parse_words(text, FLAG_BOOL)
+    except ValueError:
+        raise UsageError(f'invalid boolean value "{text}" for {what} (use true or false)') from None
 
 
 @dataclass(frozen=True)

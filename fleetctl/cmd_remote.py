@@ -21,6 +21,7 @@ from fleetctl.context import Context
 from fleetctl.errors import ApiError, FleetctlError, NotReachable, UsageError
 from fleetctl.output import is_global, machine_legend
 from fleetctl.tunnel import ensure_known_hosts_dir, jump_spec, ssh_options
+from fleetd.model.state import short_id
 
 
 @dataclass
@@ -209,7 +210,7 @@ def _journal_many(ctx: Context, targets: list[Target], args: argparse.Namespace)
     reader_gone = threading.Event()  # stdout closed (fleetctl journal -f x | head): stop all
 
     def read(target: Target) -> None:
-        prefix = f"{target.machine_id[:8]}: "
+        prefix = f"{short_id(target.machine_id)}: "
         lines: list[str] = []
         collected[target.machine_id] = lines
         try:
@@ -230,7 +231,7 @@ def _journal_many(ctx: Context, targets: list[Target], args: argparse.Namespace)
             reader_gone.set()
         except OSError as exc:
             with lock:
-                errors.append(f"reading the journal from {target.machine_id[:8]} failed: {exc}")
+                errors.append(f"reading the journal from {short_id(target.machine_id)} failed: {exc}")
         finally:
             transport.close()
 
@@ -276,7 +277,7 @@ def find_address(ctx: Context, lookup: str, kind: str | None) -> str:
                 ids = sorted({s["machineID"] for s in ctx.cluster.states(unit=name)})
                 raise FleetctlError(
                     f"{name} is a global unit running on {len(ids)} machines; pick one with --machine "
-                    f"({', '.join(i[:8] for i in ids) or 'none running'})"
+                    f"({', '.join(short_id(i) for i in ids) or 'none running'})"
                 )
             machine = record.get("machineID") or ""
             if not machine:
@@ -288,7 +289,7 @@ def find_address(ctx: Context, lookup: str, kind: str | None) -> str:
         )
     if len(machine_hits) > 1:
         raise FleetctlError(
-            f"{lookup} matches {len(machine_hits)} machines ({', '.join(m['id'][:8] for m in machine_hits)}); "
+            f"{lookup} matches {len(machine_hits)} machines ({', '.join(short_id(m['id']) for m in machine_hits)}); "
             "give more of the machine id"
         )
     hits = machine_hits or unit_hits

@@ -18,10 +18,9 @@ from fleetd.api.errors import ApiError
 from fleetd.api.paging import BadPageToken, paginate
 from fleetd.model.errors import UnitNameError
 from fleetd.model.names import parse_unit_name
+from fleetd.model.words import QUERY_BOOL, parse_bool
 
 MAX_PAGE_SIZE = 10000
-_TRUE = frozenset({"true", "1", "yes", "on", "t"})
-_FALSE = frozenset({"false", "0", "no", "off", "f", ""})
 
 
 async def json_body(request: web.Request) -> Any:
@@ -39,12 +38,10 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
     """``?name=true|false`` (and the usual spellings of each)."""
     if name not in request.query:
         return default
-    value = request.query[name].strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ApiError(400, f"invalid {name}={request.query[name]!r}: expected true or false")
+    try:
+        return parse_bool(request.query[name], QUERY_BOOL)
+    except ValueError:
+        raise ApiError(400, f"invalid {name}={request.query[name]!r}: expected true or false") from None
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:

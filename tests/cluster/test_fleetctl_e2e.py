@@ -494,10 +494,10 @@ def test_journal_lines_and_follow(cluster: FleetCluster, fleetctl: Fleetctl) -> 
 
     reader = LineReader(fleetctl.popen("journal", "-f", "-n", "1", unit))
     try:
-        first = reader.wait_for(lambda got: bool(ticks(got)), 10, "the current tick")
+        first = reader.wait_until(lambda got: bool(ticks(got)), 10, "the current tick")
         start = ticks(first)[0]
         # lines printed after the follow began: it keeps reading
-        got = reader.wait_for(lambda got: bool(ticks(got)) and max(ticks(got)) >= start + 3, 10,
+        got = reader.wait_until(lambda got: bool(ticks(got)) and max(ticks(got)) >= start + 3, 10,
                               f"tick {start + 3} (new lines)")
         assert ticks(got) == list(range(start, start + len(ticks(got))))  # in order, none lost
         assert reader.proc.poll() is None
@@ -527,7 +527,7 @@ def test_journal_of_a_global_unit_shows_every_machine(cluster: FleetCluster, fle
             seen = [ticks(got, p) for p in prefixes]
             return all(len(t) >= 4 for t in seen)  # one old line and three new ones each
 
-        got = reader.wait_for(new_everywhere, 15, "new lines from every machine")
+        got = reader.wait_until(new_everywhere, 15, "new lines from every machine")
         assert all(any(line.startswith(p) for p in prefixes) for line in got), got
         for prefix in prefixes:
             mine = ticks(got, prefix)
