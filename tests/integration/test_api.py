@@ -320,7 +320,7 @@ async def test_units_are_paginated_with_token_limit(registry: Registry, node: No
 
 
 async def _leader(registry: Registry):
-    lease = await registry.etcd.grant(30)
+    lease = await registry.grant_lease(30)
     leadership = await registry.acquire_leadership(OTHER, lease)
     assert leadership is not None
     return leadership
@@ -343,7 +343,7 @@ async def test_current_state_and_machine_id(client: TestClient, registry: Regist
         ],
         [],
     )
-    lease = await registry.etcd.grant(30)
+    lease = await registry.grant_lease(30)
     await registry.publish_states(
         LOCAL,
         lease,
@@ -381,7 +381,7 @@ async def test_current_state_and_machine_id(client: TestClient, registry: Regist
 
 
 async def test_state_lists_filters_and_paginates(registry: Registry, node: Node) -> None:
-    lease = await registry.etcd.grant(30)
+    lease = await registry.grant_lease(30)
     await registry.publish_states(LOCAL, lease, [
         UnitState("a.service", LOCAL, "1" * 40, "loaded", "active", "running"),
         UnitState("b.service", LOCAL, "2" * 40, "loaded", "inactive", "dead"),
@@ -422,7 +422,7 @@ async def test_state_lists_filters_and_paginates(registry: Registry, node: Node)
 
 
 async def test_machines_list_and_paginate(registry: Registry, node: Node) -> None:
-    lease = await registry.etcd.grant(30)
+    lease = await registry.grant_lease(30)
     await registry.register_machine(MachineState(LOCAL, "10.0.0.1", {"region": "us"}), lease)
     await registry.register_machine(MachineState(OTHER, "10.0.0.2", {}), lease)
     client = await _client(registry, node, token_limit=1)
@@ -563,7 +563,7 @@ async def test_metrics(client: TestClient, registry: Registry) -> None:
     await put(client, "a.service", desiredState="launched", options=opts(SERVICE))
     await put(client, "b.service", desiredState="inactive", options=opts(SERVICE))
     await client.get("/fleet/v1/nothing")
-    lease = await registry.etcd.grant(30)
+    lease = await registry.grant_lease(30)
     await registry.register_machine(MachineState(LOCAL, "10.0.0.1"), lease)
     response = await client.get("/metrics")
     assert response.status == 200
@@ -621,7 +621,7 @@ async def test_journal_follow_without_lines_sends_headers_at_once(client: TestCl
 
 
 async def test_journal_errors(client: TestClient, registry: Registry) -> None:
-    lease = await registry.etcd.grant(30)
+    lease = await registry.grant_lease(30)
     await registry.register_machine(MachineState(OTHER, "10.0.0.2"), lease)
     base = "/fleet/v1/machines"
     response = await client.get(f"{base}/{OTHER}/journal/hello.service")
@@ -643,7 +643,7 @@ async def test_status(client: TestClient, registry: Registry) -> None:
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     assert (await response.text()).startswith("* hello.service - hello")
-    lease = await registry.etcd.grant(30)
+    lease = await registry.grant_lease(30)
     await registry.register_machine(MachineState(OTHER, "10.0.0.2"), lease)
     assert "10.0.0.2" in await error_of(await client.get(f"/fleet/v1/machines/{OTHER}/status/hello.service"), 404)
     assert "not loaded" in await error_of(
