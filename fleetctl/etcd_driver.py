@@ -18,22 +18,12 @@ from fleetctl.client import Record, Transport
 from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
 from fleetd.model.state import StoredUnit, UnitState
-from fleetd.model.submit import (
-    MAX_ATTEMPTS,
-    Action,
-    Submission,
-    SubmitError,
-    decide,
-    desired_state,
-    gave_up,
-    submission,
-    template_to_read,
-)
+from fleetd.model.submit import SubmitError, desired_state, submission
 from fleetd.model.wire import machine_json, select_states, state_json, units_json
 from fleetd.registry import is_unavailable
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import connect
-from fleetd.registry.registry import RegistryError, UnitExists, UnitNotFound
+from fleetd.registry.registry import RegistryError
 
 T = TypeVar("T")
 
@@ -120,37 +110,13 @@ class EtcdClient:
 
     # writes: the API's rules for PUT /units (fleetd.model.submit), on the registry -----
 
-    async def _apply(self, request: Submission) -> None:
-        """What fleetd's API does for ``PUT /units/<name>``: decide, write, and decide
-        again when another writer created or destroyed the unit in between."""
-        registry = self.registry
-        for _ in range(MAX_ATTEMPTS):
-            existing = await registry.get_unit(request.name)
-            wanted = template_to_read(request, existing)
-            template = await registry.get_unit(wanted) if wanted else None
-            decision = decide(request, existing, template)
-            if decision.action is Action.CREATE:
-                try:
-                    await registry.create_unit(decision.stored, decision.is_global)
-                except UnitExists:
-                    continue  # created meanwhile: decide again against what is there now
-            elif decision.action is Action.REPLACE:
-                await registry.replace_unit(decision.stored, decision.is_global)
-            elif decision.action is Action.SET_DESIRED:
-                try:
-                    await registry.set_desired_state(request.name, request.desired)
-                except UnitNotFound:
-                    continue  # destroyed meanwhile
-            return
-        raise gave_up(request.name)
-
     def _put(self, name: str, options: list[Record] | None, desired: str, replace: bool) -> None:
         """One unit write, refused here (before any I/O) when the request is invalid."""
         try:
             request = submission(name, desired_state(desired), options, replace=replace)
         except SubmitError as exc:
             raise FleetctlError(str(exc)) from None
-        self._run(self._apply(request))
+        self._run(self.registry.submit(request))
 
     def create_unit(self, name: str, options: list[Record], desired: str) -> None:
         self._put(name, options, desired, replace=False)

@@ -16,19 +16,9 @@ from aiohttp import web
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError, refused
 from fleetd.api.params import json_body, listing, page, query_bool, unit_name
-from fleetd.model.submit import (
-    MAX_ATTEMPTS,
-    Action,
-    Submission,
-    SubmitError,
-    decide,
-    desired_state,
-    gave_up,
-    submission,
-    template_to_read,
-)
+from fleetd.model.submit import Action, Submission, SubmitError, desired_state, submission
 from fleetd.model.wire import units_json
-from fleetd.registry.registry import Registry, UnitExists, UnitNotFound
+from fleetd.registry.registry import Registry
 
 log = logging.getLogger("fleetd.api")
 
@@ -74,31 +64,11 @@ async def _read_submission(request: web.Request, name: str) -> Submission:
 
 
 async def _apply(registry: Registry, request: Submission) -> int:
-    """Carry the request out; the HTTP status of success (201 created, 204 otherwise).
-    A write overtaken by another (created or destroyed meanwhile) is decided again."""
-    name = request.name
-    for _ in range(MAX_ATTEMPTS):
-        existing = await registry.get_unit(name)
-        wanted = template_to_read(request, existing)
-        template = await registry.get_unit(wanted) if wanted else None
-        decision = decide(request, existing, template)
-        for warning in decision.warnings:
-            log.info("unit %s: %s", name, warning)
-        if decision.action is Action.CREATE:
-            try:
-                await registry.create_unit(decision.stored, decision.is_global)
-            except UnitExists:
-                continue  # created meanwhile: decide again against what is there now
-            return 201
-        if decision.action is Action.REPLACE:
-            await registry.replace_unit(decision.stored, decision.is_global)
-        elif decision.action is Action.SET_DESIRED:
-            try:
-                await registry.set_desired_state(name, request.desired)
-            except UnitNotFound:
-                continue  # destroyed meanwhile
-        return 204
-    raise gave_up(name)
+    """Carry the request out; the HTTP status of success (201 created, 204 otherwise)."""
+    decision = await registry.submit(request)
+    for warning in decision.warnings:
+        log.info("unit %s: %s", request.name, warning)
+    return 201 if decision.action is Action.CREATE else 204
 
 
 async def put_unit(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
+from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Submission, decide, gave_up, template_to_read
 from fleetd.model.unit import DesiredState
 from fleetd.registry.errors import MachineIdInUse, NotLeader, RegistryError, Resync, UnitExists, UnitNotFound
 
@@ -155,6 +156,35 @@ class Registry(ABC):
     @abstractmethod
     async def destroy_unit(self, name: str) -> bool:
         """Remove a unit (the engine then unschedules it); False when it did not exist."""
+
+    async def submit(self, request: Submission) -> Decision:
+        """Carry out a ``PUT /units/<name>`` (the API's and ``fleetctl --driver etcd``'s
+        one write path): read the unit and its template, let the model decide, write.
+
+        A write overtaken by another client (the unit created or destroyed in between)
+        is decided again against what is there now; refusals raise the model's
+        ``SubmitError``. Returns the decision that was carried out.
+        """
+        name = request.name
+        for _ in range(MAX_ATTEMPTS):
+            existing = await self.get_unit(name)
+            wanted = template_to_read(request, existing)
+            template = await self.get_unit(wanted) if wanted else None
+            decision = decide(request, existing, template)
+            if decision.action is Action.CREATE:
+                try:
+                    await self.create_unit(decision.stored, decision.is_global)
+                except UnitExists:
+                    continue
+            elif decision.action is Action.REPLACE:
+                await self.replace_unit(decision.stored, decision.is_global)
+            elif decision.action is Action.SET_DESIRED:
+                try:
+                    await self.set_desired_state(name, request.desired)
+                except UnitNotFound:
+                    continue
+            return decision
+        raise gave_up(name)
 
     # leases -----------------------------------------------------------------------------
 

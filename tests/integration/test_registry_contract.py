@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
+from fleetd.model.submit import Action, SubmitError, submission
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry import (
@@ -333,3 +334,19 @@ async def test_a_watch_from_compacted_history_asks_for_resync(backend: Backend) 
     await registry.create_unit(unit("after.service"), is_global=False)
     assert [e.name for e in await collect(fresh, 1)] == ["after.service"]
     await fresh.aclose()  # type: ignore[attr-defined]
+
+
+async def test_submit_creates_instances_from_templates_and_changes_desired_state(registry: Registry) -> None:
+    options = [{"section": "Service", "name": "ExecStart", "value": "/bin/sleep %i"}]
+    made = await registry.submit(submission("web@.service", DesiredState.INACTIVE, options))
+    assert made.action is Action.CREATE
+    instance = await registry.submit(submission("web@1.service", DesiredState.LAUNCHED, None))
+    assert instance.action is Action.CREATE  # built from its template
+    stored = await registry.get_unit("web@1.service")
+    assert stored is not None and stored.desired is DesiredState.LAUNCHED
+    assert stored.file.get("Service", "ExecStart") == "/bin/sleep %i"
+    stopped = await registry.submit(submission("web@1.service", DesiredState.LOADED, None))
+    assert stopped.action is Action.SET_DESIRED
+    assert (await registry.get_unit("web@1.service")).desired is DesiredState.LOADED  # type: ignore[union-attr]
+    with pytest.raises(SubmitError):
+        await registry.submit(submission("nothing.service", DesiredState.LAUNCHED, None))
