@@ -1,6 +1,7 @@
-"""The command line: commands, flags, ``FLEETCTL_*`` environment variables, help.
+"""The command line: parsing commands, flags and ``FLEETCTL_*`` environment variables.
 
-Parsing is argparse (standard library: fleetctl starts fast) with fleet's conventions
+The table of commands and flags is :mod:`fleetctl.commands`. Parsing is argparse (standard
+library: fleetctl starts fast) with fleet's conventions
 added on top, since fleet's flags came from Go's ``flag`` package:
 
 - long flags may be written with one dash (``-endpoint=x``, ``-no-block``), as Go allows;
@@ -19,234 +20,25 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+from fleetctl.commands import (  # re-exported: fleetctl.main and the tests use them from here
+    COMMANDS,
+    COMMANDS_BY_NAME,
+    GLOBAL_FLAGS,
+    Command,
+    Flag,
+    command_help,
+    main_help,
+    parse_bool,
+    version_line,
+)
 from fleetctl.config import (
-    DEFAULT_ENDPOINT,
-    DEFAULT_ETCD_KEY_PREFIX,
-    DEFAULT_KNOWN_HOSTS,
     DRIVERS,
     Config,
 )
 from fleetctl.errors import UsageError
-from fleetctl.output import DEFAULT_MACHINE_FIELDS, DEFAULT_UNIT_FIELDS, DEFAULT_UNIT_FILE_FIELDS
-from fleetctl.tabwriter import tabwrite
-from fleetd import __version__
-from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS
-from fleetd.model.words import FLAG_BOOL
-from fleetd.model.words import parse_bool as parse_words
-
-ENV_PREFIX = "FLEETCTL_"
-
-
-def version_line() -> str:
-    return f"fleetctl version {__version__}"
-
-
-def parse_bool(text: str, what: str) -> bool:
-    try:
-        return parse_words(text, FLAG_BOOL)
-    except ValueError:
-        raise UsageError(f'invalid boolean value "{text}" for {what} (use true or false)') from None
-
-
-@dataclass(frozen=True)
-class Flag:
-    name: str  # long name, without dashes
-    kind: str  # str, float, int, bool, choice
-    help: str
-    default: Any = None
-    short: str | None = None
-    choices: tuple[str, ...] = ()
-    metavar: str | None = None
-    dest: str | None = None
-
-    @property
-    def attr(self) -> str:
-        return self.dest or self.name.replace("-", "_")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper().replace("-", "_")
-
-    def convert(self, text: str, where: str) -> Any:
-        if self.kind == "bool":
-            return parse_bool(text, where)
-        if self.kind in ("float", "int"):
-            try:
-                value = float(text) if self.kind == "float" else int(text)
-            except ValueError:
-                raise UsageError(f'invalid value "{text}" for {where}: expected a {"number" if self.kind == "float" else "whole number"}') from None
-            if value < 0:
-                raise UsageError(f"invalid value {text} for {where}: must not be negative")
-            return value
-        if self.kind == "choice" and text not in self.choices:
-            raise UsageError(f'invalid value "{text}" for {where}: one of {", ".join(self.choices)}')
-        return text
-
-
-GLOBAL_FLAGS: tuple[Flag, ...] = (
-    Flag("endpoint", "str", "Location of the fleet API (unix:///path or http(s)://host:port) if --driver=api; "
-         "etcd client URLs if --driver=etcd. A comma-separated list is tried in order.", DEFAULT_ENDPOINT),
-    Flag("driver", "choice", "Talk to the cluster through the fleet API (api) or to etcd directly (etcd).",
-         "api", choices=DRIVERS),
-    Flag("etcd-key-prefix", "str", "Key prefix of fleet's data in etcd (--driver=etcd).", DEFAULT_ETCD_KEY_PREFIX),
-    Flag("ca-file", "str", "CA bundle to verify the fleet API's (or etcd's) TLS certificate.", ""),
-    Flag("cert-file", "str", "Client certificate for TLS (PEM).", ""),
-    Flag("key-file", "str", "Key of the client certificate (PEM).", ""),
-    Flag("api-token", "str", "Bearer token for fleetd's TCP API (not needed on the unix socket).", ""),
-    Flag("request-timeout", "float", "Seconds to allow a single request before considering it failed.", 3.0),
-    Flag("tunnel", "str", "Reach the cluster through an SSH tunnel via this host[:port] (also used by ssh).", ""),
-    Flag("ssh-username", "str", "Username to use when connecting over SSH.", "core"),
-    Flag("known-hosts-file", "str", "File used to store remote machine fingerprints.", DEFAULT_KNOWN_HOSTS),
-    Flag("strict-host-key-checking", "bool", "Verify host keys presented by remote machines before "
-         "initiating SSH connections.", True),
-    Flag("ssh-timeout", "float", "Seconds to allow for an SSH connection to be established.", 10.0),
-    Flag("debug", "bool", "Print out more debug information to stderr.", False),
-)
-
-_LIST = (
-    Flag("full", "bool", "Do not ellipsize fields on output.", False, short="l"),
-    Flag("no-legend", "bool", "Do not print a legend (column headers).", False),
-    Flag("output", "choice", "Output format: table (fleet's) or json.", "table", short="o", choices=("table", "json")),
-)
-_REPLACE = Flag("replace", "bool", "Replace the unit in the cluster with the local unit file if they differ.", False)
-_NO_BLOCK = Flag("no-block", "bool", "Do not wait until the units have reached the state before exiting.", False)
-_ATTEMPTS = Flag("block-attempts", "int", "Wait at most N attempts (one second each) for the units to reach "
-                 "the state; 0 waits for ever.", 0, metavar="N")
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    summary: str
-    usage: str
-    handler: str  # module:function
-    flags: tuple[Flag, ...] = ()
-    positional: tuple[tuple[str, str | int, str], ...] = ()  # (dest, nargs, metavar)
-    description: str = ""
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-
-
-COMMANDS: tuple[Command, ...] = (
-    Command("cat", "Output the contents of a submitted unit", "<unit>...", "fleetctl.cmd_units:cmd_cat",
-            positional=(("units", "+", "UNIT"),),
-            description="Prints the unit file as stored in the cluster (canonical form)."),
-    Command("destroy", "Destroy one or more units in the cluster", "<unit>...", "fleetctl.cmd_units:cmd_destroy",
-            (_NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),),
-            "Removes the units from the cluster (stopping and unloading them) and waits until no machine "
-            "runs them any more. Globs match unit names in the cluster, e.g. 'web@*'."),
-    Command("help", "Show a list of commands or help for one command", "[<command>]", "",
-            positional=(("topic", "?", "COMMAND"),)),
-    Command("journal", "Print the journal of a unit in the cluster to stdout", "[options] <unit>",
-            "fleetctl.cmd_remote:cmd_journal",
-            (
-                Flag("lines", "int", "Number of recent journal entries to show.", DEFAULT_JOURNAL_LINES, short="n",
-                     metavar="N"),
-                Flag("follow", "bool", "Continuously print new entries as they are appended to the journal.",
-                     False, short="f"),
-                Flag("output", "choice", "journalctl output format (short, verbose, json, cat, ...).",
-                     DEFAULT_JOURNAL_OUTPUT, choices=JOURNAL_OUTPUTS, dest="journal_output"),
-                Flag("sudo", "bool", "Accepted for compatibility with fleet (the journal is read by fleetd).", False),
-            ),
-            (("unit", 1, "UNIT"),),
-            "Reads the unit's journal from the fleetd API of the machine running it (no SSH needed). "
-            "For a global unit, every machine's lines, each prefixed with the machine's id."),
-    Command("list-machines", "Enumerate the current hosts in the cluster", "[options]",
-            "fleetctl.cmd_list:list_machines",
-            (*_LIST, Flag("fields", "str", f"Columns to print: machine,ip,metadata (default {DEFAULT_MACHINE_FIELDS}).", None)),
-            defaults={"default_fields": DEFAULT_MACHINE_FIELDS}),
-    Command("list-unit-files", "List the units that exist in the cluster", "[options]",
-            "fleetctl.cmd_list:list_unit_files",
-            (*_LIST, Flag("fields", "str", "Columns to print: unit,hash,dstate,state,target,global,desc "
-                          f"(default {DEFAULT_UNIT_FILE_FIELDS}).", None)),
-            defaults={"default_fields": DEFAULT_UNIT_FILE_FIELDS}),
-    Command("list-units", "List the current state of units in the cluster", "[options]",
-            "fleetctl.cmd_list:list_units",
-            (*_LIST, Flag("fields", "str", "Columns to print: unit,load,active,sub,machine,hash "
-                          f"(default {DEFAULT_UNIT_FIELDS}).", None)),
-            defaults={"default_fields": DEFAULT_UNIT_FIELDS}),
-    Command("load", "Schedule one or more units in the cluster, first submitting them if necessary",
-            "[options] <unit>...", "fleetctl.cmd_units:cmd_submit_load_start",
-            (_REPLACE, _NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),),
-            "Arguments are unit files or names; an instance such as web@1.service is made from its "
-            "template (in the cluster, or web@.service next to the argument)."),
-    Command("restart", "Instruct systemd to restart one or more units in the cluster",
-            "[options] <unit>...", "fleetctl.cmd_units:cmd_restart",
-            (_NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),),
-            "Stops the units, waits until they have stopped (on every machine, for global units), then "
-            "starts them again."),
-    Command("ssh", "Open interactive shell on a machine in the cluster", "[options] <machine|unit> [-- <command>...]",
-            "fleetctl.cmd_remote:cmd_ssh",
-            (
-                Flag("machine", "str", "Open SSH connection to a specific machine (id or id prefix).", "", short="m"),
-                Flag("unit", "str", "Open SSH connection to the machine running the given unit.", "", short="u"),
-                Flag("forward-agent", "bool", "Forward local ssh-agent to the remote machine.", False, short="A"),
-                Flag("ssh-port", "int", "Connect to the remote machine's SSH daemon on this port.", 22),
-            ),
-            (("args", argparse.REMAINDER, "ARGS"),),
-            "Runs the system ssh client against the machine's IP; --tunnel becomes ssh's -J."),
-    Command("start", "Instruct systemd to start one or more units in the cluster, first submitting and "
-            "loading if necessary", "[options] <unit>...", "fleetctl.cmd_units:cmd_submit_load_start",
-            (_REPLACE, _NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),),
-            "Waits until each unit is active on its machine (global units: only triggered)."),
-    Command("status", "Output the status of one or more units in the cluster", "<unit>...",
-            "fleetctl.cmd_remote:cmd_status", positional=(("units", "+", "UNIT"),),
-            description="systemd's status of each unit, from the fleetd of the machine running it "
-            "(every machine for a global unit)."),
-    Command("stop", "Instruct systemd to stop one or more units in the cluster", "[options] <unit>...",
-            "fleetctl.cmd_units:cmd_stop_unload", (_NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),)),
-    Command("submit", "Upload one or more units to the cluster without starting them", "[options] <unit>...",
-            "fleetctl.cmd_units:cmd_submit_load_start", (_REPLACE,), (("units", "+", "UNIT"),)),
-    Command("unload", "Unschedule one or more units in the cluster", "[options] <unit>...",
-            "fleetctl.cmd_units:cmd_stop_unload", (_NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),)),
-    Command("version", "Print the version and exit", "", ""),
-)
-COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
-
-
-# -- help -------------------------------------------------------------------------------------
-
-
-def _flag_line(flag: Flag) -> str:
-    names = f"-{flag.short}, --{flag.name}" if flag.short else f"--{flag.name}"
-    if flag.kind == "bool":
-        default = "true" if flag.default else "false"
-        return f"\t{names}={default}\t{flag.help}"
-    if flag.default is None:
-        return f"\t{names}\t{flag.help}"
-    default = f'"{flag.default}"' if flag.kind in ("str", "choice") else f"{flag.default:g}" if flag.kind == "float" else str(flag.default)
-    return f"\t{names}={default}\t{flag.help}"
-
-
-def main_help() -> str:
-    commands = "".join(f"\t{c.name}\t{c.summary}\n" for c in COMMANDS)
-    options = "".join(_flag_line(f) + "\n" for f in GLOBAL_FLAGS)
-    options += "\t-h, --help\tShow this help\n\t--version\tPrint the version and exit\n"
-    return (
-        "NAME:\n\tfleetctl - fleetctl is a command-line interface to fleet, the cluster-wide systemd scheduler.\n\n"
-        "USAGE:\n\tfleetctl [global options] <command> [command options] [arguments...]\n\n"
-        f"VERSION:\n\t{__version__}\n\n"
-        f"COMMANDS:\n{tabwrite(commands)}\n"
-        f"GLOBAL OPTIONS:\n{tabwrite(options)}\n"
-        'Global options can also be configured via upper-case environment variables prefixed by "FLEETCTL_"\n'
-        'For example, "some-flag" => "FLEETCTL_SOME_FLAG"\n\n'
-        'Run "fleetctl help <command>" for more details on a specific command.\n'
-    )
-
-
-def command_help(command: Command) -> str:
-    text = f"NAME:\n\tfleetctl {command.name} - {command.summary}\n\n"
-    text += f"USAGE:\n\tfleetctl {command.name}{' ' + command.usage if command.usage else ''}\n"
-    if command.description:
-        text += f"\nDESCRIPTION:\n\t{command.description}\n"
-    if command.flags:
-        options = "".join(_flag_line(f) + "\n" for f in command.flags)
-        text += f"\nOPTIONS:\n{tabwrite(options)}"
-    text += '\nGlobal options (see "fleetctl help") may also be given after the command.\n'
-    return text
-
 
 # -- parsing ----------------------------------------------------------------------------------
 
@@ -269,11 +61,7 @@ def _add_flag(parser: argparse.ArgumentParser, flag: Flag, suppress: bool) -> No
                             help=argparse.SUPPRESS)
         return
     kwargs: dict[str, Any] = {"dest": flag.attr, "default": default, "metavar": flag.metavar or flag.name.upper()}
-    if flag.kind == "float":
-        kwargs["type"] = lambda text, f=flag: f.convert(text, f"--{f.name}")
-    elif flag.kind == "int":
-        kwargs["type"] = lambda text, f=flag: f.convert(text, f"--{f.name}")
-    elif flag.kind == "choice":
+    if flag.kind == "float" or flag.kind == "int" or flag.kind == "choice":
         kwargs["type"] = lambda text, f=flag: f.convert(text, f"--{f.name}")
     parser.add_argument(*names, **kwargs)
 

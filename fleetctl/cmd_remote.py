@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-from fleetctl.client import API, ConnectFailed, Record, Transport, error_message
+from fleetctl.client import Record
 from fleetctl.cmd_units import Units, report, resolve_names
 from fleetctl.context import Context
 from fleetctl.errors import ApiError, FleetctlError, NotReachable, UsageError
 from fleetctl.output import is_global, machine_legend
+from fleetctl.transport import API, ConnectFailed, Transport, error_message
 from fleetctl.tunnel import ensure_known_hosts_dir, jump_spec, ssh_options
 from fleetd.model.state import short_id
 

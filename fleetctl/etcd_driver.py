@@ -14,9 +14,10 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from fleetctl.client import Record, Transport
+from fleetctl.client import Record
 from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
+from fleetctl.transport import Transport
 from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.submit import SubmitError, desired_state, submission
 from fleetd.model.wire import machine_json, select_states, state_json, units_json

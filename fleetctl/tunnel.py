@@ -24,7 +24,7 @@ from fleetctl.config import Config, Endpoint, expand_path
 from fleetctl.errors import FleetctlError
 
 if TYPE_CHECKING:
-    from fleetctl.client import Dialer
+    from fleetctl.transport import Dialer
 
 
 def split_host_port(text: str) -> tuple[str, str | None, int | None]:
@@ -127,7 +127,7 @@ class SshTunnel:
 
     def dialer(self, endpoint: Endpoint) -> Dialer:
         """How to connect to ``endpoint`` through the tunnel (set up on first use)."""
-        from fleetctl.client import unix_dialer
+        from fleetctl.transport import unix_dialer
 
         remote = endpoint.path if endpoint.is_unix else endpoint.address
 
