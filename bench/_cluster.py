@@ -19,9 +19,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fleetd.model.unitfile import parse_unit_file  # noqa: E402
-from fleetlab.fleetcluster import FleetHost  # noqa: E402
-from fleetlab.hosts import check_supported  # noqa: E402
+from fleetd.model.unitfile import parse_unit_file
+from fleetlab.fleetcluster import FleetHost
+from fleetlab.hosts import check_supported
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _T0 = time.monotonic()
@@ -49,8 +49,9 @@ def unit_options(text: str) -> list[dict[str, str]]:
 def api(host: FleetHost, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
     """One request to ``/fleet/v1<path>`` on a host's TCP API; (status, decoded JSON)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{host.endpoint}/fleet/v1{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{host.endpoint}/fleet/v1{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
@@ -80,8 +81,9 @@ def api_list(host: FleetHost, path: str, field: str) -> list[Any]:
 
 
 def put_unit(host: FleetHost, name: str, text: str, desired: str = "launched") -> None:
-    status, body = api(host, "PUT", f"/units/{name}",
-                       {"name": name, "desiredState": desired, "options": unit_options(text)})
+    status, body = api(
+        host, "PUT", f"/units/{name}", {"name": name, "desiredState": desired, "options": unit_options(text)}
+    )
     if status not in (201, 204):
         raise RuntimeError(f"PUT {name}: HTTP {status}: {body}")
 

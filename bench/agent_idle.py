@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _cluster import (  # noqa: E402
+from _cluster import (
     api_list,
     cgroup_cpu_seconds,
     cpu_seconds,
@@ -46,18 +46,21 @@ from _cluster import (  # noqa: E402
     rss_mib,
 )
 
-from fleetd.model.state import StoredUnit  # noqa: E402
-from fleetd.model.unit import DesiredState  # noqa: E402
-from fleetd.model.unitfile import parse_unit_file  # noqa: E402
-from fleetd.registry.etcd import EtcdConfig  # noqa: E402
-from fleetd.registry.etcd_registry import connect  # noqa: E402
-from fleetlab.fleetcluster import FleetCluster, FleetHost  # noqa: E402
+from fleetd.model.state import StoredUnit
+from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import parse_unit_file
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import connect
+from fleetlab.fleetcluster import FleetCluster, FleetHost
 
 BASELINE = (
     "fleet 1.0, measured on the same kind of machine: engine leader's fleetd 18 % of a core, "
     "etcd 63 requests/s, with 500 units idle"
 )
-UNIT = "[Unit]\nDescription=bench idle unit {index}\n[Service]\nExecStart=/bin/sleep infinity\n[X-Fleet]\nMachineID={machine}\n"
+UNIT = (
+    "[Unit]\nDescription=bench idle unit {index}\n[Service]\nExecStart=/bin/sleep infinity\n"
+    "[X-Fleet]\nMachineID={machine}\n"
+)
 
 
 def unit_name(index: int) -> str:
@@ -66,6 +69,7 @@ def unit_name(index: int) -> str:
 
 def submit_api(host: FleetHost, count: int, workers: int) -> None:
     """PUT every unit through fleetd's API, ``workers`` requests in flight."""
+
     def one(index: int) -> None:
         put_unit(host, unit_name(index), UNIT.format(index=index, machine=host.machine_id))
 
@@ -78,8 +82,15 @@ async def submit_etcd(endpoints: list[str], host: FleetHost, count: int) -> None
     """Write every unit straight into etcd in batched transactions (Registry.create_units)."""
     registry = connect(EtcdConfig(endpoints=tuple(endpoints), request_timeout=30))
     try:
-        units = [(StoredUnit(unit_name(i), parse_unit_file(UNIT.format(index=i, machine=host.machine_id)),
-                             DesiredState.LAUNCHED), False) for i in range(count)]
+        units = [
+            (
+                StoredUnit(
+                    unit_name(i), parse_unit_file(UNIT.format(index=i, machine=host.machine_id)), DesiredState.LAUNCHED
+                ),
+                False,
+            )
+            for i in range(count)
+        ]
         await registry.create_units(units)
     finally:
         await registry.close()
@@ -95,8 +106,9 @@ async def engine_leader(endpoints: list[str]) -> str | None:
 
 def active_units(host: FleetHost) -> int:
     """How many bench-* units the host's systemd reports active (one systemctl call)."""
-    result = host.host.systemctl("list-units", "--state=active", "--no-legend", "--plain", "bench-*",
-                                 check=False, timeout=30)
+    result = host.host.systemctl(
+        "list-units", "--state=active", "--no-legend", "--plain", "bench-*", check=False, timeout=30
+    )
     return sum(1 for line in result.stdout.splitlines() if line.strip())
 
 
@@ -121,8 +133,12 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=30.0, help="measurement window")
     parser.add_argument("--settle", type=float, default=5.0, help="pause between all-active and the window")
-    parser.add_argument("--submit", choices=("api", "etcd"), default="api",
-                        help="through fleetd's HTTP API (concurrent PUTs) or straight into etcd")
+    parser.add_argument(
+        "--submit",
+        choices=("api", "etcd"),
+        default="api",
+        help="through fleetd's HTTP API (concurrent PUTs) or straight into etcd",
+    )
     parser.add_argument("--workers", type=int, default=16, help="concurrent PUTs with --submit api")
     parser.add_argument("--timeout", type=float, default=90.0, help="deadline for all units to be active")
     parser.add_argument("--agent-ttl", default="10s", help="fleetd agent_ttl (fleetd's default is 10s)")
@@ -165,8 +181,13 @@ def main() -> None:
         log(f"measuring fleetd (pid {host.fleetd_pid()} in the host, {pid} here) for {args.seconds:g} s")
 
         def sample() -> tuple[float, float, float, float | None, float | None]:
-            return (time.monotonic(), cpu_seconds(pid), cpu_seconds(systemd_pid),
-                    cpu_seconds(dbus_pid) if dbus_pid else None, cgroup_cpu_seconds(fleetd_cgroup))
+            return (
+                time.monotonic(),
+                cpu_seconds(pid),
+                cpu_seconds(systemd_pid),
+                cpu_seconds(dbus_pid) if dbus_pid else None,
+                cgroup_cpu_seconds(fleetd_cgroup),
+            )
 
         etcd_before = etcd_requests(endpoints[0])
         before = sample()
@@ -180,9 +201,15 @@ def main() -> None:
         window = after[0] - before[0]
         cpu_percent = 100.0 * (after[1] - before[1]) / window
         systemd_percent = 100.0 * (after[2] - before[2]) / window
-        dbus_percent = (100.0 * (after[3] - before[3]) / window) if before[3] is not None and after[3] is not None else None
-        cgroup_percent = (100.0 * (after[4] - before[4]) / window) if before[4] is not None and after[4] is not None else None
-        etcd_delta = {m: etcd_after[m] - etcd_before.get(m, 0) for m in etcd_after if etcd_after[m] != etcd_before.get(m, 0)}
+        dbus_percent = (
+            (100.0 * (after[3] - before[3]) / window) if before[3] is not None and after[3] is not None else None
+        )
+        cgroup_percent = (
+            (100.0 * (after[4] - before[4]) / window) if before[4] is not None and after[4] is not None else None
+        )
+        etcd_delta = {
+            m: etcd_after[m] - etcd_before.get(m, 0) for m in etcd_after if etcd_after[m] != etcd_before.get(m, 0)
+        }
         etcd_total = sum(etcd_delta.values())
 
         reported = sum(1 for s in api_list(host, "/state", "states") if s.get("systemdActiveState") == "active")
@@ -193,11 +220,16 @@ def main() -> None:
         print(f"window_s={window:.1f} fleetd_cpu_s={after[1] - before[1]:.2f}")
         if cgroup_percent is not None:
             print(f"fleetd_cgroup_cpu_percent={cgroup_percent:.2f}")
-        print(f"host_systemd_cpu_percent={systemd_percent:.2f}"
-              + (f" host_dbus_cpu_percent={dbus_percent:.2f}" if dbus_percent is not None else ""))
+        print(
+            f"host_systemd_cpu_percent={systemd_percent:.2f}"
+            + (f" host_dbus_cpu_percent={dbus_percent:.2f}" if dbus_percent is not None else "")
+        )
         breakdown = " ".join(f"{m}={n}" for m, n in sorted(etcd_delta.items(), key=lambda kv: -kv[1]))
-        print(f"etcd_requests_per_s={etcd_total / window:.2f} ({etcd_total} gRPC messages in the window"
-              + (f": {breakdown}" if breakdown else "") + ")")
+        print(
+            f"etcd_requests_per_s={etcd_total / window:.2f} ({etcd_total} gRPC messages in the window"
+            + (f": {breakdown}" if breakdown else "")
+            + ")"
+        )
         print(f"baseline: {BASELINE}")
         print("target: cpu_percent < 1, rss_mib < 80")
         print(f"cpu_percent={cpu_percent:.2f} rss_mib={rss:.1f}")

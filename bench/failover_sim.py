@@ -19,10 +19,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fleetd.settings import Settings  # noqa: E402
-from fleetlab.etcd import EtcdCluster  # noqa: E402
-from fleetlab.simcluster import SimCluster  # noqa: E402
-from fleetlab.wait import wait_until_async  # noqa: E402
+from fleetd.settings import Settings
+from fleetlab.etcd import EtcdCluster
+from fleetlab.simcluster import SimCluster
+from fleetlab.wait import wait_until_async
 
 BODY = "[Service]\nExecStart=/bin/sleep infinity\n"
 

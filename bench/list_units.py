@@ -25,12 +25,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fleetd.model.state import StoredUnit  # noqa: E402
-from fleetd.model.unit import DesiredState  # noqa: E402
-from fleetd.model.unitfile import parse_unit_file  # noqa: E402
-from fleetd.registry.etcd import EtcdConfig  # noqa: E402
-from fleetd.registry.etcd_registry import connect  # noqa: E402
-from fleetlab.fleetcluster import PREFIX, FleetCluster  # noqa: E402
+from fleetd.model.state import StoredUnit
+from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import parse_unit_file
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import connect
+from fleetlab.fleetcluster import PREFIX, FleetCluster
 
 ONESHOT = "[Unit]\nDescription=bench %n\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
 SLEEP = "[Unit]\nDescription=bench %n\n\n[Service]\nExecStart=/bin/sleep infinity\n"
@@ -83,7 +83,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--sleep", action="store_true", help="long-running sleep units instead of oneshot ones")
     parser.add_argument(
-        "--token-limit", type=int, default=0,
+        "--token-limit",
+        type=int,
+        default=0,
         help="fleetd's API page size (token_limit; fleet's default 100 when 0)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every unit to be active")

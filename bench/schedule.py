@@ -21,17 +21,17 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fleetd.agent.agent import Agent  # noqa: E402
-from fleetlab.simulated import SimulatedManager  # noqa: E402
-from fleetd.engine.engine import Engine  # noqa: E402
-from fleetd.model.state import MachineState, StoredUnit  # noqa: E402
-from fleetd.model.unit import DesiredState  # noqa: E402
-from fleetd.model.unitfile import parse_unit_file  # noqa: E402
-from fleetd.registry.etcd import EtcdConfig  # noqa: E402
-from fleetd.registry.etcd_registry import connect  # noqa: E402
-from fleetd.settings import Settings  # noqa: E402
-from fleetlab.etcd import EtcdCluster  # noqa: E402
-from fleetlab.wait import eventually, wait_until_async  # noqa: E402
+from fleetd.agent.agent import Agent
+from fleetd.engine.engine import Engine
+from fleetd.model.state import MachineState, StoredUnit
+from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import parse_unit_file
+from fleetd.registry.etcd import EtcdConfig
+from fleetd.registry.etcd_registry import connect
+from fleetd.settings import Settings
+from fleetlab.etcd import EtcdCluster
+from fleetlab.simulated import SimulatedManager
+from fleetlab.wait import eventually, wait_until_async
 
 
 async def run(machines: int, units: int, clients: int, timeout: float) -> float:
@@ -52,8 +52,15 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
             agents.append(Agent(registry, SimulatedManager(), machine, settings))
         tasks = [asyncio.create_task(agent.run()) for agent in agents]
         engine_proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--role", "engine", "--endpoints", ",".join(cluster.endpoints),
-            "--prefix", prefix, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            __file__,
+            "--role",
+            "engine",
+            "--endpoints",
+            ",".join(cluster.endpoints),
+            "--prefix",
+            prefix,
+            stdout=asyncio.subprocess.PIPE,
         )
         await wait_until_async(lambda: all(a.ready.is_set() for a in agents), 60, "agents to register")
 
@@ -96,7 +103,9 @@ async def run(machines: int, units: int, clients: int, timeout: float) -> float:
     print(f"all_running_s={elapsed:.3f}")
     print(engine_out)
     print(f"units_per_machine_min={per_machine[0]} max={per_machine[-1]}")
-    engine_requests = int(engine_out.rsplit("engine_etcd_requests=", 1)[1]) if "engine_etcd_requests=" in engine_out else 0
+    engine_requests = (
+        int(engine_out.rsplit("engine_etcd_requests=", 1)[1]) if "engine_etcd_requests=" in engine_out else 0
+    )
     requests += engine_requests
     print(f"etcd_requests={requests} etcd_requests_per_unit={requests / units:.3f}")
     print(f"units_per_s={rate:.1f}")
@@ -113,8 +122,11 @@ async def run_engine(endpoints: str, prefix: str) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, engine.stop)
     await engine.run()
     stats = engine.stats
-    print(f"engine_plans={stats.plans} engine_last_plan_s={stats.last_plan_s:.3f} "
-          f"engine_etcd_requests={registry.requests}", flush=True)
+    print(
+        f"engine_plans={stats.plans} engine_last_plan_s={stats.last_plan_s:.3f} "
+        f"engine_etcd_requests={registry.requests}",
+        flush=True,
+    )
     await registry.close()
 
 
@@ -122,8 +134,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--machines", type=int, default=100)
     parser.add_argument("--units", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=0,
-                        help="etcd connections shared by the agents (default: one per 25 agents, at least 4)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="etcd connections shared by the agents (default: one per 25 agents, at least 4)",
+    )
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--role", choices=("bench", "engine"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--endpoints", help=argparse.SUPPRESS)

@@ -2,9 +2,9 @@
 
 Prints ``plan_s=<seconds>`` (best of ``--repeat`` runs) for the given cluster size, plus
 how many units were placed. ``--steady`` times the replan the engine does every
-reconcile interval once everything is placed (it must find nothing to do). ``--mix`` adds realistic [X-Fleet] rules (metadata, a
-conflicting template, MachineOf followers) to a share of the units; the default is the
-plain case the engine meets most.
+reconcile interval once everything is placed (it must find nothing to do). ``--mix`` adds
+realistic [X-Fleet] rules (metadata, a conflicting template, MachineOf followers) to a
+share of the units; the default is the plain case the engine meets most.
 
     python bench/scheduler_plan.py --machines 100 --units 10000
     python bench/scheduler_plan.py --machines 1000 --units 20000 --mix

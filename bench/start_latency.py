@@ -31,15 +31,14 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _cluster import delete_unit, log, require_hosts, unit_options  # noqa: E402
+import aiohttp
+from _cluster import delete_unit, log, require_hosts, unit_options
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 
-import aiohttp  # noqa: E402
-from dbus_fast import Message, MessageType  # noqa: E402
-from dbus_fast.aio import MessageBus  # noqa: E402
-
-from fleetd.model.state import short_id  # noqa: E402
-from fleetlab.fleetcluster import FleetCluster, FleetHost  # noqa: E402
-from fleetlab.wait import eventually  # noqa: E402
+from fleetd.model.state import short_id
+from fleetlab.fleetcluster import FleetCluster, FleetHost
+from fleetlab.wait import eventually
 
 UNIT = "[Unit]\nDescription=bench start latency {index}\n[Service]\nExecStart=/bin/sleep infinity\n"
 SYSTEMD = "org.freedesktop.systemd1"
@@ -53,20 +52,34 @@ class HostSystemd:
         self.bus = bus
 
     @classmethod
-    async def connect(cls, host: FleetHost) -> "HostSystemd":
+    async def connect(cls, host: FleetHost) -> HostSystemd:
         bus = await MessageBus(bus_address=host.host.dbus_address).connect()
         return cls(host, bus)
 
     async def active_state(self, unit: str) -> str:
         """``ActiveState`` of a loaded unit; "" when systemd has not loaded it."""
-        reply = await self.bus.call(Message(destination=SYSTEMD, path="/org/freedesktop/systemd1",
-                                            interface=f"{SYSTEMD}.Manager", member="GetUnit",
-                                            signature="s", body=[unit]))
+        reply = await self.bus.call(
+            Message(
+                destination=SYSTEMD,
+                path="/org/freedesktop/systemd1",
+                interface=f"{SYSTEMD}.Manager",
+                member="GetUnit",
+                signature="s",
+                body=[unit],
+            )
+        )
         if reply is None or reply.message_type == MessageType.ERROR:
             return ""  # org.freedesktop.systemd1.NoSuchUnit
-        reply = await self.bus.call(Message(destination=SYSTEMD, path=reply.body[0],
-                                            interface="org.freedesktop.DBus.Properties", member="Get",
-                                            signature="ss", body=[f"{SYSTEMD}.Unit", "ActiveState"]))
+        reply = await self.bus.call(
+            Message(
+                destination=SYSTEMD,
+                path=reply.body[0],
+                interface="org.freedesktop.DBus.Properties",
+                member="Get",
+                signature="ss",
+                body=[f"{SYSTEMD}.Unit", "ActiveState"],
+            )
+        )
         if reply is None or reply.message_type == MessageType.ERROR:
             return ""
         return str(reply.body[0].value)
@@ -78,10 +91,10 @@ class HostSystemd:
 @dataclass
 class Run:
     index: int
-    via: str           # host whose API took the PUT
-    ran_on: str        # host whose systemd ran the unit
-    put_ms: float      # until the PUT answered
-    active_ms: float   # until a host's systemd reported it active (the figure)
+    via: str  # host whose API took the PUT
+    ran_on: str  # host whose systemd ran the unit
+    put_ms: float  # until the PUT answered
+    active_ms: float  # until a host's systemd reported it active (the figure)
     reported_ms: float  # until GET /state reported it active
 
 
@@ -92,15 +105,23 @@ async def api_state(session: aiohttp.ClientSession, host: FleetHost, unit: str) 
         return (await response.json()).get("states", [])
 
 
-async def one_run(index: int, name: str, via: FleetHost, systemds: list[HostSystemd],
-                  session: aiohttp.ClientSession, interval: float, timeout: float) -> Run:
+async def one_run(
+    index: int,
+    name: str,
+    via: FleetHost,
+    systemds: list[HostSystemd],
+    session: aiohttp.ClientSession,
+    interval: float,
+    timeout: float,
+) -> Run:
     body = {"name": name, "desiredState": "launched", "options": unit_options(UNIT.format(index=index))}
     data = json.dumps(body).encode()
     put_ms: list[float] = []
 
     async def put() -> None:
-        async with session.put(f"{via.endpoint}/fleet/v1/units/{name}", data=data,
-                               headers={"Content-Type": "application/json"}) as response:
+        async with session.put(
+            f"{via.endpoint}/fleet/v1/units/{name}", data=data, headers={"Content-Type": "application/json"}
+        ) as response:
             text = await response.text()
             put_ms.append((time.perf_counter() - t0) * 1000)
             if response.status not in (201, 204):
@@ -113,7 +134,7 @@ async def one_run(index: int, name: str, via: FleetHost, systemds: list[HostSyst
     while not ran_on:
         states = await asyncio.gather(*(s.active_state(name) for s in systemds))
         now = time.perf_counter()
-        ran_on = next((s.host.name for s, state in zip(systemds, states) if state == "active"), "")
+        ran_on = next((s.host.name for s, state in zip(systemds, states, strict=True) if state == "active"), "")
         if ran_on:
             active_ms = (now - t0) * 1000
             break
@@ -144,8 +165,12 @@ async def wait_gone(name: str, systemds: list[HostSystemd], timeout: float) -> N
         states[:] = await asyncio.gather(*(s.active_state(name) for s in systemds))
         return all(state in ("", "inactive", "failed") for state in states)
 
-    await eventually(gone, timeout, f"{name} to be gone after DELETE",
-                     on_timeout=lambda: TimeoutError(f"{name} still present after DELETE: {states}"))
+    await eventually(
+        gone,
+        timeout,
+        f"{name} to be gone after DELETE",
+        on_timeout=lambda: TimeoutError(f"{name} still present after DELETE: {states}"),
+    )
 
 
 async def measure(cluster: FleetCluster, runs: int, interval: float, timeout: float, pause: float) -> list[Run]:
@@ -158,8 +183,10 @@ async def measure(cluster: FleetCluster, runs: int, interval: float, timeout: fl
                 via = cluster.hosts[index % len(cluster.hosts)]
                 run = await one_run(index, name, via, systemds, session, interval, timeout)
                 results.append(run)
-                log(f"run {index + 1:2}/{runs}: {run.active_ms:7.1f} ms to active on {run.ran_on} "
-                    f"(PUT via {run.via} answered in {run.put_ms:.1f} ms; API state active at {run.reported_ms:.1f} ms)")
+                log(
+                    f"run {index + 1:2}/{runs}: {run.active_ms:7.1f} ms to active on {run.ran_on} "
+                    f"(PUT via {run.via} answered in {run.put_ms:.1f} ms; API state active at {run.reported_ms:.1f} ms)"
+                )
                 await asyncio.to_thread(delete_unit, via, name)
                 await wait_gone(name, systemds, timeout)
                 await asyncio.sleep(pause)
@@ -170,8 +197,7 @@ async def measure(cluster: FleetCluster, runs: int, interval: float, timeout: fl
 
 
 def summary(label: str, values: list[float]) -> str:
-    return (f"{label}_min={min(values):.1f} {label}_median={statistics.median(values):.1f} "
-            f"{label}_max={max(values):.1f}")
+    return f"{label}_min={min(values):.1f} {label}_median={statistics.median(values):.1f} {label}_max={max(values):.1f}"
 
 
 def main() -> None:
@@ -200,14 +226,20 @@ def main() -> None:
         cluster.close()
 
     print(f"hosts={args.hosts} runs={len(results)} poll_interval_ms={args.interval * 1000:g}")
-    print("measured: from sending PUT /fleet/v1/units/NAME (desiredState launched) until a host's "
-          "systemd reports ActiveState=active (D-Bus GetUnit + ActiveState on every host)")
+    print(
+        "measured: from sending PUT /fleet/v1/units/NAME (desiredState launched) until a host's "
+        "systemd reports ActiveState=active (D-Bus GetUnit + ActiveState on every host)"
+    )
     for run in results:
-        print(f"run={run.index + 1} via={run.via} ran_on={run.ran_on} put_ms={run.put_ms:.1f} "
-              f"active_ms={run.active_ms:.1f} api_state_active_ms={run.reported_ms:.1f}")
+        print(
+            f"run={run.index + 1} via={run.via} ran_on={run.ran_on} put_ms={run.put_ms:.1f} "
+            f"active_ms={run.active_ms:.1f} api_state_active_ms={run.reported_ms:.1f}"
+        )
     print(summary("put_ms", [r.put_ms for r in results]))
-    print(summary("api_state_active_ms", [r.reported_ms for r in results])
-          + "  (GET /fleet/v1/state?unitName=, polled once systemd reported active)")
+    print(
+        summary("api_state_active_ms", [r.reported_ms for r in results])
+        + "  (GET /fleet/v1/state?unitName=, polled once systemd reported active)"
+    )
     print(summary("start_to_active_ms", [r.active_ms for r in results]))
     print("target: start_to_active_ms_median < 500")
     print(f"start_to_active_ms_median={statistics.median(r.active_ms for r in results):.1f}")

@@ -57,8 +57,9 @@ def _add_flag(parser: argparse.ArgumentParser, flag: Flag, suppress: bool) -> No
     default = argparse.SUPPRESS if suppress else flag.default
     if flag.kind == "bool":
         parser.add_argument(*names, dest=flag.attr, action="store_true", default=default)
-        parser.add_argument(f"--no-{flag.name}", dest=flag.attr, action="store_false", default=default,
-                            help=argparse.SUPPRESS)
+        parser.add_argument(
+            f"--no-{flag.name}", dest=flag.attr, action="store_false", default=default, help=argparse.SUPPRESS
+        )
         return
     kwargs: dict[str, Any] = {"dest": flag.attr, "default": default, "metavar": flag.metavar or flag.name.upper()}
     if flag.kind == "float" or flag.kind == "int" or flag.kind == "choice":
@@ -206,8 +207,13 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invo
     values = {k: v for k, v in vars(main_args).items() if k not in ("help", "version")}
     if name is None:
         config = config_from(values, environ)
-        return Invocation(config, None, argparse.Namespace(), show_help=main_args.help or not main_args.version,
-                          show_version=main_args.version and not main_args.help)
+        return Invocation(
+            config,
+            None,
+            argparse.Namespace(),
+            show_help=main_args.help or not main_args.version,
+            show_version=main_args.version and not main_args.help,
+        )
     command = COMMANDS_BY_NAME.get(name)
     if command is None:
         raise UsageError(f'unknown command "{name}"; run "fleetctl help" for the list of commands')
@@ -215,9 +221,13 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invo
     rest = normalise(rest, flags, stop_at_positional=command.name == "ssh")
     options = rest[: rest.index("--")] if "--" in rest else rest
     if command.name == "ssh":
-        options = [t for t in options[: next((i for i, t in enumerate(options) if not t.startswith("-")), len(options))]]
+        # ssh's own arguments start at the first word that is not a flag
+        first_word = next((i for i, t in enumerate(options) if not t.startswith("-")), len(options))
+        options = options[:first_word]
     if main_args.help or "-h" in options or "--help" in options:
-        return Invocation(config_from(values, environ), command, argparse.Namespace(command=command.name), show_help=True)
+        return Invocation(
+            config_from(values, environ), command, argparse.Namespace(command=command.name), show_help=True
+        )
     args = _command_parser(command).parse_args(rest)
     for flag in GLOBAL_FLAGS:  # global flags after the command win over those before it
         if hasattr(args, flag.attr):
@@ -227,8 +237,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invo
     args.command = command.name
     if command.name == "journal":
         args.unit = args.unit[0]
-    return Invocation(config, command, args, show_help=bool(args.help) or main_args.help,
-                      show_version=main_args.version)
+    return Invocation(
+        config, command, args, show_help=bool(args.help) or main_args.help, show_version=main_args.version
+    )
 
 
 __all__ = [

@@ -191,7 +191,9 @@ def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
     except FleetctlError as exc:
         return report(ctx, [str(exc)])
     if len(targets) == 1 and not is_global(record):
-        transport, response = open_on_machine(ctx, targets[0].machine, _journal_path(targets[0], args), stream=args.follow)
+        transport, response = open_on_machine(
+            ctx, targets[0].machine, _journal_path(targets[0], args), stream=args.follow
+        )
         try:
             for line in _lines(response):
                 ctx.out.write(line + "\n")
@@ -285,9 +287,7 @@ def find_address(ctx: Context, lookup: str, kind: str | None) -> str:
                 raise FleetctlError(f"Unit {name} does not appear to be running.")
             unit_hits = [by_id.get(machine) or {"id": machine, "primaryIP": ""}]
     if machine_hits and unit_hits:
-        raise FleetctlError(
-            f"ambiguous argument: both a machine and a unit match {lookup}; use --machine or --unit"
-        )
+        raise FleetctlError(f"ambiguous argument: both a machine and a unit match {lookup}; use --machine or --unit")
     if len(machine_hits) > 1:
         raise FleetctlError(
             f"{lookup} matches {len(machine_hits)} machines ({', '.join(short_id(m['id']) for m in machine_hits)}); "

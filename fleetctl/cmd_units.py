@@ -45,9 +45,7 @@ def _run_bulk(ctx: Context, calls: list[tuple[str, Callable[[], Any]]]) -> dict[
     """Run (name, call) pairs; return the failures: name -> error message."""
     results = ctx.cluster.bulk([call for _, call in calls])
     return {
-        name: str(result)
-        for (name, _), result in zip(calls, results, strict=True)
-        if isinstance(result, BaseException)
+        name: str(result) for (name, _), result in zip(calls, results, strict=True) if isinstance(result, BaseException)
     }
 
 

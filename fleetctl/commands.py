@@ -65,7 +65,10 @@ class Flag:
             try:
                 value = float(text) if self.kind == "float" else int(text)
             except ValueError:
-                raise UsageError(f'invalid value "{text}" for {where}: expected a {"number" if self.kind == "float" else "whole number"}') from None
+                raise UsageError(
+                    f'invalid value "{text}" for {where}: '
+                    f"expected a {'number' if self.kind == 'float' else 'whole number'}"
+                ) from None
             if value < 0:
                 raise UsageError(f"invalid value {text} for {where}: must not be negative")
             return value
@@ -75,10 +78,20 @@ class Flag:
 
 
 GLOBAL_FLAGS: tuple[Flag, ...] = (
-    Flag("endpoint", "str", "Location of the fleet API (unix:///path or http(s)://host:port) if --driver=api; "
-         "etcd client URLs if --driver=etcd. A comma-separated list is tried in order.", DEFAULT_ENDPOINT),
-    Flag("driver", "choice", "Talk to the cluster through the fleet API (api) or to etcd directly (etcd).",
-         "api", choices=DRIVERS),
+    Flag(
+        "endpoint",
+        "str",
+        "Location of the fleet API (unix:///path or http(s)://host:port) if --driver=api; "
+        "etcd client URLs if --driver=etcd. A comma-separated list is tried in order.",
+        DEFAULT_ENDPOINT,
+    ),
+    Flag(
+        "driver",
+        "choice",
+        "Talk to the cluster through the fleet API (api) or to etcd directly (etcd).",
+        "api",
+        choices=DRIVERS,
+    ),
     Flag("etcd-key-prefix", "str", "Key prefix of fleet's data in etcd (--driver=etcd).", DEFAULT_ETCD_KEY_PREFIX),
     Flag("ca-file", "str", "CA bundle to verify the fleet API's (or etcd's) TLS certificate.", ""),
     Flag("cert-file", "str", "Client certificate for TLS (PEM).", ""),
@@ -88,8 +101,12 @@ GLOBAL_FLAGS: tuple[Flag, ...] = (
     Flag("tunnel", "str", "Reach the cluster through an SSH tunnel via this host[:port] (also used by ssh).", ""),
     Flag("ssh-username", "str", "Username to use when connecting over SSH.", "core"),
     Flag("known-hosts-file", "str", "File used to store remote machine fingerprints.", DEFAULT_KNOWN_HOSTS),
-    Flag("strict-host-key-checking", "bool", "Verify host keys presented by remote machines before "
-         "initiating SSH connections.", True),
+    Flag(
+        "strict-host-key-checking",
+        "bool",
+        "Verify host keys presented by remote machines before initiating SSH connections.",
+        True,
+    ),
     Flag("ssh-timeout", "float", "Seconds to allow for an SSH connection to be established.", 10.0),
     Flag("debug", "bool", "Print out more debug information to stderr.", False),
 )
@@ -101,8 +118,13 @@ _LIST = (
 )
 _REPLACE = Flag("replace", "bool", "Replace the unit in the cluster with the local unit file if they differ.", False)
 _NO_BLOCK = Flag("no-block", "bool", "Do not wait until the units have reached the state before exiting.", False)
-_ATTEMPTS = Flag("block-attempts", "int", "Wait at most N attempts (one second each) for the units to reach "
-                 "the state; 0 waits for ever.", 0, metavar="N")
+_ATTEMPTS = Flag(
+    "block-attempts",
+    "int",
+    "Wait at most N attempts (one second each) for the units to reach the state; 0 waits for ever.",
+    0,
+    metavar="N",
+)
 
 
 @dataclass(frozen=True)
@@ -118,77 +140,184 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("cat", "Output the contents of a submitted unit", "<unit>...", "fleetctl.cmd_units:cmd_cat",
-            positional=(("units", "+", "UNIT"),),
-            description="Prints the unit file as stored in the cluster (canonical form)."),
-    Command("destroy", "Destroy one or more units in the cluster", "<unit>...", "fleetctl.cmd_units:cmd_destroy",
-            (_NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),),
-            "Removes the units from the cluster (stopping and unloading them) and waits until no machine "
-            "runs them any more. Globs match unit names in the cluster, e.g. 'web@*'."),
-    Command("help", "Show a list of commands or help for one command", "[<command>]", "",
-            positional=(("topic", "?", "COMMAND"),)),
-    Command("journal", "Print the journal of a unit in the cluster to stdout", "[options] <unit>",
-            "fleetctl.cmd_remote:cmd_journal",
-            (
-                Flag("lines", "int", "Number of recent journal entries to show.", DEFAULT_JOURNAL_LINES, short="n",
-                     metavar="N"),
-                Flag("follow", "bool", "Continuously print new entries as they are appended to the journal.",
-                     False, short="f"),
-                Flag("output", "choice", "journalctl output format (short, verbose, json, cat, ...).",
-                     DEFAULT_JOURNAL_OUTPUT, choices=JOURNAL_OUTPUTS, dest="journal_output"),
-                Flag("sudo", "bool", "Accepted for compatibility with fleet (the journal is read by fleetd).", False),
+    Command(
+        "cat",
+        "Output the contents of a submitted unit",
+        "<unit>...",
+        "fleetctl.cmd_units:cmd_cat",
+        positional=(("units", "+", "UNIT"),),
+        description="Prints the unit file as stored in the cluster (canonical form).",
+    ),
+    Command(
+        "destroy",
+        "Destroy one or more units in the cluster",
+        "<unit>...",
+        "fleetctl.cmd_units:cmd_destroy",
+        (_NO_BLOCK, _ATTEMPTS),
+        (("units", "+", "UNIT"),),
+        "Removes the units from the cluster (stopping and unloading them) and waits until no machine "
+        "runs them any more. Globs match unit names in the cluster, e.g. 'web@*'.",
+    ),
+    Command(
+        "help",
+        "Show a list of commands or help for one command",
+        "[<command>]",
+        "",
+        positional=(("topic", "?", "COMMAND"),),
+    ),
+    Command(
+        "journal",
+        "Print the journal of a unit in the cluster to stdout",
+        "[options] <unit>",
+        "fleetctl.cmd_remote:cmd_journal",
+        (
+            Flag(
+                "lines",
+                "int",
+                "Number of recent journal entries to show.",
+                DEFAULT_JOURNAL_LINES,
+                short="n",
+                metavar="N",
             ),
-            (("unit", 1, "UNIT"),),
-            "Reads the unit's journal from the fleetd API of the machine running it (no SSH needed). "
-            "For a global unit, every machine's lines, each prefixed with the machine's id."),
-    Command("list-machines", "Enumerate the current hosts in the cluster", "[options]",
-            "fleetctl.cmd_list:list_machines",
-            (*_LIST, Flag("fields", "str", f"Columns to print: machine,ip,metadata (default {DEFAULT_MACHINE_FIELDS}).", None)),
-            defaults={"default_fields": DEFAULT_MACHINE_FIELDS}),
-    Command("list-unit-files", "List the units that exist in the cluster", "[options]",
-            "fleetctl.cmd_list:list_unit_files",
-            (*_LIST, Flag("fields", "str", "Columns to print: unit,hash,dstate,state,target,global,desc "
-                          f"(default {DEFAULT_UNIT_FILE_FIELDS}).", None)),
-            defaults={"default_fields": DEFAULT_UNIT_FILE_FIELDS}),
-    Command("list-units", "List the current state of units in the cluster", "[options]",
-            "fleetctl.cmd_list:list_units",
-            (*_LIST, Flag("fields", "str", "Columns to print: unit,load,active,sub,machine,hash "
-                          f"(default {DEFAULT_UNIT_FIELDS}).", None)),
-            defaults={"default_fields": DEFAULT_UNIT_FIELDS}),
-    Command("load", "Schedule one or more units in the cluster, first submitting them if necessary",
-            "[options] <unit>...", "fleetctl.cmd_units:cmd_submit_load_start",
-            (_REPLACE, _NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),),
-            "Arguments are unit files or names; an instance such as web@1.service is made from its "
-            "template (in the cluster, or web@.service next to the argument)."),
-    Command("restart", "Instruct systemd to restart one or more units in the cluster",
-            "[options] <unit>...", "fleetctl.cmd_units:cmd_restart",
-            (_NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),),
-            "Stops the units, waits until they have stopped (on every machine, for global units), then "
-            "starts them again."),
-    Command("ssh", "Open interactive shell on a machine in the cluster", "[options] <machine|unit> [-- <command>...]",
-            "fleetctl.cmd_remote:cmd_ssh",
-            (
-                Flag("machine", "str", "Open SSH connection to a specific machine (id or id prefix).", "", short="m"),
-                Flag("unit", "str", "Open SSH connection to the machine running the given unit.", "", short="u"),
-                Flag("forward-agent", "bool", "Forward local ssh-agent to the remote machine.", False, short="A"),
-                Flag("ssh-port", "int", "Connect to the remote machine's SSH daemon on this port.", 22),
+            Flag(
+                "follow",
+                "bool",
+                "Continuously print new entries as they are appended to the journal.",
+                False,
+                short="f",
             ),
-            (("args", argparse.REMAINDER, "ARGS"),),
-            "Runs the system ssh client against the machine's IP; --tunnel becomes ssh's -J."),
-    Command("start", "Instruct systemd to start one or more units in the cluster, first submitting and "
-            "loading if necessary", "[options] <unit>...", "fleetctl.cmd_units:cmd_submit_load_start",
-            (_REPLACE, _NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),),
-            "Waits until each unit is active on its machine (global units: only triggered)."),
-    Command("status", "Output the status of one or more units in the cluster", "<unit>...",
-            "fleetctl.cmd_remote:cmd_status", positional=(("units", "+", "UNIT"),),
-            description="systemd's status of each unit, from the fleetd of the machine running it "
-            "(every machine for a global unit)."),
-    Command("stop", "Instruct systemd to stop one or more units in the cluster", "[options] <unit>...",
-            "fleetctl.cmd_units:cmd_stop_unload", (_NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),)),
-    Command("submit", "Upload one or more units to the cluster without starting them", "[options] <unit>...",
-            "fleetctl.cmd_units:cmd_submit_load_start", (_REPLACE,), (("units", "+", "UNIT"),)),
-    Command("unload", "Unschedule one or more units in the cluster", "[options] <unit>...",
-            "fleetctl.cmd_units:cmd_stop_unload", (_NO_BLOCK, _ATTEMPTS), (("units", "+", "UNIT"),)),
+            Flag(
+                "output",
+                "choice",
+                "journalctl output format (short, verbose, json, cat, ...).",
+                DEFAULT_JOURNAL_OUTPUT,
+                choices=JOURNAL_OUTPUTS,
+                dest="journal_output",
+            ),
+            Flag("sudo", "bool", "Accepted for compatibility with fleet (the journal is read by fleetd).", False),
+        ),
+        (("unit", 1, "UNIT"),),
+        "Reads the unit's journal from the fleetd API of the machine running it (no SSH needed). "
+        "For a global unit, every machine's lines, each prefixed with the machine's id.",
+    ),
+    Command(
+        "list-machines",
+        "Enumerate the current hosts in the cluster",
+        "[options]",
+        "fleetctl.cmd_list:list_machines",
+        (
+            *_LIST,
+            Flag("fields", "str", f"Columns to print: machine,ip,metadata (default {DEFAULT_MACHINE_FIELDS}).", None),
+        ),
+        defaults={"default_fields": DEFAULT_MACHINE_FIELDS},
+    ),
+    Command(
+        "list-unit-files",
+        "List the units that exist in the cluster",
+        "[options]",
+        "fleetctl.cmd_list:list_unit_files",
+        (
+            *_LIST,
+            Flag(
+                "fields",
+                "str",
+                f"Columns to print: unit,hash,dstate,state,target,global,desc (default {DEFAULT_UNIT_FILE_FIELDS}).",
+                None,
+            ),
+        ),
+        defaults={"default_fields": DEFAULT_UNIT_FILE_FIELDS},
+    ),
+    Command(
+        "list-units",
+        "List the current state of units in the cluster",
+        "[options]",
+        "fleetctl.cmd_list:list_units",
+        (
+            *_LIST,
+            Flag(
+                "fields",
+                "str",
+                f"Columns to print: unit,load,active,sub,machine,hash (default {DEFAULT_UNIT_FIELDS}).",
+                None,
+            ),
+        ),
+        defaults={"default_fields": DEFAULT_UNIT_FIELDS},
+    ),
+    Command(
+        "load",
+        "Schedule one or more units in the cluster, first submitting them if necessary",
+        "[options] <unit>...",
+        "fleetctl.cmd_units:cmd_submit_load_start",
+        (_REPLACE, _NO_BLOCK, _ATTEMPTS),
+        (("units", "+", "UNIT"),),
+        "Arguments are unit files or names; an instance such as web@1.service is made from its "
+        "template (in the cluster, or web@.service next to the argument).",
+    ),
+    Command(
+        "restart",
+        "Instruct systemd to restart one or more units in the cluster",
+        "[options] <unit>...",
+        "fleetctl.cmd_units:cmd_restart",
+        (_NO_BLOCK, _ATTEMPTS),
+        (("units", "+", "UNIT"),),
+        "Stops the units, waits until they have stopped (on every machine, for global units), then starts them again.",
+    ),
+    Command(
+        "ssh",
+        "Open interactive shell on a machine in the cluster",
+        "[options] <machine|unit> [-- <command>...]",
+        "fleetctl.cmd_remote:cmd_ssh",
+        (
+            Flag("machine", "str", "Open SSH connection to a specific machine (id or id prefix).", "", short="m"),
+            Flag("unit", "str", "Open SSH connection to the machine running the given unit.", "", short="u"),
+            Flag("forward-agent", "bool", "Forward local ssh-agent to the remote machine.", False, short="A"),
+            Flag("ssh-port", "int", "Connect to the remote machine's SSH daemon on this port.", 22),
+        ),
+        (("args", argparse.REMAINDER, "ARGS"),),
+        "Runs the system ssh client against the machine's IP; --tunnel becomes ssh's -J.",
+    ),
+    Command(
+        "start",
+        "Instruct systemd to start one or more units in the cluster, first submitting and loading if necessary",
+        "[options] <unit>...",
+        "fleetctl.cmd_units:cmd_submit_load_start",
+        (_REPLACE, _NO_BLOCK, _ATTEMPTS),
+        (("units", "+", "UNIT"),),
+        "Waits until each unit is active on its machine (global units: only triggered).",
+    ),
+    Command(
+        "status",
+        "Output the status of one or more units in the cluster",
+        "<unit>...",
+        "fleetctl.cmd_remote:cmd_status",
+        positional=(("units", "+", "UNIT"),),
+        description="systemd's status of each unit, from the fleetd of the machine running it "
+        "(every machine for a global unit).",
+    ),
+    Command(
+        "stop",
+        "Instruct systemd to stop one or more units in the cluster",
+        "[options] <unit>...",
+        "fleetctl.cmd_units:cmd_stop_unload",
+        (_NO_BLOCK, _ATTEMPTS),
+        (("units", "+", "UNIT"),),
+    ),
+    Command(
+        "submit",
+        "Upload one or more units to the cluster without starting them",
+        "[options] <unit>...",
+        "fleetctl.cmd_units:cmd_submit_load_start",
+        (_REPLACE,),
+        (("units", "+", "UNIT"),),
+    ),
+    Command(
+        "unload",
+        "Unschedule one or more units in the cluster",
+        "[options] <unit>...",
+        "fleetctl.cmd_units:cmd_stop_unload",
+        (_NO_BLOCK, _ATTEMPTS),
+        (("units", "+", "UNIT"),),
+    ),
     Command("version", "Print the version and exit", "", ""),
 )
 COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
@@ -204,7 +333,13 @@ def _flag_line(flag: Flag) -> str:
         return f"\t{names}={default}\t{flag.help}"
     if flag.default is None:
         return f"\t{names}\t{flag.help}"
-    default = f'"{flag.default}"' if flag.kind in ("str", "choice") else f"{flag.default:g}" if flag.kind == "float" else str(flag.default)
+    default = (
+        f'"{flag.default}"'
+        if flag.kind in ("str", "choice")
+        else f"{flag.default:g}"
+        if flag.kind == "float"
+        else str(flag.default)
+    )
     return f"\t{names}={default}\t{flag.help}"
 
 

@@ -103,7 +103,9 @@ def parse_endpoint(text: str) -> Endpoint:
         elif parts.netloc:  # unix://relative/path: keep the whole thing
             path = f"{parts.netloc}{path}"
         if not path:
-            raise UsageError(f'invalid endpoint "{text}": a unix endpoint needs a path, e.g. unix:///var/run/fleet.sock')
+            raise UsageError(
+                f'invalid endpoint "{text}": a unix endpoint needs a path, e.g. unix:///var/run/fleet.sock'
+            )
         return Endpoint(f"unix://{path}", "unix", path=path)
     if scheme not in ("http", "https"):
         raise UsageError(f'invalid endpoint "{text}": use unix:///path, http://host:port or https://host:port')

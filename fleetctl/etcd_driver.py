@@ -84,9 +84,7 @@ class EtcdClient:
 
     def units(self) -> list[Record]:
         async def read() -> tuple[list[StoredUnit], dict[str, list[str]], list[UnitState]]:
-            return await asyncio.gather(
-                self.registry.units(), self.registry.placements(), self.registry.unit_states()
-            )
+            return await asyncio.gather(self.registry.units(), self.registry.placements(), self.registry.unit_states())
 
         units, placements, states = self._run(read())
         return units_json(units, placements, states)

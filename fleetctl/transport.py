@@ -180,7 +180,10 @@ class Transport:
                 raise
             if self.debug:
                 elapsed = (time.monotonic() - started) * 1000
-                print(f"DEBUG: {method} {self.endpoint.url}{path} -> {response.status} ({elapsed:.0f} ms)", file=sys.stderr)
+                print(
+                    f"DEBUG: {method} {self.endpoint.url}{path} -> {response.status} ({elapsed:.0f} ms)",
+                    file=sys.stderr,
+                )
             return response
         raise AssertionError("unreachable")
 

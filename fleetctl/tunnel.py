@@ -92,10 +92,22 @@ class SshTunnel:
         argv = ["ssh", *ssh_options(replace(self.config, ssh_username=self.user))]
         if self.port:
             argv += ["-p", str(self.port)]
-        argv += ["-N", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes", "-L", forward, "--", self.host]
+        argv += [
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "StreamLocalBindUnlink=yes",
+            "-L",
+            forward,
+            "--",
+            self.host,
+        ]
         ensure_known_hosts_dir(self.config)
         try:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
         except OSError as exc:
             raise FleetctlError(f"cannot run ssh for --tunnel {self.config.tunnel}: {exc}") from None
         self._processes.append(process)
@@ -112,7 +124,9 @@ class SshTunnel:
                     + (f": {message}" if message else "")
                 )
             time.sleep(0.02)
-        raise FleetctlError(f"ssh tunnel through {self.config.tunnel} did not come up within {self.config.ssh_timeout:g} s")
+        raise FleetctlError(
+            f"ssh tunnel through {self.config.tunnel} did not come up within {self.config.ssh_timeout:g} s"
+        )
 
     def forward_unix(self, remote: str) -> str:
         """A local unix socket forwarded to ``remote`` (a socket path or ``host:port``)

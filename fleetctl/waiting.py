@@ -229,9 +229,7 @@ class Waiter:
 
     # -- global units (restart) -------------------------------------------------------------
 
-    def wait_global(
-        self, name: str, what: str, condition: Callable[[list[Record]], bool]
-    ) -> list[Record] | None:
+    def wait_global(self, name: str, what: str, condition: Callable[[list[Record]], bool]) -> list[Record] | None:
         """Poll the unit's states on every machine until ``condition`` holds; return them
         (``None`` when the attempts ran out)."""
         interval = FIRST_POLL
@@ -254,9 +252,7 @@ def _goal_word(pending: dict[str, Goal]) -> str:
 
 
 def _triple(state: Record) -> str:
-    return "/".join(
-        state.get(k) or "-" for k in ("systemdLoadState", "systemdActiveState", "systemdSubState")
-    )
+    return "/".join(state.get(k) or "-" for k in ("systemdLoadState", "systemdActiveState", "systemdSubState"))
 
 
 def _failed_state(unit: Record, states: list[Record]) -> Record | None:

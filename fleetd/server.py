@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleetd import __version__
-from fleetd.aio import cancel_and_wait
 from fleetd.agent.agent import Agent
+from fleetd.aio import cancel_and_wait
 from fleetd.config import Config
 from fleetd.engine.engine import Engine
 from fleetd.model.state import MachineState
@@ -146,9 +146,13 @@ class Daemon:
 
         settings = self.config.settings()
         registry = connect(self.etcd_config(), self.config.etcd_key_prefix)
-        manager = SystemdManager(units_directory=self.config.units_directory.rstrip("/") or "/", user=self.config.systemd_user)
+        manager = SystemdManager(
+            units_directory=self.config.units_directory.rstrip("/") or "/", user=self.config.systemd_user
+        )
         await manager.connect()
-        lease_file = os.path.join(os.path.dirname(self.config.units_directory.rstrip("/")) or "/run/fleet", "agent.lease")
+        lease_file = os.path.join(
+            os.path.dirname(self.config.units_directory.rstrip("/")) or "/run/fleet", "agent.lease"
+        )
         agent = Agent(registry, manager, self.machine_state(), settings, lease_file=lease_file)
         node = NodeState(self.machine_id, agent, self.config.systemd_user)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(agent.run(), name="agent")]
@@ -160,7 +164,10 @@ class Daemon:
         log.info("fleetd %s started on machine %s (%s)", __version__, self.machine_id, self.public_ip or "no public IP")
         try:
             while not self.stopping.is_set():
-                waiters = [asyncio.ensure_future(self.stopping.wait()), asyncio.ensure_future(self.reload_requested.wait())]
+                waiters = [
+                    asyncio.ensure_future(self.stopping.wait()),
+                    asyncio.ensure_future(self.reload_requested.wait()),
+                ]
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters:
                     waiter.cancel()

@@ -98,8 +98,13 @@ def kill_all(path: Path, timeout: float = 10.0) -> int:
         _sigkill_all(path)
         return False
 
-    wait_until(emptied, timeout, f"the processes in {path} to die", 0.01,
-               on_timeout=lambda: HostError(f"processes survive SIGKILL in {path}: {procs(path)}"))
+    wait_until(
+        emptied,
+        timeout,
+        f"the processes in {path} to die",
+        0.01,
+        on_timeout=lambda: HostError(f"processes survive SIGKILL in {path}: {procs(path)}"),
+    )
     return len(victims)
 
 
@@ -115,8 +120,13 @@ def remove(path: Path, timeout: float = 5.0) -> None:
             return False
         return not path.exists()
 
-    wait_until(removed, timeout, f"cgroup {path} to be removed", 0.01,
-               on_timeout=lambda: HostError(f"cannot remove cgroup {path}: {procs(path)} still inside"))
+    wait_until(
+        removed,
+        timeout,
+        f"cgroup {path} to be removed",
+        0.01,
+        on_timeout=lambda: HostError(f"cannot remove cgroup {path}: {procs(path)} still inside"),
+    )
 
 
 def pid_alive(pidfd: int | None) -> bool:

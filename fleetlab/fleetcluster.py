@@ -233,4 +233,3 @@ class FleetCluster:
 
 def fleetd_log(host: FleetHost, lines: int = 80) -> str:
     return host.host.journal("fleetd.service", lines=lines)
-

@@ -37,8 +37,9 @@ class Host:
     (/proc/PID/root), and the system bus through ``dbus_address``.
     """
 
-    def __init__(self, lab: HostLab, name: str, ip: str | None, machine_id: str,
-                 binds: Sequence[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self, lab: HostLab, name: str, ip: str | None, machine_id: str, binds: Sequence[str], env: Mapping[str, str]
+    ) -> None:
         self.lab = lab
         self.name = name
         self.ip = ip
@@ -71,13 +72,21 @@ class Host:
             cgroups.remove(self.cgroup)
         self.cgroup.mkdir(parents=True)
         if self.veth and links.exists(self.veth):
-            raise HostError(f"interface {self.veth} exists already (another lab uses host "
-                            f"name {self.name!r}?); use another name or veth_prefix")
-        fenv = {"PATH": PATH_ENV, "FH_NAME": self.name, "FH_MID": self.machine_id,
-                "FH_NET": "1" if self.ip else "0", "FH_MIN": "1"}
+            raise HostError(
+                f"interface {self.veth} exists already (another lab uses host "
+                f"name {self.name!r}?); use another name or veth_prefix"
+            )
+        fenv = {
+            "PATH": PATH_ENV,
+            "FH_NAME": self.name,
+            "FH_MID": self.machine_id,
+            "FH_NET": "1" if self.ip else "0",
+            "FH_MIN": "1",
+        }
         if self.env:
-            quoted = " ".join('"' + f"{k}={v}".replace("\\", "\\\\").replace('"', '\\"') + '"'
-                              for k, v in self.env.items())
+            quoted = " ".join(
+                '"' + f"{k}={v}".replace("\\", "\\\\").replace('"', '\\"') + '"' for k, v in self.env.items()
+            )
             fenv["FH_MANAGER_CONF"] = f"[Manager]\nDefaultEnvironment={quoted}"
         unshare = ["unshare", "--pid", "--fork", "--mount", "--uts", "--cgroup", "--mount-proc"]
         if self.ip:
@@ -85,13 +94,27 @@ class Host:
         # A one-line sh trampoline joins the cgroup *before* exec'ing unshare, so unshare's
         # cgroup namespace is rooted there and every host process is born inside it
         # (Popen's preexec_fn would do the same but is unsafe with threads).
-        argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup / "cgroup.procs"),
-                *unshare, "bash", str(INIT_SCRIPT), *self.binds]
+        argv = [
+            "/bin/sh",
+            "-c",
+            'echo $$ > "$0" && exec "$@"',
+            str(self.cgroup / "cgroup.procs"),
+            *unshare,
+            "bash",
+            str(INIT_SCRIPT),
+            *self.binds,
+        ]
         self._t0 = time.monotonic()
         with open(self.state_dir / "launcher.log", "wb") as logf:
-            self._launcher = subprocess.Popen(argv, env=fenv, stdin=subprocess.DEVNULL,
-                                              stdout=logf, stderr=subprocess.STDOUT,
-                                              start_new_session=True, close_fds=True)
+            self._launcher = subprocess.Popen(
+                argv,
+                env=fenv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
         launcher = self._launcher
         lp = launcher.pid
 
@@ -110,8 +133,7 @@ class Host:
                 raise not_started()
             return None
 
-        self.pid = wait_until(forked_pid, 10, f"host {self.name}'s PID 1 to fork", 0.001,
-                              on_timeout=not_started)
+        self.pid = wait_until(forked_pid, 10, f"host {self.name}'s PID 1 to fork", 0.001, on_timeout=not_started)
         self._pidfd = os.pidfd_open(self.pid)
         self._save()
         if self.ip:
@@ -125,11 +147,20 @@ class Host:
         links.add_veth(self.veth, self.pid, lab.bridge, self.ip, lab.network.prefixlen)
 
     def _save(self) -> None:
-        labstate.write_json(self.state_dir / "host.json", {
-            "name": self.name, "ip": self.ip, "machine_id": self.machine_id, "pid": self.pid,
-            "launcher_pid": self._launcher.pid if self._launcher else None,
-            "veth": self.veth, "cgroup": str(self.cgroup), "binds": self.binds,
-            "started": time.time()})
+        labstate.write_json(
+            self.state_dir / "host.json",
+            {
+                "name": self.name,
+                "ip": self.ip,
+                "machine_id": self.machine_id,
+                "pid": self.pid,
+                "launcher_pid": self._launcher.pid if self._launcher else None,
+                "veth": self.veth,
+                "cgroup": str(self.cgroup),
+                "binds": self.binds,
+                "started": time.time(),
+            },
+        )
 
     def _log_tail(self, n: int = 2000) -> str:
         try:
@@ -152,8 +183,11 @@ class Host:
 
     def _finish_stop(self, deadline: float) -> None:
         """Wait for PID 1 to exit (SIGKILL at the deadline), then release everything."""
-        if (self._pidfd is not None and self.is_alive()
-                and not cgroups.wait_pidfd(self._pidfd, deadline - time.monotonic())):
+        if (
+            self._pidfd is not None
+            and self.is_alive()
+            and not cgroups.wait_pidfd(self._pidfd, deadline - time.monotonic())
+        ):
             log.warning("host %s: graceful stop timed out; SIGKILL", self.name)
             self._signal(signal.SIGKILL)
             cgroups.wait_pidfd(self._pidfd, 10)
@@ -167,8 +201,7 @@ class Host:
                 self._launcher.kill()  # our child; only if unshare itself hangs
                 self._launcher.wait(timeout=10)
         try:
-            wait_until(lambda: not cgroups.populated(self.cgroup), 10,
-                       f"host {self.name}'s processes to exit", 0.005)
+            wait_until(lambda: not cgroups.populated(self.cgroup), 10, f"host {self.name}'s processes to exit", 0.005)
         except WaitTimeout:
             cgroups.kill_all(self.cgroup)
         # only an interface this host made: a launch refused because another lab holds
@@ -242,14 +275,25 @@ class Host:
                 return os.path.basename(os.readlink(f"/proc/{self.pid}/exe")) == "systemd"
             return False
 
-        wait_until(execed, timeout, f"host {self.name} to exec systemd", 0.002,
-                   on_timeout=lambda: HostError(f"host {self.name}: systemd not started: "
-                                                f"{self._log_tail()}"))
+        wait_until(
+            execed,
+            timeout,
+            f"host {self.name} to exec systemd",
+            0.002,
+            on_timeout=lambda: HostError(f"host {self.name}: systemd not started: {self._log_tail()}"),
+        )
         self._exec_seen = True
 
-    def run(self, argv: Sequence[str] | str, *, check: bool = True, timeout: float = 60.0,
-            input: str | None = None, env: Mapping[str, str] | None = None,
-            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: Sequence[str] | str,
+        *,
+        check: bool = True,
+        timeout: float = 60.0,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the host (its mount, uts, pid and net namespaces).
 
         ``argv`` as a string runs through ``sh -c``. On timeout the whole process group
@@ -265,8 +309,15 @@ class Host:
         full_env = dict(os.environ)
         full_env.update(env or {})
         stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
-        p = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=full_env, start_new_session=True)
+        p = subprocess.Popen(
+            cmd,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            start_new_session=True,
+        )
         try:
             out, err = p.communicate(input, timeout=timeout)
         except BaseException:
@@ -279,8 +330,7 @@ class Host:
             raise subprocess.CalledProcessError(r.returncode, r.args, out, err)
         return r
 
-    def systemctl(self, *args: str, check: bool = True,
-                  timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """``systemctl ARGS`` inside the host."""
         return self.run(["systemctl", *args], check=check, timeout=timeout)
 
@@ -296,8 +346,9 @@ class Host:
         def running() -> bool:
             nonlocal state
             if os.path.exists(f"/proc/{self.pid}/root/run/systemd/private"):
-                r = self.run(["systemctl", "is-system-running"], check=False,
-                             timeout=max(1.0, deadline - time.monotonic()))
+                r = self.run(
+                    ["systemctl", "is-system-running"], check=False, timeout=max(1.0, deadline - time.monotonic())
+                )
                 state = r.stdout.strip()
                 if state in ("running", "degraded"):
                     return True
@@ -306,9 +357,13 @@ class Host:
             return False
 
         # one deadline for both waits: what _ensure_systemd used is gone from this one
-        wait_until(running, max(0.0, deadline - time.monotonic()), f"host {self.name} to run",
-                   0.01, on_timeout=lambda: HostError(f"host {self.name} not running after "
-                                                      f"{timeout}s (state {state!r})"))
+        wait_until(
+            running,
+            max(0.0, deadline - time.monotonic()),
+            f"host {self.name} to run",
+            0.01,
+            on_timeout=lambda: HostError(f"host {self.name} not running after {timeout}s (state {state!r})"),
+        )
         if self.boot_time is None:
             self.boot_time = time.monotonic() - self._t0
         return self.boot_time
@@ -325,12 +380,10 @@ class Host:
         if reload:
             self.systemctl("daemon-reload")
 
-    def journal(self, unit: str | None = None, lines: int | None = None,
-                output: str = "short") -> str:
+    def journal(self, unit: str | None = None, lines: int | None = None, output: str = "short") -> str:
         """The host's journal (of one unit), read from outside via /proc/PID/root."""
         self._ensure_systemd()
-        cmd = ["journalctl", "-D", str(self.root_path / "run/log/journal"), "--no-pager",
-               "-q", "-o", output]
+        cmd = ["journalctl", "-D", str(self.root_path / "run/log/journal"), "--no-pager", "-q", "-o", output]
         if unit:
             cmd += ["-u", unit]
         if lines is not None:

@@ -42,11 +42,13 @@ class LabBusyError(HostError):
     """The lab (or its bridge) is in use by another live lab or by something else."""
 
 
-def sh(argv: Sequence[str], *, input: str | None = None, check: bool = True,
-       timeout: float = CMD_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def sh(
+    argv: Sequence[str], *, input: str | None = None, check: bool = True, timeout: float = CMD_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run a short administrative command (ip, nsenter ...) in the real namespaces."""
-    r = subprocess.run(list(argv), input=input, capture_output=True, text=True,
-                       timeout=timeout, env={"PATH": PATH_ENV, "LC_ALL": "C"})
+    r = subprocess.run(
+        list(argv), input=input, capture_output=True, text=True, timeout=timeout, env={"PATH": PATH_ENV, "LC_ALL": "C"}
+    )
     if check and r.returncode != 0:
         raise HostError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
     return r

@@ -96,8 +96,7 @@ def check_supported() -> str | None:
         return "systemd test hosts need root (namespaces, mounts, cgroups, veths)"
     if not os.access(SYSTEMD, os.X_OK):
         return f"{SYSTEMD} not found (install systemd)"
-    for tool in ("unshare", "nsenter", "ip", "bash", "mount", "systemctl", "journalctl",
-                 "dbus-daemon"):
+    for tool in ("unshare", "nsenter", "ip", "bash", "mount", "systemctl", "journalctl", "dbus-daemon"):
         if shutil.which(tool, path=PATH_ENV) is None:
             return f"'{tool}' not found on PATH"
     if not INIT_SCRIPT.exists():
@@ -107,8 +106,12 @@ def check_supported() -> str | None:
         return "cgroup2 is not mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified"
     if not os.access(root, os.W_OK):
         return f"cgroup2 at {root} is not writable"
-    r = subprocess.run(["unshare", "--pid", "--fork", "--mount", "--uts", "--cgroup", "--net",
-                        "true"], capture_output=True, text=True, env={"PATH": PATH_ENV})
+    r = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount", "--uts", "--cgroup", "--net", "true"],
+        capture_output=True,
+        text=True,
+        env={"PATH": PATH_ENV},
+    )
     if r.returncode != 0:
         return f"cannot create namespaces: {r.stderr.strip()}"
     return None
@@ -122,15 +125,23 @@ def default_binds() -> list[str]:
     prefixes and site-packages (as given and resolved) that lie under those dirs, outermost
     only, so that ``sys.executable -m fleetd ...`` works inside a host.
     """
-    cands = [Path(__file__).resolve().parents[1], Path(sys.prefix), Path(sys.base_prefix),
-             Path(sys.exec_prefix), Path(sys.executable).parent]
+    cands = [
+        Path(__file__).resolve().parents[1],
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.exec_prefix),
+        Path(sys.executable).parent,
+    ]
     with contextlib.suppress(Exception):
         cands += [Path(p) for p in site.getsitepackages()]
     paths: list[str] = []
     for c in cands:
         for p in (os.path.normpath(os.path.abspath(c)), os.path.realpath(c)):
-            if os.path.isdir(p) and any(p == d or p.startswith(d + "/") for d in PRIVATE_DIRS) \
-                    and p not in PRIVATE_DIRS:
+            if (
+                os.path.isdir(p)
+                and any(p == d or p.startswith(d + "/") for d in PRIVATE_DIRS)
+                and p not in PRIVATE_DIRS
+            ):
                 paths.append(p)
     out: list[str] = []
     for p in sorted(set(paths), key=len):
@@ -156,15 +167,18 @@ def _list(lab: str, state_root: Path) -> int:
                 alive = f"/{CGROUP_DIR}/{name}/{h.get('name')}/" in cg
             except OSError:
                 alive = False
-            print(f"  {h.get('name'):12} {h.get('ip') or '-':15} pid {h.get('pid'):<8} "
-                  f"{h.get('machine_id')} {'running' if alive else 'dead'}")
+            print(
+                f"  {h.get('name'):12} {h.get('ip') or '-':15} pid {h.get('pid'):<8} "
+                f"{h.get('machine_id')} {'running' if alive else 'dead'}"
+            )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``up N`` boots N hosts and leaves them running; ``down`` removes them; ``list``."""
-    ap = argparse.ArgumentParser(prog="python -m fleetlab.hosts",
-                                 description="namespaced systemd hosts for a local fleet")
+    ap = argparse.ArgumentParser(
+        prog="python -m fleetlab.hosts", description="namespaced systemd hosts for a local fleet"
+    )
     ap.add_argument("--lab", default=None, help="lab name (default: demo; list: all)")
     ap.add_argument("--state-root", default=str(STATE_ROOT))
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -185,18 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.cmd == "down":
         print(json.dumps(sweep_leftovers(a.lab, state_root=state_root)))
         return 0
-    lab = HostLab(a.lab, bridge=a.bridge, subnet=a.subnet, state_root=state_root,
-                  binds=default_binds())
+    lab = HostLab(a.lab, bridge=a.bridge, subnet=a.subnet, state_root=state_root, binds=default_binds())
     try:
         hosts = lab.start_hosts(a.n)
     except BaseException:
         lab.close()
         raise
     for h in hosts:
-        print(f"{h.name} ip={h.ip} pid={h.pid} machine-id={h.machine_id} "
-              f"boot={h.boot_time:.2f}s bus={h.dbus_address}")
-    print(f"bridge {lab.bridge} {lab.bridge_ip}; stop with: python -m fleetlab.hosts "
-          f"--lab {lab.name} down")
+        print(f"{h.name} ip={h.ip} pid={h.pid} machine-id={h.machine_id} boot={h.boot_time:.2f}s bus={h.dbus_address}")
+    print(f"bridge {lab.bridge} {lab.bridge_ip}; stop with: python -m fleetlab.hosts --lab {lab.name} down")
     lab.detach()
     return 0
 

@@ -120,10 +120,18 @@ class HostLab:
     SIGTERM/SIGINT) stops every host and removes everything the lab created.
     """
 
-    def __init__(self, name: str = DEFAULT_LAB, *, bridge: str = DEFAULT_BRIDGE,
-                 subnet: str = DEFAULT_SUBNET, network: bool = True,
-                 state_root: Path | str = STATE_ROOT, veth_prefix: str = "vh-",
-                 binds: Sequence[str] = (), lock_timeout: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str = DEFAULT_LAB,
+        *,
+        bridge: str = DEFAULT_BRIDGE,
+        subnet: str = DEFAULT_SUBNET,
+        network: bool = True,
+        state_root: Path | str = STATE_ROOT,
+        veth_prefix: str = "vh-",
+        binds: Sequence[str] = (),
+        lock_timeout: float = 0.0,
+    ) -> None:
         check_lab_name(name)
         self.name = name
         self.network_enabled = network
@@ -166,10 +174,18 @@ class HostLab:
         self.close()
 
     def _save(self) -> None:
-        labstate.write_json(self.state_dir / "lab.json", {
-            "name": self.name, "bridge": self.bridge, "bridge_created": self._bridge_created,
-            "subnet": str(self.network), "veth_prefix": self.veth_prefix,
-            "cgroup": str(self.cgroup), "pid": os.getpid()})
+        labstate.write_json(
+            self.state_dir / "lab.json",
+            {
+                "name": self.name,
+                "bridge": self.bridge,
+                "bridge_created": self._bridge_created,
+                "subnet": str(self.network),
+                "veth_prefix": self.veth_prefix,
+                "cgroup": str(self.cgroup),
+                "pid": os.getpid(),
+            },
+        )
 
     def _claim_bridge(self) -> None:
         """Create our own bridge; never adopt one a live lab (or anyone else) is using."""
@@ -183,19 +199,19 @@ class HostLab:
                 try:
                     fd = labstate.lock_dir(other.parent, 0)
                 except LabBusyError:
-                    raise LabBusyError(f"bridge {self.bridge} belongs to running lab "
-                                       f"{other.parent.name!r}") from None
+                    raise LabBusyError(f"bridge {self.bridge} belongs to running lab {other.parent.name!r}") from None
                 try:  # a detached lab still running: busy; a dead lab's leftovers: sweep
                     if cgroups.populated(other_cg):
-                        raise LabBusyError(f"bridge {self.bridge} in use by detached lab "
-                                           f"{other.parent.name!r}")
+                        raise LabBusyError(f"bridge {self.bridge} in use by detached lab {other.parent.name!r}")
                     labstate.sweep_locked(other.parent, other_cg, keep_dir=False)
                 finally:
                     os.close(fd)
             if links.exists(self.bridge):
-                raise LabBusyError(f"bridge {self.bridge} exists and is not ours; pass "
-                                   "bridge=/subnet= (or run: python -m fleetlab.hosts "
-                                   "down --lab NAME)")
+                raise LabBusyError(
+                    f"bridge {self.bridge} exists and is not ours; pass "
+                    "bridge=/subnet= (or run: python -m fleetlab.hosts "
+                    "down --lab NAME)"
+                )
         self._bridge_created = True  # intent first, so a crash right after still sweeps it
         self._save()
         try:
@@ -216,9 +232,16 @@ class HostLab:
                 return a
         raise HostError(f"no free address in {self.network}")
 
-    def start_host(self, name: str, ip: str | None = None, binds: Iterable[str] = (),
-                   env: Mapping[str, str] | None = None, *, network: bool | None = None,
-                   machine_id: str | None = None) -> Host:
+    def start_host(
+        self,
+        name: str,
+        ip: str | None = None,
+        binds: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        *,
+        network: bool | None = None,
+        machine_id: str | None = None,
+    ) -> Host:
         """Boot a host (returns at once; call ``host.wait_running()``).
 
         ``ip``: address on the lab bridge (default: the lowest free one). ``network=False``
@@ -230,8 +253,10 @@ class HostLab:
         """
         self._check_open()
         if not HOST_RE.match(name) or len(self.veth_prefix + name) > IFNAMSIZ:
-            raise ValueError(f"bad host name {name!r}: lowercase letters, digits, '-', at "
-                             f"most {IFNAMSIZ - len(self.veth_prefix)} characters")
+            raise ValueError(
+                f"bad host name {name!r}: lowercase letters, digits, '-', at "
+                f"most {IFNAMSIZ - len(self.veth_prefix)} characters"
+            )
         old = self.hosts.get(name)
         if old is not None and not old._stopped:
             raise HostError(f"host {name} is already running")
@@ -265,8 +290,9 @@ class HostLab:
             raise
         return host
 
-    def start_hosts(self, names: int | Iterable[str], *, wait: bool = True,
-                    timeout: float = 30.0, **kwargs: Any) -> list[Host]:
+    def start_hosts(
+        self, names: int | Iterable[str], *, wait: bool = True, timeout: float = 30.0, **kwargs: Any
+    ) -> list[Host]:
         """Boot several hosts in parallel (``names`` or a count: h1..hN); wait for all."""
         if isinstance(names, int):
             names = [f"h{i}" for i in range(1, names + 1)]
@@ -346,8 +372,7 @@ class HostLab:
         _unregister(self)
 
 
-def open_lab(prefix: str = "lab", *, slots: Iterable[int] = range(16),
-             **kwargs: Any) -> HostLab:
+def open_lab(prefix: str = "lab", *, slots: Iterable[int] = range(16), **kwargs: Any) -> HostLab:
     """Open the first free lab slot k: lab ``<prefix>-k``, bridge flbrK, 10.231.K.0/24.
 
     Lets concurrent runs on one machine (several test sessions, a demo cluster) coexist:
@@ -357,8 +382,13 @@ def open_lab(prefix: str = "lab", *, slots: Iterable[int] = range(16),
     errors = []
     for k in slots:
         try:
-            return HostLab(f"{prefix}-{k}", bridge=f"flbr{k}", subnet=f"10.231.{k}.0/24",
-                           veth_prefix="vh-" if k == 0 else f"vh{k}-", **kwargs)
+            return HostLab(
+                f"{prefix}-{k}",
+                bridge=f"flbr{k}",
+                subnet=f"10.231.{k}.0/24",
+                veth_prefix="vh-" if k == 0 else f"vh{k}-",
+                **kwargs,
+            )
         except LabBusyError as e:
             errors.append(str(e))
     raise LabBusyError("no free lab slot: " + "; ".join(errors))

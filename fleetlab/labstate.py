@@ -119,8 +119,7 @@ def reap_orphans(cgroup: Path) -> None:
 def sweep_locked(lab_dir: Path, cgroup: Path, *, keep_dir: bool) -> dict[str, Any]:
     """Sweep one lab whose state-dir lock the caller holds (so no live lab owns it)."""
     info = read_json(lab_dir / "lab.json")
-    report: dict[str, Any] = {"killed": 0, "veths": [], "bridge": None,
-                              "cgroup": False, "state": False}
+    report: dict[str, Any] = {"killed": 0, "veths": [], "bridge": None, "cgroup": False, "state": False}
     report["killed"] = cgroups.kill_all(cgroup)
     bridge = info.get("bridge") if info.get("bridge_created") else None
     names = {read_json(p).get("veth") for p in lab_dir.glob("hosts/*/host.json")}
@@ -129,8 +128,7 @@ def sweep_locked(lab_dir: Path, cgroup: Path, *, keep_dir: bool) -> dict[str, An
     prefix = info.get("veth_prefix", "vh-")
     for veth in sorted(n for n in names if n):
         # only ours: recorded by this lab or a port of this lab's own bridge
-        if links.exists(veth) and veth.startswith(prefix) and (
-                links.master(veth) in (bridge, info.get("bridge"))):
+        if links.exists(veth) and veth.startswith(prefix) and (links.master(veth) in (bridge, info.get("bridge"))):
             links.delete(veth)
             report["veths"].append(veth)
     if bridge and links.exists(bridge):
@@ -149,8 +147,9 @@ def sweep_locked(lab_dir: Path, cgroup: Path, *, keep_dir: bool) -> dict[str, An
     return report
 
 
-def sweep_leftovers(lab_name: str = DEFAULT_LAB, *, state_root: Path | str = STATE_ROOT,
-                    timeout: float = 0.0) -> dict[str, Any]:
+def sweep_leftovers(
+    lab_name: str = DEFAULT_LAB, *, state_root: Path | str = STATE_ROOT, timeout: float = 0.0
+) -> dict[str, Any]:
     """Remove what a crashed (or detached) run of ``lab_name`` left behind.
 
     Kills the processes still in the lab's cgroup (ours by construction), deletes the

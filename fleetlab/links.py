@@ -43,8 +43,13 @@ def delete(name: str, timeout: float = 5.0) -> None:
         sh(["ip", "link", "del", name], check=False)
         return not exists(name)
 
-    wait_until(gone, timeout, f"interface {name} to be deleted", 0.01,
-               on_timeout=lambda: HostError(f"cannot delete interface {name}"))
+    wait_until(
+        gone,
+        timeout,
+        f"interface {name} to be deleted",
+        0.01,
+        on_timeout=lambda: HostError(f"cannot delete interface {name}"),
+    )
 
 
 def add_bridge(name: str) -> None:
@@ -56,8 +61,7 @@ def add_bridge(name: str) -> None:
         raise HostError(f"cannot create bridge {name}: {r.stderr.strip()}")
 
 
-def configure_bridge(name: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network,
-                     address: str) -> None:
+def configure_bridge(name: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network, address: str) -> None:
     """Give a new bridge a stable MAC and the lab's gateway address, and bring it up."""
     # A bridge takes the lowest MAC of its ports unless given one: when a host with the
     # lowest MAC crashes, the bridge's MAC changes and every other host's ARP entry for
@@ -65,20 +69,24 @@ def configure_bridge(name: str, network: ipaddress.IPv4Network | ipaddress.IPv6N
     # locally administered MAC derived from the subnet keeps it stable.
     octets = network.network_address.packed
     mac = f"02:f1:ee:{octets[1]:02x}:{octets[2]:02x}:{octets[3]:02x}"
-    sh(["ip", "-batch", "-"], input=(
-        f"link set {name} address {mac}\n"
-        f"addr add {address}/{network.prefixlen} dev {name}\n"
-        f"link set {name} up\n"))
+    sh(
+        ["ip", "-batch", "-"],
+        input=(
+            f"link set {name} address {mac}\naddr add {address}/{network.prefixlen} dev {name}\nlink set {name} up\n"
+        ),
+    )
 
 
 def add_veth(veth: str, pid: int, bridge: str, address: str, prefixlen: int) -> None:
     """veth pair: ``veth`` on ``bridge``, the peer created as eth0 in ``pid``'s netns."""
-    sh(["ip", "-batch", "-"], input=(
-        f"link add {veth} type veth peer name eth0 netns {pid}\n"
-        f"link set {veth} master {bridge} up\n"))
-    sh(["nsenter", "-t", str(pid), "-n", "ip", "-batch", "-"], input=(
-        f"addr add {address}/{prefixlen} dev eth0\n"
-        "link set eth0 up\nlink set lo up\n"))
+    sh(
+        ["ip", "-batch", "-"],
+        input=(f"link add {veth} type veth peer name eth0 netns {pid}\nlink set {veth} master {bridge} up\n"),
+    )
+    sh(
+        ["nsenter", "-t", str(pid), "-n", "ip", "-batch", "-"],
+        input=(f"addr add {address}/{prefixlen} dev eth0\nlink set eth0 up\nlink set lo up\n"),
+    )
 
 
 def set_up(name: str, up: bool) -> None:

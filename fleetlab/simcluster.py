@@ -59,7 +59,9 @@ class SimEngine:
 class SimCluster:
     endpoints: tuple[str, ...] = ()
     prefix: str = ""
-    settings: Settings = field(default_factory=lambda: Settings(agent_ttl=2, engine_ttl=2, engine_reconcile_interval=0.5))
+    settings: Settings = field(
+        default_factory=lambda: Settings(agent_ttl=2, engine_ttl=2, engine_reconcile_interval=0.5)
+    )
     machines: dict[str, SimMachine] = field(default_factory=dict)
     engines: list[SimEngine] = field(default_factory=list)
     registries: list[Registry] = field(default_factory=list)

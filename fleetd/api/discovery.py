@@ -11,7 +11,11 @@ from typing import Any
 
 _STRING = {"type": "string"}
 _PAGE_TOKEN = {"type": "string", "location": "query", "description": "nextPageToken of the previous page"}
-_PAGE_SIZE = {"type": "integer", "location": "query", "description": "items per page (default token_limit, at most 10000)"}
+_PAGE_SIZE = {
+    "type": "integer",
+    "location": "query",
+    "description": "items per page (default token_limit, at most 10000)",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -91,9 +95,7 @@ SCHEMAS: dict[str, Any] = {
     "Error": {
         "id": "Error",
         "type": "object",
-        "properties": {
-            "error": {"type": "object", "properties": {"code": {"type": "integer"}, "message": _STRING}}
-        },
+        "properties": {"error": {"type": "object", "properties": {"code": {"type": "integer"}, "message": _STRING}}},
     },
 }
 
@@ -179,9 +181,7 @@ RESOURCES: dict[str, Any] = {
             },
         }
     },
-    "Unplaceable": {
-        "methods": {"List": {"httpMethod": "GET", "path": "unplaceable", "response": _ref("Unplaceable")}}
-    },
+    "Unplaceable": {"methods": {"List": {"httpMethod": "GET", "path": "unplaceable", "response": _ref("Unplaceable")}}},
     "Discovery": {"methods": {"Get": {"httpMethod": "GET", "path": "discovery"}}},
 }
 
@@ -197,7 +197,7 @@ def discovery_document() -> dict[str, Any]:
         "protocol": "rest",
         "basePath": "/fleet/v1/",
         "servicePath": "fleet/v1/",
-        "errors": "every error answers {\"error\": {\"code\": N, \"message\": \"...\"}}",
+        "errors": 'every error answers {"error": {"code": N, "message": "..."}}',
         "schemas": SCHEMAS,
         "resources": RESOURCES,
     }

@@ -14,8 +14,19 @@ from fleetd.model.errors import UnitNameError
 MAX_NAME_LENGTH = 256
 UNIT_SUFFIXES = frozenset(
     {
-        "automount", "busname", "device", "mount", "path", "scope", "service", "slice",
-        "snapshot", "socket", "swap", "target", "timer",
+        "automount",
+        "busname",
+        "device",
+        "mount",
+        "path",
+        "scope",
+        "service",
+        "slice",
+        "snapshot",
+        "socket",
+        "swap",
+        "target",
+        "timer",
     }
 )
 # Only these unit types may be templates or instances (contain "@").
@@ -43,9 +54,7 @@ def validate_unit_name(name: str) -> None:
         raise _invalid(name, f"longer than {MAX_NAME_LENGTH} characters ({len(name)})")
     bad = _BAD_CHAR_RE.search(name)
     if bad:
-        raise _invalid(
-            name, f"invalid character {bad.group()!r} (allowed: A-Z a-z 0-9 : _ . @ -)"
-        )
+        raise _invalid(name, f"invalid character {bad.group()!r} (allowed: A-Z a-z 0-9 : _ . @ -)")
     if "." not in name:
         raise _invalid(name, 'no type suffix (a name must contain ".", e.g. "foo.service")')
     if name.startswith("@"):

@@ -214,8 +214,7 @@ class _Parser:
             for glob in globs:
                 if fnmatchcase(peer.text, glob.text):
                     raise self.error(
-                        f'{peer.key} "{peer.text}" is matched by this unit\'s own '
-                        f'{glob.key} "{glob.text}"',
+                        f'{peer.key} "{peer.text}" is matched by this unit\'s own {glob.key} "{glob.text}"',
                         _later(peer.line, glob.line),
                     )
 
@@ -250,9 +249,7 @@ class _Parser:
         )
 
 
-def parse_requirements(
-    unit: UnitFile, name: str, filename: str | None = None
-) -> tuple[Requirements, list[str]]:
+def parse_requirements(unit: UnitFile, name: str, filename: str | None = None) -> tuple[Requirements, list[str]]:
     """Read and validate the ``[X-Fleet]`` section of ``unit`` (named ``name``).
 
     Specifiers are expanded with ``name``, so an instance ``web@2.service`` gets its own

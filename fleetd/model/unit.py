@@ -43,9 +43,7 @@ class Unit:
         return self.file.hash()
 
 
-def build_unit(
-    name: str, source: str | UnitFile, filename: str | None = None
-) -> tuple[Unit, list[str]]:
+def build_unit(name: str, source: str | UnitFile, filename: str | None = None) -> tuple[Unit, list[str]]:
     """Validate ``name``, parse ``source`` (text or an already built file) and its
     ``[X-Fleet]`` section; return the unit and any warnings.
 

@@ -27,6 +27,7 @@ def short_hash(full_hash: str) -> str:
     definition, so what a log line names can be found in ``list-unit-files``."""
     return full_hash[:SHORT_HASH_LENGTH]
 
+
 # Section names: anything printable without brackets, no surrounding whitespace.
 _SECTION_RE = re.compile(r"[^\[\]\x00-\x1f\x7f]+")
 

@@ -34,9 +34,7 @@ GLOBAL_FILTERS: tuple[FilterStep, ...] = (
 )
 
 
-def run_globals(
-    ctx: Context, names: Iterable[str]
-) -> tuple[dict[str, tuple[str, ...]], dict[str, list[Rejection]]]:
+def run_globals(ctx: Context, names: Iterable[str]) -> tuple[dict[str, tuple[str, ...]], dict[str, list[Rejection]]]:
     """Decide, in name order, where each global unit runs, recording it in the occupancy.
 
     Returns the machines of each unit and, for those that run nowhere, every machine's

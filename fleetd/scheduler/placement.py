@@ -226,8 +226,7 @@ class _Planner:
             return preferred
         occupancy = self.occupancy
         simple = not (
-            occupancy.conflicts.involves(unit, req.conflicts)
-            or occupancy.replaces.involves(unit, req.replaces)
+            occupancy.conflicts.involves(unit, req.conflicts) or occupancy.replaces.involves(unit, req.replaces)
         )
         ranking = self._ranking(req.metadata)
         if simple:
@@ -350,8 +349,6 @@ def plan(snapshot: Snapshot) -> Plan:
         # Units moved away by Replaces may have freed machines for global units; decide
         # them again against the final schedule, exactly as agents will.
         final = Snapshot(snapshot.machines, snapshot.jobs, planner.occupancy.placed)
-        global_machines, global_reasons = decide_globals(
-            scheduled_context(final, snapshot.jobs), planner.global_names
-        )
+        global_machines, global_reasons = decide_globals(scheduled_context(final, snapshot.jobs), planner.global_names)
     planner.unplaceable.update(global_reasons)
     return planner.result(global_machines)

@@ -94,10 +94,8 @@ class StateQueries:
                 probe = (self._pending_probe & managed.keys()) - load
                 self._pending_load, self._pending_probe = set(), set()
                 try:
-                    chunks = [(sorted(load)[i:i + _QUERY_CHUNK], True)
-                              for i in range(0, len(load), _QUERY_CHUNK)]
-                    chunks += [(sorted(probe)[i:i + _QUERY_CHUNK], False)
-                               for i in range(0, len(probe), _QUERY_CHUNK)]
+                    chunks = [(sorted(load)[i : i + _QUERY_CHUNK], True) for i in range(0, len(load), _QUERY_CHUNK)]
+                    chunks += [(sorted(probe)[i : i + _QUERY_CHUNK], False) for i in range(0, len(probe), _QUERY_CHUNK)]
                     await asyncio.gather(*(self._send(c, loading) for c, loading in chunks))
                 except SystemdError as exc:
                     log.warning("querying unit states failed: %s", exc)
@@ -130,13 +128,15 @@ class UnitCalls:
         self._bus = bus
         self.errors = errors
 
-    async def each(self, method: str, names: Sequence[str], *args: Any,
-                   signature: str = "ss", quiet: bool = False) -> dict[str, Any]:
+    async def each(
+        self, method: str, names: Sequence[str], *args: Any, signature: str = "ss", quiet: bool = False
+    ) -> dict[str, Any]:
         """Call ``method(name, *args)`` for every name concurrently (bounded by the bus).
 
         Returns the replies by name; per-unit D-Bus errors are logged and kept in
         ``errors``; a lost bus raises SystemdUnavailable after every call has ended.
         """
+
         async def one(name: str) -> Any:
             return await self._bus.call(method, signature, [name, *args])
 

@@ -191,8 +191,7 @@ class SystemdBus:
             async with asyncio.timeout(self.call_timeout):
                 await bus.connect()
         except (OSError, EOFError) as exc:  # TimeoutError included
-            raise SystemdUnavailable(f"cannot connect to {self.address}: "
-                                     f"{exc or type(exc).__name__}") from exc
+            raise SystemdUnavailable(f"cannot connect to {self.address}: {exc or type(exc).__name__}") from exc
         try:
             bus.add_message_handler(self._dispatch)
             for rule in MATCH_RULES:
@@ -256,8 +255,7 @@ class SystemdBus:
                     if self._bus is not None:  # connected, but the owner's hook failed
                         log.warning("refresh after reconnect failed: %s", exc)
                         break
-                    log.info("reconnect to %s failed (%s); retrying in %.2fs", self.address,
-                             exc, delay)
+                    log.info("reconnect to %s failed (%s); retrying in %.2fs", self.address, exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
 
@@ -269,22 +267,30 @@ class SystemdBus:
         if msg.message_type is MessageType.SIGNAL:
             try:
                 self._on_signal(msg)
-            except Exception:  # noqa: BLE001 - one bad signal must not kill the session
+            except Exception:
                 log.exception("handling %s.%s failed", msg.interface, msg.member)
         return False
 
-    async def _raw_call(self, bus: MessageBus, destination: str, path: str, interface: str,
-                        member: str, signature: str, body: Sequence[Any],
-                        timeout: float | None = None) -> list[Any]:
+    async def _raw_call(
+        self,
+        bus: MessageBus,
+        destination: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str,
+        body: Sequence[Any],
+        timeout: float | None = None,
+    ) -> list[Any]:
         self.calls[member] += 1
-        msg = Message(destination=destination, path=path, interface=interface, member=member,
-                      signature=signature, body=list(body))
+        msg = Message(
+            destination=destination, path=path, interface=interface, member=member, signature=signature, body=list(body)
+        )
         try:
             async with asyncio.timeout(timeout or self.call_timeout):
                 reply = await bus.call(msg)
         except TimeoutError:
-            raise SystemdError(f"{member}: no reply from systemd within "
-                               f"{timeout or self.call_timeout:g}s") from None
+            raise SystemdError(f"{member}: no reply from systemd within {timeout or self.call_timeout:g}s") from None
         except (OSError, EOFError) as exc:  # the connection broke under the call
             raise SystemdUnavailable(f"{member}: {exc or type(exc).__name__}") from exc
         if reply is None:
@@ -309,9 +315,16 @@ class SystemdBus:
         assert self._bus is not None
         return self._bus
 
-    async def call(self, member: str, signature: str = "", body: Sequence[Any] = (), *,
-                   path: str = SYSTEMD_PATH, interface: str = MANAGER,
-                   timeout: float | None = None) -> list[Any]:
+    async def call(
+        self,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        path: str = SYSTEMD_PATH,
+        interface: str = MANAGER,
+        timeout: float | None = None,
+    ) -> list[Any]:
         """Call a method of systemd (the Manager by default); returns the reply's body.
 
         Raises SystemdCallError for an error reply and SystemdUnavailable when the bus is
@@ -325,8 +338,7 @@ class SystemdBus:
                 try:
                     if not bus.connected:
                         raise SystemdUnavailable(f"{member}: not connected")
-                    return await self._raw_call(bus, SYSTEMD, path, interface, member,
-                                                signature, body, timeout)
+                    return await self._raw_call(bus, SYSTEMD, path, interface, member, signature, body, timeout)
                 except SystemdUnavailable:
                     if self._closed or attempt == 2:
                         raise

@@ -98,16 +98,14 @@ class UnitFiles:
         for name in managed:
             if not self.link_ok(name):
                 try:
-                    unlinked[name] = parse_unit_file(
-                        (self.local_units_directory / name).read_text(encoding="utf-8"))
+                    unlinked[name] = parse_unit_file((self.local_units_directory / name).read_text(encoding="utf-8"))
                 except (OSError, UnitFileError) as exc:
                     log.warning("cannot re-link %s: %s", name, exc)
         dangling: list[Path] = []
         links_root = self.local(self.runtime_unit_dir)
         prefix = self.units_directory + "/"
         try:
-            dirs = [links_root] + [Path(d.path) for d in os.scandir(links_root)
-                                   if d.is_dir(follow_symlinks=False)]
+            dirs = [links_root] + [Path(d.path) for d in os.scandir(links_root) if d.is_dir(follow_symlinks=False)]
         except OSError:
             dirs = []
         for directory in dirs:
@@ -116,7 +114,7 @@ class UnitFiles:
                     if not entry.is_symlink():
                         continue
                     target = os.readlink(entry.path)
-                    if target.startswith(prefix) and target[len(prefix):] not in managed:
+                    if target.startswith(prefix) and target[len(prefix) :] not in managed:
                         dangling.append(Path(entry.path))
         return unlinked, dangling
 
@@ -158,9 +156,11 @@ class UnitFiles:
             # DisableUnitFiles removed the links; clean up after a failed or partial one
             candidates = [links_root / name]
             with contextlib.suppress(OSError):
-                candidates += [Path(d.path) / name for d in os.scandir(links_root)
-                               if d.is_dir(follow_symlinks=False) and
-                               d.name.endswith((".wants", ".requires", ".upholds"))]
+                candidates += [
+                    Path(d.path) / name
+                    for d in os.scandir(links_root)
+                    if d.is_dir(follow_symlinks=False) and d.name.endswith((".wants", ".requires", ".upholds"))
+                ]
             for link in candidates:
                 with contextlib.suppress(OSError):
                     if os.readlink(link) == self.unit_path(name):

@@ -20,8 +20,7 @@ class JournalError(SystemdError):
     """journalctl (or systemctl) could not be run or failed."""
 
 
-def _journalctl(unit: str | None, output: str, directory: str | os.PathLike[str] | None,
-                user: bool) -> list[str]:
+def _journalctl(unit: str | None, output: str, directory: str | os.PathLike[str] | None, user: bool) -> list[str]:
     cmd = ["journalctl", "--no-pager", "--quiet", "--output", output]
     if directory is not None:
         cmd += ["--directory", os.fspath(directory)]
@@ -30,9 +29,14 @@ def _journalctl(unit: str | None, output: str, directory: str | os.PathLike[str]
     return cmd
 
 
-def journal_command(unit: str | None, lines: int | None = 10, follow: bool = False,
-                    output: str = "short", directory: str | os.PathLike[str] | None = None,
-                    user: bool = False) -> list[str]:
+def journal_command(
+    unit: str | None,
+    lines: int | None = 10,
+    follow: bool = False,
+    output: str = "short",
+    directory: str | os.PathLike[str] | None = None,
+    user: bool = False,
+) -> list[str]:
     """The plain ``journalctl`` argv for these options (``lines=None``: the whole journal)."""
     cmd = _journalctl(unit, output, directory, user)
     cmd += ["--lines", "all" if lines is None else str(int(lines))]
@@ -54,12 +58,15 @@ async def _terminate(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def _spawn(cmd: Sequence[str], stderr: int = asyncio.subprocess.PIPE
-                 ) -> asyncio.subprocess.Process:
+async def _spawn(cmd: Sequence[str], stderr: int = asyncio.subprocess.PIPE) -> asyncio.subprocess.Process:
     try:
         return await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=stderr, env={**os.environ, "SYSTEMD_COLORS": "0"})
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, "SYSTEMD_COLORS": "0"},
+        )
     except OSError as exc:
         raise JournalError(f"cannot run {cmd[0]}: {exc}") from exc
 
@@ -95,7 +102,7 @@ async def _batch(cmd: Sequence[str], cursor_out: list[str]) -> AsyncIterator[str
         err = (await stderr_task).decode("utf-8", errors="replace").strip()
         if held is not None:
             if held.startswith(_CURSOR_PREFIX):
-                cursor_out.append(held[len(_CURSOR_PREFIX):])
+                cursor_out.append(held[len(_CURSOR_PREFIX) :])
             else:
                 yield held
         if rc != 0 and err:
@@ -107,10 +114,16 @@ async def _batch(cmd: Sequence[str], cursor_out: list[str]) -> AsyncIterator[str
             await stderr_task
 
 
-async def read_journal(unit: str | None, lines: int | None = 10, follow: bool = False,
-                       output: str = "short",
-                       directory: str | os.PathLike[str] | None = None, *,
-                       user: bool = False, poll: float = 1.0) -> AsyncIterator[str]:
+async def read_journal(
+    unit: str | None,
+    lines: int | None = 10,
+    follow: bool = False,
+    output: str = "short",
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    user: bool = False,
+    poll: float = 1.0,
+) -> AsyncIterator[str]:
     """Yield the last ``lines`` journal lines of ``unit`` (then new ones, with ``follow``).
 
     ``output`` is journalctl's ``-o`` (``short``, ``json``, ``cat`` ...); ``directory``
@@ -127,24 +140,22 @@ async def read_journal(unit: str | None, lines: int | None = 10, follow: bool = 
     ``poll`` seconds covers a wake-up it misses.
     """
     if not follow:
-        async for line in _batch(journal_command(unit, lines, False, output, directory, user),
-                                 []):
+        async for line in _batch(journal_command(unit, lines, False, output, directory, user), []):
             yield line
         return
     base = _journalctl(unit, output, directory, user)
     found: list[str] = []
     if lines == 0:  # nothing to show, but the position of the unit's last entry
-        async for _ in _batch(_journalctl(unit, "cat", directory, user)
-                              + ["--lines", "1", "--show-cursor"], found):
+        async for _ in _batch(_journalctl(unit, "cat", directory, user) + ["--lines", "1", "--show-cursor"], found):
             pass
     else:
-        async for line in _batch(base + ["--lines", "all" if lines is None else str(int(lines)),
-                                         "--show-cursor"], found):
+        async for line in _batch(
+            base + ["--lines", "all" if lines is None else str(int(lines)), "--show-cursor"], found
+        ):
             yield line
     cursor = found[-1] if found else None
     wake = asyncio.Event()
-    watcher = await _spawn(journal_command(unit, 0, True, "cat", directory, user),
-                           stderr=asyncio.subprocess.DEVNULL)
+    watcher = await _spawn(journal_command(unit, 0, True, "cat", directory, user), stderr=asyncio.subprocess.DEVNULL)
 
     async def watch() -> None:
         assert watcher.stdout is not None
@@ -172,16 +183,14 @@ async def read_journal(unit: str | None, lines: int | None = 10, follow: bool = 
         await _terminate(watcher)
 
 
-async def unit_status_text(unit: str, *, lines: int = 10, user: bool = False,
-                           prefix: Sequence[str] = ()) -> str:
+async def unit_status_text(unit: str, *, lines: int = 10, user: bool = False, prefix: Sequence[str] = ()) -> str:
     """``systemctl status UNIT --no-pager --lines=N``: the human-readable status.
 
     systemctl's exit code says whether the unit is active (3: inactive, 4: no such unit);
     either way its text is the answer, so only a failure to run it raises. ``prefix`` is
     prepended to the command (e.g. ``nsenter -t PID -m -p`` to ask another machine).
     """
-    cmd = [*prefix, "systemctl", *(["--user"] if user else []), "status", unit, "--no-pager",
-           f"--lines={int(lines)}"]
+    cmd = [*prefix, "systemctl", *(["--user"] if user else []), "status", unit, "--no-pager", f"--lines={int(lines)}"]
     proc = await _spawn(cmd)
     try:
         out, err = await proc.communicate()

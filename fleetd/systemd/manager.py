@@ -113,16 +113,14 @@ class SystemdManager:
     ) -> None:
         self.user = user
         if units_directory is None:
-            units_directory = (f"{runtime_dir(True)}/fleet/units" if user
-                               else DEFAULT_UNITS_DIRECTORY)
+            units_directory = f"{runtime_dir(True)}/fleet/units" if user else DEFAULT_UNITS_DIRECTORY
         if not os.path.isabs(units_directory):
             raise ValueError(f"units_directory must be absolute: {units_directory!r}")
         self.units_directory = os.path.normpath(units_directory)
         self.root = Path(root)
         self.bus_address = bus_address or default_bus_address(user)
         #: systemd's runtime unit directory, where runtime links and .wants/ go
-        self.runtime_unit_dir = (f"{runtime_dir(True)}/systemd/user" if user
-                                 else "/run/systemd/system")
+        self.runtime_unit_dir = f"{runtime_dir(True)}/systemd/user" if user else "/run/systemd/system"
         self._files = UnitFiles(self.units_directory, self.runtime_unit_dir, self.root)
         self.reload_timeout = reload_timeout
         self.stop_timeout = stop_timeout
@@ -197,14 +195,18 @@ class SystemdManager:
     async def _repair(self) -> None:
         unlinked, dangling = await asyncio.to_thread(self._files.scan_links, self._managed)
         if dangling:
-            log.warning("removing %d stale link(s) to removed unit files: %s", len(dangling),
-                        ", ".join(p.name for p in dangling))
+            log.warning(
+                "removing %d stale link(s) to removed unit files: %s",
+                len(dangling),
+                ", ".join(p.name for p in dangling),
+            )
             for link in dangling:
                 with contextlib.suppress(FileNotFoundError):
                     link.unlink()
         if unlinked:
-            log.warning("re-linking %d unit(s) found without their link: %s", len(unlinked),
-                        ", ".join(sorted(unlinked)))
+            log.warning(
+                "re-linking %d unit(s) found without their link: %s", len(unlinked), ", ".join(sorted(unlinked))
+            )
             self._unreloaded.update(unlinked)
             await self.load(unlinked)  # links, enables, and does the one reload
         elif dangling:
@@ -261,8 +263,7 @@ class SystemdManager:
             with contextlib.suppress(SystemdError):
                 await self._queries.query(missing, load=True)
         return {
-            name: LocalUnit(name, digest, self._states.get(name) or UNKNOWN)
-            for name, digest in self._managed.items()
+            name: LocalUnit(name, digest, self._states.get(name) or UNKNOWN) for name, digest in self._managed.items()
         }
 
     # -- signals --------------------------------------------------------------------------------
@@ -300,8 +301,9 @@ class SystemdManager:
                 elif self._managed:
                     # someone else's daemon-reload: re-read our units (LoadState may differ)
                     self._queries.request(list(self._managed), load=True)
-        elif (msg.interface == DBUS and member == "NameOwnerChanged" and len(body) >= 3
-              and body[0] == SYSTEMD and body[2]):  # systemd (re-)appeared on the bus
+        elif (
+            msg.interface == DBUS and member == "NameOwnerChanged" and len(body) >= 3 and body[0] == SYSTEMD and body[2]
+        ):  # systemd (re-)appeared on the bus
             self._spawn(self._resubscribe())
 
     async def _resubscribe(self) -> None:
@@ -344,8 +346,7 @@ class SystemdManager:
         self._unreloaded.update(changed)
         install = [name for name in changed if "Install" in units[name].sections()]
         await self._calls.files("DisableUnitFiles", "asb", disable, True)
-        await self._calls.files("LinkUnitFiles", "asbb", [self.unit_path(n) for n in changed],
-                                True, True)
+        await self._calls.files("LinkUnitFiles", "asbb", [self.unit_path(n) for n in changed], True, True)
         await self._calls.files("EnableUnitFiles", "asbb", install, True, True)
         await self._reload()
         self._unreloaded.difference_update(changed)

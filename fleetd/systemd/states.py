@@ -115,8 +115,7 @@ class UnitStates:
             self.stats["query"] += 1
             self._set(name, state)
 
-    def properties_changed(self, name: str, changed: Mapping[str, Variant],
-                           invalidated: Iterable[str]) -> bool | None:
+    def properties_changed(self, name: str, changed: Mapping[str, Variant], invalidated: Iterable[str]) -> bool | None:
         """Apply a unit's ``PropertiesChanged``; returns the query it calls for, if any
         (``True``: a loading query, ``False``: a probe, ``None``: none)."""
         active = changed.get("ActiveState")
@@ -129,11 +128,14 @@ class UnitStates:
         query: bool | None = None
         if prev is None or active is None or sub is None:
             query = prev is None  # half a picture: fill it in (and LoadState, if new)
-        self.signalled(name, SystemdState(
-            prev.load if prev else "loaded",
-            active.value if active is not None else (prev.active if prev else "unknown"),
-            sub.value if sub is not None else (prev.sub if prev else "unknown"),
-        ))
+        self.signalled(
+            name,
+            SystemdState(
+                prev.load if prev else "loaded",
+                active.value if active is not None else (prev.active if prev else "unknown"),
+                sub.value if sub is not None else (prev.sub if prev else "unknown"),
+            ),
+        )
         return query
 
     def removed(self, name: str) -> None:

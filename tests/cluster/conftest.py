@@ -46,8 +46,10 @@ def hosts(lab: HostLab) -> list[Host]:
     """Three running hosts h1..h3 of the module's lab."""
     t0 = time.monotonic()
     hs = lab.start_hosts(["h1", "h2", "h3"], timeout=60)
-    print(f"\n3 hosts running after {time.monotonic() - t0:.2f}s; boot times: "
-          + ", ".join(f"{h.name} {h.boot_time:.2f}s" for h in hs))
+    print(
+        f"\n3 hosts running after {time.monotonic() - t0:.2f}s; boot times: "
+        + ", ".join(f"{h.name} {h.boot_time:.2f}s" for h in hs)
+    )
     return hs
 
 
@@ -72,6 +74,10 @@ def cluster(hosts_supported: None, request: pytest.FixtureRequest) -> Iterator[F
     """A real fleet shared by one test module: etcd plus 3 hosts running fleetd, metadata
     role=web, web, db. The module sets ``TTL`` (agent_ttl, seconds) and ``LAB_PREFIX``."""
     ttl = float(request.module.TTL)
-    with FleetCluster(size=3, lab_prefix=request.module.LAB_PREFIX, agent_ttl=f"{ttl:g}s",
-                      metadata=[{"role": "web"}, {"role": "web"}, {"role": "db"}]) as fc:
+    with FleetCluster(
+        size=3,
+        lab_prefix=request.module.LAB_PREFIX,
+        agent_ttl=f"{ttl:g}s",
+        metadata=[{"role": "web"}, {"role": "web"}, {"role": "db"}],
+    ) as fc:
         yield fc

@@ -98,8 +98,15 @@ class Fleetctl:
     def run(self, *args: str, env_endpoint: str | None = "", timeout: float = COMMAND_TIMEOUT) -> Result:
         """Run fleetctl; ``env_endpoint`` overrides FLEETCTL_ENDPOINT (None: unset)."""
         endpoint = self.endpoint if env_endpoint == "" else env_endpoint
-        proc = subprocess.run(self.argv(args), cwd=self.cwd, env=fleetctl_env(endpoint),
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            self.argv(args),
+            cwd=self.cwd,
+            env=fleetctl_env(endpoint),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         return Result(list(args), proc.returncode, proc.stdout, proc.stderr)
 
     def ok(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> Result:
@@ -108,9 +115,16 @@ class Fleetctl:
         return result
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.argv(args), cwd=self.cwd, env=fleetctl_env(self.endpoint),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, bufsize=1)
+        return subprocess.Popen(
+            self.argv(args),
+            cwd=self.cwd,
+            env=fleetctl_env(self.endpoint),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
 
     def write(self, name: str, text: str) -> Path:
         path = self.cwd / name
@@ -232,8 +246,10 @@ class LineReader:
                 continue
             if line is None:
                 err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise AssertionError(f"fleetctl exited ({self.proc.wait()}) while waiting for {what}; "
-                                     f"got:\n" + "\n".join(self.lines) + f"\nstderr: {err}")
+                raise AssertionError(
+                    f"fleetctl exited ({self.proc.wait()}) while waiting for {what}; "
+                    f"got:\n" + "\n".join(self.lines) + f"\nstderr: {err}"
+                )
             self.lines.append(line)
         return self.lines
 
@@ -249,7 +265,6 @@ class LineReader:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
-
 
 
 def ticks(lines: Sequence[str], prefix: str = "") -> list[int]:
@@ -356,13 +371,21 @@ def test_restart_starts_a_new_process(cluster: FleetCluster, fleetctl: Fleetctl)
     old_pid = host.main_pid("again.service")
     assert old_pid > 0
     restarted = fleetctl.ok("restart", "again.service")
-    assert restarted.out.splitlines() == [f"Unit again.service loaded on {legend(host)}",
-                                          f"Unit again.service launched on {legend(host)}"]
-    wait_until(lambda: host.running("again.service") and host.main_pid("again.service") not in (0, old_pid),
-             10, "again.service running again with a new main process")
+    assert restarted.out.splitlines() == [
+        f"Unit again.service loaded on {legend(host)}",
+        f"Unit again.service launched on {legend(host)}",
+    ]
+    wait_until(
+        lambda: host.running("again.service") and host.main_pid("again.service") not in (0, old_pid),
+        10,
+        "again.service running again with a new main process",
+    )
     assert active_hosts(cluster, ["again.service"]) == {"again.service": [where]}
-    wait_until(lambda: host.host.journal("again.service").count("again started") == 2, 10,
-             "the second start's output in the journal")
+    wait_until(
+        lambda: host.host.journal("again.service").count("again started") == 2,
+        10,
+        "the second start's output in the journal",
+    )
 
 
 def test_replace_with_submit_load_and_start(cluster: FleetCluster, fleetctl: Fleetctl) -> None:
@@ -410,8 +433,11 @@ def test_replace_with_submit_load_and_start(cluster: FleetCluster, fleetctl: Fle
 
     def runs_five() -> str | None:
         where = [h for h in cluster.hosts if h.running(unit)]
-        if len(where) == 1 and where[0].host.unit_property(unit, "Description") == "rep five" \
-                and "version-five" in where[0].host.journal(unit):
+        if (
+            len(where) == 1
+            and where[0].host.unit_property(unit, "Description") == "rep five"
+            and "version-five" in where[0].host.journal(unit)
+        ):
             return where[0].name
         return None
 
@@ -445,18 +471,32 @@ def test_cat_prints_the_canonical_unit_file(fleetctl: Fleetctl) -> None:
     fleetctl.ok("submit", "catme.service", "other.service")
     assert fleetctl.ok("cat", "catme.service").out == parse_unit_file(text).serialize()
     both = fleetctl.ok("cat", "catme.service", "other.service").out
-    assert both == (parse_unit_file(text).serialize() + "\n"
-                    + parse_unit_file(SLEEPER.format(description="other", echo="x")).serialize())
+    assert both == (
+        parse_unit_file(text).serialize()
+        + "\n"
+        + parse_unit_file(SLEEPER.format(description="other", echo="x")).serialize()
+    )
     missing = fleetctl.run("cat", "nothere.service")
     assert missing.code == 1 and "nothere.service" in missing.err
 
 
 def test_list_unit_files_is_sorted_by_name(fleetctl: Fleetctl) -> None:
-    names = ["zeta.service", "alpha.service", "mid@10.service", "Beta.service", "mid@2.service",
-             "alpha-2.service", "b9.service", "b10.service", "alpha.timer"]
+    names = [
+        "zeta.service",
+        "alpha.service",
+        "mid@10.service",
+        "Beta.service",
+        "mid@2.service",
+        "alpha-2.service",
+        "b9.service",
+        "b10.service",
+        "alpha.timer",
+    ]
     for name in names:
-        fleetctl.write(name, SLEEPER.format(description=name, echo=name) if name.endswith(".service")
-                       else "[Timer]\nOnActiveSec=1h\n")
+        fleetctl.write(
+            name,
+            SLEEPER.format(description=name, echo=name) if name.endswith(".service") else "[Timer]\nOnActiveSec=1h\n",
+        )
     fleetctl.ok("submit", *reversed(names))
     assert fleetctl.unit_files() == sorted(names)
     table = fleetctl.ok("list-unit-files").out.splitlines()
@@ -465,7 +505,9 @@ def test_list_unit_files_is_sorted_by_name(fleetctl: Fleetctl) -> None:
 
 
 def test_start_of_an_unplaceable_unit_names_the_reason(cluster: FleetCluster, fleetctl: Fleetctl) -> None:
-    fleetctl.write("x.service", SLEEPER.format(description="x", echo="x") + "\n[X-Fleet]\nMachineMetadata=region=nowhere\n")
+    fleetctl.write(
+        "x.service", SLEEPER.format(description="x", echo="x") + "\n[X-Fleet]\nMachineMetadata=region=nowhere\n"
+    )
     t0 = time.monotonic()
     result = fleetctl.run("start", "--block-attempts=3", "x.service")
     took = time.monotonic() - t0
@@ -497,8 +539,9 @@ def test_journal_lines_and_follow(cluster: FleetCluster, fleetctl: Fleetctl) -> 
         first = reader.wait_until(lambda got: bool(ticks(got)), 10, "the current tick")
         start = ticks(first)[0]
         # lines printed after the follow began: it keeps reading
-        got = reader.wait_until(lambda got: bool(ticks(got)) and max(ticks(got)) >= start + 3, 10,
-                              f"tick {start + 3} (new lines)")
+        got = reader.wait_until(
+            lambda got: bool(ticks(got)) and max(ticks(got)) >= start + 3, 10, f"tick {start + 3} (new lines)"
+        )
         assert ticks(got) == list(range(start, start + len(ticks(got))))  # in order, none lost
         assert reader.proc.poll() is None
     finally:
@@ -523,6 +566,7 @@ def test_journal_of_a_global_unit_shows_every_machine(cluster: FleetCluster, fle
 
     reader = LineReader(fleetctl.popen("journal", "-f", "-n", "1", unit))
     try:
+
         def new_everywhere(got: list[str]) -> bool:
             seen = [ticks(got, p) for p in prefixes]
             return all(len(t) >= 4 for t in seen)  # one old line and three new ones each
@@ -561,8 +605,11 @@ def test_status_shows_systemds_status(cluster: FleetCluster, fleetctl: Fleetctl)
 
 def test_endpoint_flag_wins_over_the_environment(cluster: FleetCluster, fleetctl: Fleetctl) -> None:
     good = cluster.hosts[1].endpoint
-    for args in (["--endpoint", good, "list-machines"], [f"--endpoint={good}", "list-machines"],
-                 ["list-machines", "--endpoint", good]):
+    for args in (
+        ["--endpoint", good, "list-machines"],
+        [f"--endpoint={good}", "list-machines"],
+        ["list-machines", "--endpoint", good],
+    ):
         result = fleetctl.run(*args, "--no-legend", env_endpoint=BOGUS_ENDPOINT)
         assert result.code == 0, str(result)
         assert len(result.out.splitlines()) == 3
@@ -599,7 +646,10 @@ def test_bad_flags_are_usage_errors(cluster: FleetCluster, fleetctl: Fleetctl) -
 
 
 def test_bad_unit_files_change_nothing(cluster: FleetCluster, fleetctl: Fleetctl) -> None:
-    bad = "[Unit]\nDescription=bad\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[X-Fleet]\nMachineID=abc\nConflicts=x*\n"
+    bad = (
+        "[Unit]\nDescription=bad\n\n[Service]\nExecStart=/bin/sleep infinity\n\n"
+        "[X-Fleet]\nMachineID=abc\nConflicts=x*\n"
+    )
     conflicts_line = bad.splitlines().index("Conflicts=x*") + 1
     fleetctl.write("bad.service", bad)
     fleetctl.write("broken.service", "[Unit]\nDescription=broken\n[Service\nExecStart=/bin/true\n")

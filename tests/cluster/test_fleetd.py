@@ -31,11 +31,14 @@ def options(text: str) -> list[dict[str, str]]:
     return parse_unit_file(text).to_options()
 
 
-def request(cluster: FleetCluster, method: str, path: str, body: Any = None, host: FleetHost | None = None) -> tuple[int, Any]:
+def request(
+    cluster: FleetCluster, method: str, path: str, body: Any = None, host: FleetHost | None = None
+) -> tuple[int, Any]:
     target = host or cluster.live_hosts()[0]
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{target.endpoint}/fleet/v1{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{target.endpoint}/fleet/v1{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as response:
             raw = response.read()
@@ -46,8 +49,12 @@ def request(cluster: FleetCluster, method: str, path: str, body: Any = None, hos
 
 
 def start_unit(cluster: FleetCluster, name: str, text: str | None = None, desired: str = "launched") -> None:
-    status, body = request(cluster, "PUT", f"/units/{name}",
-                           {"name": name, "desiredState": desired, "options": options(text or SLEEP_UNIT.format(name=name))})
+    status, body = request(
+        cluster,
+        "PUT",
+        f"/units/{name}",
+        {"name": name, "desiredState": desired, "options": options(text or SLEEP_UNIT.format(name=name))},
+    )
     assert status in (201, 204), body
 
 
@@ -74,7 +81,11 @@ def test_started_unit_runs_on_exactly_one_host_and_reports_state(cluster: FleetC
     def reported() -> bool:
         _, body = request(cluster, "GET", "/state?unitName=hello.service")
         states = body.get("states", [])
-        return len(states) == 1 and states[0]["machineID"] == host.machine_id and states[0]["systemdActiveState"] == "active"
+        return (
+            len(states) == 1
+            and states[0]["machineID"] == host.machine_id
+            and states[0]["systemdActiveState"] == "active"
+        )
 
     wait_until(reported, 10, "the state of hello.service in the registry")
     assert "started hello.service" in host.host.journal("hello.service")
@@ -94,14 +105,30 @@ def test_stop_unload_destroy_and_replace_reach_systemd(cluster: FleetCluster) ->
     wait_until(lambda: host.unit_active(name) == "active", 20, "life.service started again")
     # --replace: a new body takes effect in systemd
     new_text = "[Unit]\nDescription=replaced\n[Service]\nExecStart=/bin/sh -c 'echo v2; exec sleep infinity'\n"
-    status, body = request(cluster, "PUT", f"/units/{name}?replace=true",
-                           {"name": name, "desiredState": "launched", "options": options(new_text)})
+    status, body = request(
+        cluster,
+        "PUT",
+        f"/units/{name}?replace=true",
+        {"name": name, "desiredState": "launched", "options": options(new_text)},
+    )
     assert status == 204, body
-    wait_until(lambda: any(h.running(name) and h.host.unit_property(name, "Description") == "replaced" for h in cluster.hosts),
-             20, "the replaced body running")
+    wait_until(
+        lambda: any(h.running(name) and h.host.unit_property(name, "Description") == "replaced" for h in cluster.hosts),
+        20,
+        "the replaced body running",
+    )
     set_state(cluster, name, "inactive")
-    wait_until(lambda: all(h.host.unit_property(name, "LoadState") in ("not-found", "") or not h.running(name) for h in cluster.hosts)
-             and not hosts_running(cluster, name), 20, "life.service unloaded")
+    wait_until(
+        lambda: (
+            all(
+                h.host.unit_property(name, "LoadState") in ("not-found", "") or not h.running(name)
+                for h in cluster.hosts
+            )
+            and not hosts_running(cluster, name)
+        ),
+        20,
+        "life.service unloaded",
+    )
     destroy(cluster, name)
     status, _ = request(cluster, "GET", f"/units/{name}")
     assert status == 404
@@ -110,8 +137,11 @@ def test_stop_unload_destroy_and_replace_reach_systemd(cluster: FleetCluster) ->
 def test_global_unit_runs_everywhere_and_on_a_new_host(cluster: FleetCluster) -> None:
     text = SLEEP_UNIT.format(name="everywhere") + "[X-Fleet]\nGlobal=true\n"
     start_unit(cluster, "everywhere.service", text)
-    wait_until(lambda: len(hosts_running(cluster, "everywhere.service")) == len(cluster.live_hosts()), 20,
-             "the global unit on every host")
+    wait_until(
+        lambda: len(hosts_running(cluster, "everywhere.service")) == len(cluster.live_hosts()),
+        20,
+        "the global unit on every host",
+    )
     joined = cluster.add_host("h9", {"role": "extra"})
     wait_until(lambda: joined.running("everywhere.service"), 20, "the global unit on the new host")
     destroy(cluster, "everywhere.service")
@@ -139,13 +169,16 @@ def test_journal_endpoint_reads_the_right_host(cluster: FleetCluster) -> None:
     start_unit(cluster, "talker.service")
     (where,) = wait_until(lambda: hosts_running(cluster, "talker.service"), 20, "talker.service running")
     host = next(h for h in cluster.hosts if h.name == where)
-    with urllib.request.urlopen(f"{host.endpoint}/fleet/v1/machines/{host.machine_id}/journal/talker.service?lines=5",
-                                timeout=10) as response:
+    with urllib.request.urlopen(
+        f"{host.endpoint}/fleet/v1/machines/{host.machine_id}/journal/talker.service?lines=5", timeout=10
+    ) as response:
         text = response.read().decode()
     assert "started talker.service" in text
     other = next(h for h in cluster.live_hosts() if h.name != where)
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"{other.endpoint}/fleet/v1/machines/{host.machine_id}/journal/talker.service", timeout=10)
+        urllib.request.urlopen(
+            f"{other.endpoint}/fleet/v1/machines/{host.machine_id}/journal/talker.service", timeout=10
+        )
     assert refused.value.code == 404
     destroy(cluster, "talker.service")
 
@@ -232,8 +265,10 @@ def test_sighup_reloads_metadata(cluster: FleetCluster) -> None:
     wait_until(lambda: request(cluster, "GET", "/machines", host=host)[0] == 200, 20, "its API")
     conf = host.host.root_path / "run/fleet/fleet.conf"
     original = conf.read_text()
-    conf.write_text("".join(line for line in original.splitlines(keepends=True) if not line.startswith("metadata="))
-                    + "metadata=role=reloaded,zone=z1\n")
+    conf.write_text(
+        "".join(line for line in original.splitlines(keepends=True) if not line.startswith("metadata="))
+        + "metadata=role=reloaded,zone=z1\n"
+    )
     pid = host.fleetd_pid()
     host.host.systemctl("kill", "--signal=SIGHUP", "--kill-who=main", "fleetd.service")
 
@@ -259,7 +294,11 @@ def test_crashed_host_units_move_within_ttl_and_nothing_else_moves(cluster: Flee
     survivors = [h for h in cluster.live_hosts() if h is not victim]
     crashed_at = time.monotonic()
     victim.host.crash()
-    wait_until(lambda: all(any(h.running(n) for h in survivors) for n in moved), TTL + 20, "units of the crashed host elsewhere")
+    wait_until(
+        lambda: all(any(h.running(n) for h in survivors) for n in moved),
+        TTL + 20,
+        "units of the crashed host elsewhere",
+    )
     took = time.monotonic() - crashed_at
     print(f"\ncrash failover: {len(moved)} units running elsewhere after {took:.2f} s (agent_ttl {TTL} s)")
     for name, host_name in before.items():
@@ -268,4 +307,3 @@ def test_crashed_host_units_move_within_ttl_and_nothing_else_moves(cluster: Flee
     assert took < TTL + 2, f"failover took {took:.2f} s"
     for name in names:
         destroy(cluster, name)
-

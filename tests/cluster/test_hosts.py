@@ -77,8 +77,7 @@ def test_hosts_boot_with_own_identity(hosts: list[Host]) -> None:
         name = h.run(["hostname"]).stdout.strip()
         assert mid == h.machine_id
         assert name == h.name
-        assert h.systemctl("is-system-running", check=False).stdout.strip() in (
-            "running", "degraded")
+        assert h.systemctl("is-system-running", check=False).stdout.strip() in ("running", "degraded")
         assert f"inet {h.ip}/" in h.run(["ip", "-4", "-o", "addr", "show", "eth0"]).stdout
         ids.add(mid)
         names.add(name)
@@ -167,8 +166,9 @@ def test_partition_and_heal(lab: HostLab, hosts: list[Host], listener: int) -> N
     h = hosts[1]
 
     def can_connect(host: Host) -> bool:
-        r = host.run(["timeout", "1", "bash", "-c",
-                      f"exec 3<>/dev/tcp/{lab.bridge_ip}/{listener}"], check=False, timeout=5)
+        r = host.run(
+            ["timeout", "1", "bash", "-c", f"exec 3<>/dev/tcp/{lab.bridge_ip}/{listener}"], check=False, timeout=5
+        )
         return r.returncode == 0
 
     assert can_connect(h)
@@ -210,8 +210,7 @@ def test_close_cleans_up(lab_factory: Callable[..., HostLab]) -> None:
 
 def test_real_machine_untouched(lab_factory: Callable[..., HostLab]) -> None:
     units_before = snapshot(Path("/etc/systemd/system"))
-    identity = {p: Path(p).read_bytes() for p in ("/etc/hostname", "/etc/machine-id")
-                if Path(p).exists()}
+    identity = {p: Path(p).read_bytes() for p in ("/etc/hostname", "/etc/machine-id") if Path(p).exists()}
     canary = Path(f"/tmp/fleet-hosttest-canary-{uuid.uuid4().hex}")
     canary.write_text("canary\n")
     shared = Path(tempfile.mkdtemp(prefix="fleet-hosttest-bind-", dir="/tmp"))
@@ -226,8 +225,7 @@ def test_real_machine_untouched(lab_factory: Callable[..., HostLab]) -> None:
         assert (shared / "f").read_text() == "from-inside\n"
         h.run(["sh", "-c", "echo inside > /tmp/inside && echo > /etc/systemd/system/evil.service"])
         assert h.run(["touch", "/etc/fleet-hosttest-probe"], check=False).returncode != 0
-        assert h.run(["sh", "-c", "echo x > /sys/kernel/mm/transparent_hugepage/enabled"],
-                     check=False).returncode != 0
+        assert h.run(["sh", "-c", "echo x > /sys/kernel/mm/transparent_hugepage/enabled"], check=False).returncode != 0
         lab.close()
 
         assert canary.read_text() == "canary\n"
@@ -249,8 +247,7 @@ def test_new_lab_sweeps_a_crashed_run(lab_factory: Callable[..., HostLab]) -> No
     old.detach()  # as if the test process had died: nothing cleaned up
     assert not pid_gone(pid, lab_cgroup) and Path("/sys/class/net", str(veth)).exists()
 
-    new = HostLab(old.name, bridge=str(old.bridge), subnet=str(old.network),
-                  veth_prefix=old.veth_prefix)
+    new = HostLab(old.name, bridge=str(old.bridge), subnet=str(old.network), veth_prefix=old.veth_prefix)
     try:
         assert new.swept["killed"] >= len(pids) >= 3
         assert all(pid_gone(p, lab_cgroup) for p in pids)

@@ -73,11 +73,13 @@ class Recorder:
             except TimeoutError:
                 pass
 
-    async def wait_state(self, names: str | list[str], state: SystemdState,
-                         timeout: float = TIMEOUT) -> None:
+    async def wait_state(self, names: str | list[str], state: SystemdState, timeout: float = TIMEOUT) -> None:
         names = [names] if isinstance(names, str) else names
-        await self.wait_for(lambda: all(self.latest.get(n) == state for n in names),
-                            f"{len(names)} unit(s) {names[:3]} to be {state}", timeout)
+        await self.wait_for(
+            lambda: all(self.latest.get(n) == state for n in names),
+            f"{len(names)} unit(s) {names[:3]} to be {state}",
+            timeout,
+        )
 
 
 async def in_host(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -101,8 +103,7 @@ async def managers(host: Host) -> AsyncIterator[Factory]:
     made: list[SystemdManager] = []
 
     async def make(**kwargs: Any) -> tuple[SystemdManager, Recorder]:
-        mgr = SystemdManager(UNITS_DIR, bus_address=host.dbus_address, root=host.root_path,
-                             **kwargs)
+        mgr = SystemdManager(UNITS_DIR, bus_address=host.dbus_address, root=host.root_path, **kwargs)
         rec = Recorder()
         mgr.subscribe(rec)
         await mgr.connect()
@@ -132,8 +133,7 @@ async def test_load_start_stop_unload(host: Host, managers: Factory) -> None:
     assert local_file.read_text() == SLEEPER.serialize()
     assert os.readlink(link) == f"{UNITS_DIR}/{name}"  # linked as systemd sees the path
     await rec.wait_state(name, LOADED)
-    assert (await in_host(host.systemctl, "is-enabled", name, check=False)).stdout.strip() \
-        == "linked-runtime"
+    assert (await in_host(host.systemctl, "is-enabled", name, check=False)).stdout.strip() == "linked-runtime"
     listed = await mgr.units()
     assert listed[name].hash == SLEEPER.hash()
     assert listed[name].state == LOADED
@@ -160,13 +160,12 @@ async def test_load_start_stop_unload(host: Host, managers: Factory) -> None:
     assert name not in await mgr.units()
 
 
-async def test_batch_of_twenty_is_one_reload_and_calls_are_bounded(
-        host: Host, managers: Factory) -> None:
+async def test_batch_of_twenty_is_one_reload_and_calls_are_bounded(host: Host, managers: Factory) -> None:
     mgr, rec = await managers(max_in_flight=4)
     names = names_of("batch", 20)
     calls_before = dict(mgr.calls)
 
-    await mgr.load({n: SLEEPER for n in names})
+    await mgr.load(dict.fromkeys(names, SLEEPER))
     assert mgr.calls["Reload"] - calls_before.get("Reload", 0) == 1
     assert mgr.calls["LinkUnitFiles"] - calls_before.get("LinkUnitFiles", 0) == 1
     assert mgr.calls["EnableUnitFiles"] == calls_before.get("EnableUnitFiles", 0)  # no [Install]
@@ -174,21 +173,23 @@ async def test_batch_of_twenty_is_one_reload_and_calls_are_bounded(
     await mgr.start(names)
     await rec.wait_state(names, RUNNING)
     assert 1 < mgr.bus.peak_in_flight <= 4
-    out = await in_host(host.systemctl, "list-units", "--no-legend", "--plain",
-                        "--state=running", f"{names[0][:-len('00.service')]}*")
+    out = await in_host(
+        host.systemctl, "list-units", "--no-legend", "--plain", "--state=running", f"{names[0][: -len('00.service')]}*"
+    )
     assert len(out.stdout.split("\n")) - 1 == 20, out.stdout
 
     # loading the same files again changes nothing, so it costs no call at all
     calls_mid = sum(mgr.calls.values())
-    await mgr.load({n: SLEEPER for n in names})
+    await mgr.load(dict.fromkeys(names, SLEEPER))
     assert sum(mgr.calls.values()) == calls_mid
 
     reloads = mgr.calls["Reload"]
     await mgr.unload(names)
     assert mgr.calls["Reload"] == reloads + 1
     assert not any((host.root_path / UNITS_DIR.lstrip("/") / n).exists() for n in names)
-    out = await in_host(host.systemctl, "list-units", "--all", "--no-legend", "--plain",
-                        f"{names[0][:-len('00.service')]}*")
+    out = await in_host(
+        host.systemctl, "list-units", "--all", "--no-legend", "--plain", f"{names[0][: -len('00.service')]}*"
+    )
     assert out.stdout.strip() == ""
     assert set(names).isdisjoint(await mgr.units())
 
@@ -215,8 +216,7 @@ async def test_install_section_is_runtime_enabled(host: Host, managers: Factory)
     await mgr.load({plain: SLEEPER, installed: file})
     assert mgr.calls["EnableUnitFiles"] == 1
     assert (await in_host(host.systemctl, "is-enabled", installed)).stdout.strip() == "enabled-runtime"
-    assert (await in_host(host.systemctl, "is-enabled", plain, check=False)).stdout.strip() \
-        == "linked-runtime"
+    assert (await in_host(host.systemctl, "is-enabled", plain, check=False)).stdout.strip() == "linked-runtime"
     assert os.readlink(wants) == f"{UNITS_DIR}/{installed}"
 
     await mgr.unload([plain, installed])
@@ -226,8 +226,7 @@ async def test_install_section_is_runtime_enabled(host: Host, managers: Factory)
         assert out.returncode != 0 and "enabled" not in out.stdout
 
 
-async def test_failing_unit_reports_failed_and_unload_resets_it(
-        host: Host, managers: Factory) -> None:
+async def test_failing_unit_reports_failed_and_unload_resets_it(host: Host, managers: Factory) -> None:
     mgr, rec = await managers()
     [name] = names_of("fail", 1)
     await mgr.load({name: unit("[Service]\nExecStart=/bin/false\n")})
@@ -247,8 +246,7 @@ async def test_unit_systemd_refuses_is_reported_not_raised(host: Host, managers:
     bad, good = names_of("bad", 2)
     # no ExecStart=: systemd loads it as bad-setting and refuses to start it
     await mgr.load({bad: unit("[Service]\nUser=root\n"), good: SLEEPER})
-    await rec.wait_for(lambda: rec.latest.get(bad, LOADED).load == "bad-setting",
-                       "LoadState bad-setting")
+    await rec.wait_for(lambda: rec.latest.get(bad, LOADED).load == "bad-setting", "LoadState bad-setting")
     await mgr.start([bad, good])  # one refusal does not stop the batch, nor raise
     await rec.wait_state(good, RUNNING)
     assert bad in mgr.errors and good not in mgr.errors
@@ -260,9 +258,11 @@ async def test_unit_systemd_refuses_is_reported_not_raised(host: Host, managers:
 async def test_restarted_fleetd_adopts_running_units(host: Host, managers: Factory) -> None:
     first, rec1 = await managers()
     names = names_of("adopt", 3)
-    files = {names[0]: SLEEPER,
-             names[1]: unit("[Service]\nExecStart=/bin/sleep 3600\n\n[Install]\nWantedBy=multi-user.target\n"),
-             names[2]: SLEEPER}
+    files = {
+        names[0]: SLEEPER,
+        names[1]: unit("[Service]\nExecStart=/bin/sleep 3600\n\n[Install]\nWantedBy=multi-user.target\n"),
+        names[2]: SLEEPER,
+    }
     await first.load(files)
     await first.start(names[:2])  # the third stays loaded, inactive
     await rec1.wait_state(names[:2], RUNNING)
@@ -342,8 +342,9 @@ async def test_survives_a_restart_of_the_bus_daemon(host: Host, managers: Factor
     await rec.wait_state(name, RUNNING)
     connects = mgr.bus.connects
     await in_host(host.systemctl, "restart", "dbus.service")
-    await wait_until_async(lambda: mgr.bus.connects > connects and mgr.connected, TIMEOUT,
-                           "reconnect to the new dbus-daemon", 0.01)
+    await wait_until_async(
+        lambda: mgr.bus.connects > connects and mgr.connected, TIMEOUT, "reconnect to the new dbus-daemon", 0.01
+    )
     await in_host(host.systemctl, "stop", name)
     await rec.wait_state(name, LOADED)
     await mgr.start([name])
@@ -368,9 +369,14 @@ async def test_journal_reads_and_follows_a_unit(host: Host, managers: Factory) -
     mgr, rec = await managers()
     [name] = names_of("journal", 1)
     marker = f"hello-{uuid.uuid4().hex[:8]}"
-    await mgr.load({name: unit(
-        f"[Service]\nExecStart=/bin/sh -c 'echo {marker}-1; echo {marker}-2; sleep 0.1; "
-        f"echo {marker}-3; exec sleep infinity'\n")})
+    await mgr.load(
+        {
+            name: unit(
+                f"[Service]\nExecStart=/bin/sh -c 'echo {marker}-1; echo {marker}-2; sleep 0.1; "
+                f"echo {marker}-3; exec sleep infinity'\n"
+            )
+        }
+    )
     directory = host.root_path / "run/log/journal"
 
     # systemd 252's own `journalctl -f` drops lines of such a burst; read_journal must not
@@ -384,16 +390,16 @@ async def test_journal_reads_and_follows_a_unit(host: Host, managers: Factory) -
                 if line == f"{marker}-3":
                     break
     except TimeoutError:
-        pytest.fail(f"journal -f never showed {marker}: saw {seen}; state "
-                    f"{mgr.state(name)}; journal: {host.journal(name)}")
+        pytest.fail(
+            f"journal -f never showed {marker}: saw {seen}; state {mgr.state(name)}; journal: {host.journal(name)}"
+        )
     finally:
         await follow.aclose()  # ends journalctl
     assert [line for line in seen if marker in line] == [f"{marker}-{i}" for i in (1, 2, 3)]
 
     lines = [line async for line in read_journal(name, lines=10, directory=directory)]
     assert any(marker in line for line in lines), lines
-    json_lines = [line async for line in read_journal(name, lines=1, output="json",
-                                                      directory=directory)]
+    json_lines = [line async for line in read_journal(name, lines=1, output="json", directory=directory)]
     assert len(json_lines) == 1 and json_lines[0].startswith("{")
     assert [line async for line in read_journal("nothing-here.service", directory=directory)] == []
 

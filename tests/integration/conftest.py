@@ -6,6 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+# the fleetctl tests' fixtures (a fleet of APIs over one registry, the loop they run in)
+from fleetctl_support import fleet, loop  # noqa: F401
+
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import EtcdRegistry, connect
 from fleetlab.etcd import EtcdCluster

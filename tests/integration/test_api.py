@@ -201,7 +201,9 @@ async def test_rejected_put_is_400_and_changes_nothing(
 
 async def test_put_with_malformed_or_empty_or_non_object_body(client: TestClient, registry: Registry) -> None:
     url = "/fleet/v1/units/a.service"
-    message = await error_of(await client.put(url, data=b"{not json", headers={"Content-Type": "application/json"}), 400)
+    message = await error_of(
+        await client.put(url, data=b"{not json", headers={"Content-Type": "application/json"}), 400
+    )
     assert "malformed JSON" in message
     assert "empty" in await error_of(await client.put(url, data=b""), 400)
     assert "JSON object" in await error_of(await client.put(url, json=["x"]), 400)
@@ -382,10 +384,14 @@ async def test_current_state_and_machine_id(client: TestClient, registry: Regist
 
 async def test_state_lists_filters_and_paginates(registry: Registry, node: Node) -> None:
     lease = await registry.grant_lease(30)
-    await registry.publish_states(LOCAL, lease, [
-        UnitState("a.service", LOCAL, "1" * 40, "loaded", "active", "running"),
-        UnitState("b.service", LOCAL, "2" * 40, "loaded", "inactive", "dead"),
-    ])
+    await registry.publish_states(
+        LOCAL,
+        lease,
+        [
+            UnitState("a.service", LOCAL, "1" * 40, "loaded", "active", "running"),
+            UnitState("b.service", LOCAL, "2" * 40, "loaded", "inactive", "dead"),
+        ],
+    )
     await registry.publish_states(OTHER, lease, [UnitState("a.service", OTHER, "1" * 40, "loaded", "failed", "failed")])
     client = await _client(registry, node, token_limit=2)
     try:
@@ -407,9 +413,7 @@ async def test_state_lists_filters_and_paginates(registry: Registry, node: Node)
         assert [(s["name"], s["systemdActiveState"]) for s in by_machine["states"]] == [("a.service", "failed")]
         by_unit = await (await client.get("/fleet/v1/state", params={"unitName": "b.service"})).json()
         assert [s["machineID"] for s in by_unit["states"]] == [LOCAL]
-        both = await (
-            await client.get("/fleet/v1/state", params={"unitName": "a.service", "machineID": LOCAL})
-        ).json()
+        both = await (await client.get("/fleet/v1/state", params={"unitName": "a.service", "machineID": LOCAL})).json()
         assert [s["systemdSubState"] for s in both["states"]] == ["running"]
         none = await (await client.get("/fleet/v1/state", params={"machineID": THIRD})).json()
         assert none == {"states": []}
@@ -490,7 +494,9 @@ async def test_rejected_patch_changes_nothing(client: TestClient, registry: Regi
 
 async def test_patch_needs_a_json_list(client: TestClient) -> None:
     await error_of(await client.patch("/fleet/v1/machines", json={"op": "add"}), 400)
-    await error_of(await client.patch("/fleet/v1/machines", data=b"[{", headers={"Content-Type": "application/json"}), 400)
+    await error_of(
+        await client.patch("/fleet/v1/machines", data=b"[{", headers={"Content-Type": "application/json"}), 400
+    )
 
 
 # -- discovery, errors, 503, unplaceable, metrics --------------------------------------------
@@ -646,9 +652,7 @@ async def test_status(client: TestClient, registry: Registry) -> None:
     lease = await registry.grant_lease(30)
     await registry.register_machine(MachineState(OTHER, "10.0.0.2"), lease)
     assert "10.0.0.2" in await error_of(await client.get(f"/fleet/v1/machines/{OTHER}/status/hello.service"), 404)
-    assert "not loaded" in await error_of(
-        await client.get(f"/fleet/v1/machines/{LOCAL}/status/missing.service"), 404
-    )
+    assert "not loaded" in await error_of(await client.get(f"/fleet/v1/machines/{LOCAL}/status/missing.service"), 404)
 
 
 async def test_node_without_journal_or_status_answers_501(registry: Registry) -> None:
@@ -679,7 +683,7 @@ async def test_tcp_token_and_unix_socket(registry: Registry, node: Node, tmp_pat
                 await error_of(response, 401)
             async with session.get(url, headers={"Authorization": "Basic s3cret"}) as response:
                 await error_of(response, 401)
-            async with session.get("http://127.0.0.1:%d/nothing" % server.tcp_port()) as response:
+            async with session.get(f"http://127.0.0.1:{server.tcp_port()}/nothing") as response:
                 await error_of(response, 401)  # unknown routes are not revealed either
             async with session.get(url, headers={"Authorization": "Bearer s3cret"}) as response:
                 assert response.status == 200
@@ -701,13 +705,12 @@ async def test_close_ends_open_journal_streams_quickly(registry: Registry, node:
     journal: Journal = node.journal_source  # type: ignore[assignment]
     server = await start_api(make_app(registry, node), [TcpListener("127.0.0.1", 0)])
     url = f"http://127.0.0.1:{server.tcp_port()}/fleet/v1/machines/{LOCAL}/journal/a.service?lines=1&follow=true"
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url) as response:
-            assert await asyncio.wait_for(response.content.readline(), 5) == b"a.service line 0\n"
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            await asyncio.wait_for(server.close(), 10)
-            assert loop.time() - started < 1.5
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert await asyncio.wait_for(response.content.readline(), 5) == b"a.service line 0\n"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(server.close(), 10)
+        assert loop.time() - started < 1.5
     await asyncio.wait_for(journal.closed.wait(), 5)
 
 
@@ -723,9 +726,12 @@ async def test_unix_socket_stale_live_and_foreign_files(registry: Registry, node
         with pytest.raises(ListenError, match="already serving"):
             await start_api(make_app(registry, node), [UnixListener(path)])
         assert os.path.exists(path)
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as session:
-            async with session.get("http://fleet/fleet/v1/machines") as response:
-                assert response.status == 200
+        connector = aiohttp.UnixConnector(path=path)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get("http://fleet/fleet/v1/machines") as response,
+        ):
+            assert response.status == 200
     finally:
         await server.close()
     regular = tmp_path / "not-a-socket"
@@ -739,9 +745,27 @@ async def test_unix_socket_stale_live_and_foreign_files(registry: Registry, node
 async def test_tls_with_token(registry: Registry, node: Node, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     context = make_ssl_context(str(cert), str(key))
     server = await start_api(make_app(registry, node), [TcpListener("127.0.0.1", 0, context, token="t")])
@@ -825,7 +849,12 @@ def test_socket_activation_in_a_subprocess() -> None:
     try:
         done = subprocess.run(
             [sys.executable, "-c", launcher, str(fd), ACTIVATION_SCRIPT],
-            capture_output=True, text=True, timeout=60, env=env, cwd=ROOT, pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=ROOT,
+            pass_fds=(fd,),
         )
     finally:
         listener.close()
@@ -848,7 +877,9 @@ async def test_page_size_query_overrides_token_limit(registry) -> None:  # type:
     from fleetd.model.unitfile import parse_unit_file
 
     body = parse_unit_file("[Service]\nExecStart=/bin/true\n")
-    await registry.create_units((StoredUnit(f"p{i:03}.service", body, DesiredState.INACTIVE), False) for i in range(150))
+    await registry.create_units(
+        (StoredUnit(f"p{i:03}.service", body, DesiredState.INACTIVE), False) for i in range(150)
+    )
     async with TestClient(TestServer(make_app(registry, Node("m" * 32), token_limit=100))) as client:
         whole = await (await client.get("/fleet/v1/units?pageSize=500")).json()
         assert len(whole["units"]) == 150 and "nextPageToken" not in whole

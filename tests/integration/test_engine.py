@@ -249,8 +249,8 @@ async def test_restarted_agent_adopts_its_lease_and_units(sim: SimCluster, tmp_p
     import asyncio
 
     from fleetd.agent.agent import Agent
-    from fleetlab.simulated import SimulatedManager
     from fleetd.model.state import MachineState
+    from fleetlab.simulated import SimulatedManager
 
     await three_machines(sim)
     manager = SimulatedManager()  # stands for systemd, which outlives fleetd
@@ -260,7 +260,11 @@ async def test_restarted_agent_adopts_its_lease_and_units(sim: SimCluster, tmp_p
     task = asyncio.create_task(first.run())
     await wait_until_async(first.ready.is_set, 10, "first agent")
     await sim.submit("pinned.service", with_fleet(f"MachineID={'f' * 32}"))
-    await wait_until_async(lambda: "pinned.service" in manager.states and manager.states["pinned.service"].active == "active", 10, "pinned running")
+    await wait_until_async(
+        lambda: "pinned.service" in manager.states and manager.states["pinned.service"].active == "active",
+        10,
+        "pinned running",
+    )
     lease = first.status.lease
     task.cancel()  # fleetd killed
     with pytest.raises(asyncio.CancelledError):

@@ -60,7 +60,6 @@ async def test_three_members_survive_losing_one(etcd3: EtcdCluster, key_prefix: 
     etcd3.stop_member(etcd3.members[0])
     assert not member_healthy(etcd3.members[0].client_url)
     async with _client(etcd3.endpoints[1]) as client:
-
         # member 0 may have been the leader: writes succeed once the others elect a new one
         async def written() -> bool:
             try:

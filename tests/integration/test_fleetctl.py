@@ -16,21 +16,19 @@ import time
 from pathlib import Path
 
 import pytest
-
-from fleetd.model.unit import DesiredState
-from fleetlab.etcd import EtcdCluster
-from test_fleetctl_support import (  # noqa: F401 - fixtures
+from fleetctl_support import (
     ROOT,
     TOKEN,
     Fleet,
     canonical,
-    fleet,
     fleetctl,
     fleetctl_process,
-    loop,
     state,
     write_units,
 )
+
+from fleetd.model.unit import DesiredState
+from fleetlab.etcd import EtcdCluster
 
 pytestmark = pytest.mark.integration
 
@@ -78,9 +76,7 @@ def test_list_commands_print_fleets_tables(fleet: Fleet, env: dict[str, str], tm
     result = fleetctl("list-machines", env=env)
     assert result.code == 0, result.err
     assert result.out == (
-        "MACHINE\t\tIP\t\tMETADATA\n"
-        "113f16a7...\t172.17.8.103\taz=us-west-1b,disk=ssd\n"
-        "22aa33bb...\t172.17.8.104\t-\n"
+        "MACHINE\t\tIP\t\tMETADATA\n113f16a7...\t172.17.8.103\taz=us-west-1b,disk=ssd\n22aa33bb...\t172.17.8.104\t-\n"
     )
     result = fleetctl("list-units", env=env)
     assert result.out == (
@@ -112,14 +108,21 @@ def test_list_commands_print_fleets_tables(fleet: Fleet, env: dict[str, str], tm
     files = json.loads(fleetctl("list-unit-files", "--output", "json", env=env).out)
     assert [f["unit"] for f in files] == ["global.service", "hello.service", "idle.service"]
     assert files[1] == {
-        "unit": "hello.service", "hash": hello_hash, "dstate": "launched", "state": "launched",
-        "target": M1, "global": False, "desc": "Hello World",
+        "unit": "hello.service",
+        "hash": hello_hash,
+        "dstate": "launched",
+        "state": "launched",
+        "target": M1,
+        "global": False,
+        "desc": "Hello World",
     }
 
 
-def test_list_unit_files_is_sorted_and_pages_through_many_units(fleet: Fleet, env: dict[str, str], tmp_path: Path) -> None:
+def test_list_unit_files_is_sorted_and_pages_through_many_units(
+    fleet: Fleet, env: dict[str, str], tmp_path: Path
+) -> None:
     names = [f"u{i:03d}.service" for i in range(230, -1, -1)]
-    write_units(tmp_path, {n: HELLO for n in names})
+    write_units(tmp_path, dict.fromkeys(names, HELLO))
     result = fleetctl("submit", *names, env=env, cwd=tmp_path)
     assert result.code == 0, result.err
     assert len(result.out.splitlines()) == len(names)
@@ -191,7 +194,9 @@ def test_cat_prints_the_stored_file(fleet: Fleet, env: dict[str, str], tmp_path:
 def test_submit_paths_globs_and_mangling(fleet: Fleet, env: dict[str, str], tmp_path: Path) -> None:
     units = tmp_path / "units"
     units.mkdir()
-    write_units(units, {"a.service": HELLO, "b.service": HELLO2, "c.socket": "[Socket]\nListenStream=80\n", "d.service": HELLO})
+    write_units(
+        units, {"a.service": HELLO, "b.service": HELLO2, "c.socket": "[Socket]\nListenStream=80\n", "d.service": HELLO}
+    )
     # an unexpanded glob matching local files, a path without suffix, a path with one
     result = fleetctl("submit", "units/[ab].service", "units/d", "units/c.socket", env=env, cwd=tmp_path)
     assert result.code == 0, result.err
@@ -264,9 +269,15 @@ def test_no_block_prints_triggered_lines(fleet: Fleet, env: dict[str, str], tmp_
     write_units(tmp_path, {"hello.service": HELLO, "global.service": GLOBAL})
     result = fleetctl("start", "--no-block", "hello.service", "global.service", env=env, cwd=tmp_path)
     assert result.code == 0, result.err
-    assert result.out.splitlines() == ["Triggered global unit global.service start", "Triggered unit hello.service start"]
+    assert result.out.splitlines() == [
+        "Triggered global unit global.service start",
+        "Triggered unit hello.service start",
+    ]
     result = fleetctl("stop", "--no-block", "hello", "global", env=env)
-    assert sorted(result.out.splitlines()) == ["Triggered global unit global.service stop", "Triggered unit hello.service stop"]
+    assert sorted(result.out.splitlines()) == [
+        "Triggered global unit global.service stop",
+        "Triggered unit hello.service stop",
+    ]
     result = fleetctl("unload", "--no-block", "hello", env=env)
     assert result.out == "Triggered unit hello.service unload\n"
     result = fleetctl("stop", "hello", env=env)
@@ -276,7 +287,9 @@ def test_no_block_prints_triggered_lines(fleet: Fleet, env: dict[str, str], tmp_
 
 
 def test_unplaceable_unit_fails_with_the_reason(fleet: Fleet, env: dict[str, str], tmp_path: Path) -> None:
-    write_units(tmp_path, {"picky.service": "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineMetadata=region=mars\n"})
+    write_units(
+        tmp_path, {"picky.service": "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineMetadata=region=mars\n"}
+    )
     result = fleetctl("submit", "picky.service", env=env, cwd=tmp_path)
     assert result.code == 0
     fleet.set_reasons({"picky.service": "no machine has metadata region=mars (2 machines checked)"})
@@ -304,7 +317,9 @@ def test_endpoint_from_the_environment_and_flag_precedence(api, tmp_path: Path) 
     result = fleetctl_process("list-units", env={"FLEETCTL_ENDPOINT": api.unix})
     assert (result.code, result.out) == (0, "UNIT\tMACHINE\tACTIVE\tSUB\n")
     # the command line wins over the environment
-    result = fleetctl_process("--endpoint", api.unix, "list-machines", env={"FLEETCTL_ENDPOINT": "unix:///nonexistent.sock"})
+    result = fleetctl_process(
+        "--endpoint", api.unix, "list-machines", env={"FLEETCTL_ENDPOINT": "unix:///nonexistent.sock"}
+    )
     assert result.code == 0, result.err
     # Go-style single-dash long flags, and global flags after the command
     result = fleetctl("list-machines", f"-endpoint={api.unix}", "-no-legend")
@@ -412,7 +427,9 @@ def test_etcd_driver(fleet: Fleet, etcd: EtcdCluster, key_prefix: str, env: dict
     assert fleetctl_process("cat", "hello", env=etcd_env).out == HELLO
     result = fleetctl_process("destroy", "hello", "--no-block", env=etcd_env)
     assert result.out == "Destroyed hello.service\n"
-    bad = fleetctl_process("list-units", env={**etcd_env, "FLEETCTL_ENDPOINT": "http://127.0.0.1:1", "FLEETCTL_REQUEST_TIMEOUT": "0.5"})
+    bad = fleetctl_process(
+        "list-units", env={**etcd_env, "FLEETCTL_ENDPOINT": "http://127.0.0.1:1", "FLEETCTL_REQUEST_TIMEOUT": "0.5"}
+    )
     assert bad.code == 1 and "etcd isn't reachable at http://127.0.0.1:1" in bad.err
 
 
@@ -442,8 +459,10 @@ def test_journal_and_status_come_from_the_units_machine(fleet: Fleet, tmp_path: 
     # and fleetd's TCP port 54728, where nothing listens in this test
     result = fleetctl("journal", "hello", env={"FLEETCTL_ENDPOINT": first.unix, "FLEETCTL_API_TOKEN": TOKEN})
     assert result.code == 1
-    assert f"cannot reach the fleetd of machine 22aa33bb.../127.0.0.2: tried {first.unix} (another machine's fleetd); " \
+    assert (
+        f"cannot reach the fleetd of machine 22aa33bb.../127.0.0.2: tried {first.unix} (another machine's fleetd); "
         "http://127.0.0.2:54728 (Connection refused)" in result.err
+    )
     # ... while the unix socket of the unit's own machine answers itself
     result = fleetctl("journal", "hello", env={"FLEETCTL_ENDPOINT": others[0].unix})
     assert result.code == 0, result.err
@@ -476,11 +495,18 @@ def test_journal_follow_of_a_global_unit_follows_every_machine(fleet: Fleet, tmp
         fleet.add_machine(api.machine_id, api.host)
     write_units(tmp_path, {"global.service": GLOBAL})
     env = {"FLEETCTL_ENDPOINT": first.tcp, "FLEETCTL_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
-    assert fleetctl("submit", "global.service", env={k: v for k, v in env.items() if k.startswith("FLEETCTL")}, cwd=tmp_path).code == 0
+    assert (
+        fleetctl(
+            "submit", "global.service", env={k: v for k, v in env.items() if k.startswith("FLEETCTL")}, cwd=tmp_path
+        ).code
+        == 0
+    )
     fleet.publish(state("global.service", M1), state("global.service", M2))
     process = subprocess.Popen(
         [sys.executable, "-m", "fleetctl.main", "journal", "-f", "-n", "1", "global.service"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -573,7 +599,9 @@ def fake_ssh(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_ssh_runs_the_system_client(fleet: Fleet, env: dict[str, str], fake_ssh: dict[str, str], tmp_path: Path) -> None:
+def test_ssh_runs_the_system_client(
+    fleet: Fleet, env: dict[str, str], fake_ssh: dict[str, str], tmp_path: Path
+) -> None:
     fleet.add_machine(M1, "10.1.0.1")
     fleet.add_machine(M2, "10.1.0.2")
     write_units(tmp_path, {"hello.service": HELLO})
@@ -585,21 +613,59 @@ def test_ssh_runs_the_system_client(fleet: Fleet, env: dict[str, str], fake_ssh:
     result = fleetctl_process("ssh", "113f", env=environment)
     assert result.code == 0, result.err
     assert result.out.splitlines() == [
-        "-p", "22", "-l", "core", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=ask", "-o", known,
-        "--", "10.1.0.1",
+        "-p",
+        "22",
+        "-l",
+        "core",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "StrictHostKeyChecking=ask",
+        "-o",
+        known,
+        "--",
+        "10.1.0.1",
     ]
     assert (tmp_path / ".fleetctl").is_dir()
     result = fleetctl_process(
-        "--ssh-username=admin", "--tunnel", "bastion:2222", "--strict-host-key-checking=false",
-        "ssh", "-A", "--ssh-port", "2200", "hello.service", "ls", "-l", env=environment,
+        "--ssh-username=admin",
+        "--tunnel",
+        "bastion:2222",
+        "--strict-host-key-checking=false",
+        "ssh",
+        "-A",
+        "--ssh-port",
+        "2200",
+        "hello.service",
+        "ls",
+        "-l",
+        env=environment,
     )
     assert result.out.splitlines() == [
-        "-A", "-p", "2200", "-l", "admin", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-J", "admin@bastion:2222", "--", "10.1.0.2", "ls", "-l",
+        "-A",
+        "-p",
+        "2200",
+        "-l",
+        "admin",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-J",
+        "admin@bastion:2222",
+        "--",
+        "10.1.0.2",
+        "ls",
+        "-l",
     ]
     # the API itself went through the tunnel: ssh -N -L <local socket>:<fleetd's socket>
     log = (tmp_path / "ssh.log").read_text().splitlines()
-    assert any(line.startswith("-l admin") and " -p 2222 -N " in line and f":{env['FLEETCTL_ENDPOINT'][7:]} -- bastion" in line for line in log), log
+    assert any(
+        line.startswith("-l admin") and " -p 2222 -N " in line and f":{env['FLEETCTL_ENDPOINT'][7:]} -- bastion" in line
+        for line in log
+    ), log
     result = fleetctl_process("ssh", "--unit", "hello", "--", "uptime", "-p", env=environment)
     assert result.out.splitlines()[-3:] == ["10.1.0.2", "uptime", "-p"]
     result = fleetctl_process("ssh", "--machine", M2[:6], env={**environment, "FLEETCTL_SSH_TIMEOUT": "2.5"})
@@ -636,11 +702,16 @@ def test_list_units_does_not_load_the_daemons_libraries(api) -> None:  # type: i
         "import sys\n"
         "from fleetctl.main import main\n"
         "rc = main(['list-units'])\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'aetcd', 'grpc', 'dbus_fast', 'click', 'tabulate'} or m.startswith('fleetd.api') or m.startswith('fleetd.registry'))\n"
+        "libs = {'aiohttp', 'aetcd', 'grpc', 'dbus_fast', 'click', 'tabulate'}\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in libs\n"
+        "               or m.startswith('fleetd.api') or m.startswith('fleetd.registry'))\n"
         "print('HEAVY', heavy, rc)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={**os.environ, "FLEETCTL_ENDPOINT": api.unix, "PYTHONPATH": str(ROOT)},
     )
     assert done.stdout.splitlines()[-1] == "HEAVY [] 0", done.stdout + done.stderr

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fleetctl_support import Fleet, canonical, fleetctl, write_units
 
 from fleetlab.etcd import EtcdCluster
 from fleetlab.simcluster import SimCluster
 from fleetlab.wait import wait_until
-from test_fleetctl_support import Fleet, canonical, fleet, fleetctl, loop, write_units  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def parse_lines(out: str) -> dict[str, tuple[str, str | None]]:
 
 def test_load_and_unload_six_units(cluster: Cluster, tmp_path: Path) -> None:
     names = [f"six{i}.service" for i in range(6)]
-    write_units(tmp_path, {n: SERVICE for n in names})
+    write_units(tmp_path, dict.fromkeys(names, SERVICE))
     result = fleetctl("load", *names, env=cluster.env, cwd=tmp_path)
     assert result.code == 0, result.err
     lines = parse_lines(result.out)
@@ -72,18 +72,18 @@ def test_load_and_unload_six_units(cluster: Cluster, tmp_path: Path) -> None:
     assert all(cluster.starts(n) == 0 for n in names)
     result = fleetctl("unload", "six*", env=cluster.env)
     assert result.code == 0, result.err
-    assert parse_lines(result.out) == {n: ("inactive", None) for n in names}
+    assert parse_lines(result.out) == dict.fromkeys(names, ("inactive", None))
     result = fleetctl("list-units", "--no-legend", env=cluster.env)
     assert result.out == ""
 
 
 def test_start_stop_restart_and_destroy_three_units(cluster: Cluster, tmp_path: Path) -> None:
     names = ["one.service", "two.service", "three.service"]
-    write_units(tmp_path, {n: SERVICE for n in names})
+    write_units(tmp_path, dict.fromkeys(names, SERVICE))
     result = fleetctl("start", *names, env=cluster.env, cwd=tmp_path)
     assert result.code == 0, result.err
     lines = parse_lines(result.out)
-    assert {n: s for n, (s, _) in lines.items()} == {n: "launched" for n in names}
+    assert {n: s for n, (s, _) in lines.items()} == dict.fromkeys(names, "launched")
     assert sorted(cluster.sim.placement()) == sorted(names)
     listed = fleetctl("list-units", "--no-legend", "--fields=unit,active,sub", env=cluster.env).out
     assert listed == "one.service\tactive\trunning\nthree.service\tactive\trunning\ntwo.service\tactive\trunning\n"
@@ -111,10 +111,10 @@ def test_start_stop_restart_and_destroy_three_units(cluster: Cluster, tmp_path: 
 
 def test_start_many_units_at_once(cluster: Cluster, tmp_path: Path) -> None:
     names = [f"many{i:02d}.service" for i in range(25)]
-    write_units(tmp_path, {n: SERVICE for n in names})
+    write_units(tmp_path, dict.fromkeys(names, SERVICE))
     result = fleetctl("start", "many*.service", env=cluster.env, cwd=tmp_path)
     assert result.code == 0, result.err
-    assert {n: s for n, (s, _) in parse_lines(result.out).items()} == {n: "launched" for n in names}
+    assert {n: s for n, (s, _) in parse_lines(result.out).items()} == dict.fromkeys(names, "launched")
     assert sorted(cluster.sim.placement()) == names
     result = fleetctl("destroy", "many*", env=cluster.env)
     assert result.code == 0 and len(result.out.splitlines()) == 25
@@ -153,7 +153,9 @@ def test_start_replace_runs_the_new_body(cluster: Cluster, tmp_path: Path) -> No
 
 
 def test_unplaceable_unit_reports_the_engines_reason(cluster: Cluster, tmp_path: Path) -> None:
-    write_units(tmp_path, {"mars.service": "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineMetadata=region=mars\n"})
+    write_units(
+        tmp_path, {"mars.service": "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineMetadata=region=mars\n"}
+    )
     result = fleetctl("start", "--block-attempts=3", "mars.service", env=cluster.env, cwd=tmp_path)
     assert result.code == 1
     assert "Unit mars.service cannot be placed:" in result.err

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleetd.model.unit import DesiredState
 from fleetd.agent.plan import AgentTask, Load, Start, Stop, Unload, agent_plan
+from fleetd.model.unit import DesiredState
 
 INACTIVE, LOADED, LAUNCHED = DesiredState.INACTIVE, DesiredState.LOADED, DesiredState.LAUNCHED
 H1 = "1" * 40
@@ -16,52 +16,112 @@ CHANGED = "unit file changed (1111111 -> 2222222)"
 # (id, desired, current, expected)
 CASES: list[tuple[str, dict, dict, list[AgentTask]]] = [
     ("nothing", {}, {}, []),
-    ("new-launched", {"a.service": (LAUNCHED, H1)}, {}, [
-        Load("a.service", "desired state is launched"),
-        Start("a.service", "desired state is launched"),
-    ]),
+    (
+        "new-launched",
+        {"a.service": (LAUNCHED, H1)},
+        {},
+        [
+            Load("a.service", "desired state is launched"),
+            Start("a.service", "desired state is launched"),
+        ],
+    ),
     ("new-loaded", {"a.service": (LOADED, H1)}, {}, [Load("a.service", "desired state is loaded")]),
     ("steady-launched", {"a.service": (LAUNCHED, H1)}, {"a.service": (True, True, H1)}, []),
     ("steady-loaded", {"a.service": (LOADED, H1)}, {"a.service": (True, False, H1)}, []),
-    ("start-a-loaded-unit", {"a.service": (LAUNCHED, H1)}, {"a.service": (True, False, H1)}, [
-        Start("a.service", "desired state is launched"),
-    ]),
-    ("stop-to-loaded", {"a.service": (LOADED, H1)}, {"a.service": (True, True, H1)}, [
-        Stop("a.service", "desired state is loaded"),
-    ]),
-    ("hash-changed-while-running", {"a.service": (LAUNCHED, H2)}, {"a.service": (True, True, H1)}, [
-        Unload("a.service", CHANGED),
-        Load("a.service", CHANGED),
-        Start("a.service", "desired state is launched"),
-    ]),
-    ("hash-changed-while-loaded", {"a.service": (LOADED, H2)}, {"a.service": (True, False, H1)}, [
-        Unload("a.service", CHANGED),
-        Load("a.service", CHANGED),
-    ]),
-    ("hash-changed-running-but-should-be-loaded", {"a.service": (LOADED, H2)}, {"a.service": (True, True, H1)}, [
-        Unload("a.service", CHANGED),
-        Load("a.service", CHANGED),
-    ]),
-    ("unknown-loaded-hash-reloads", {"a.service": (LOADED, H2)}, {"a.service": (True, False, "")}, [
-        Unload("a.service", "unit file changed (unknown -> 2222222)"),
-        Load("a.service", "unit file changed (unknown -> 2222222)"),
-    ]),
-    ("no-longer-scheduled-here", {}, {"a.service": (True, True, H1)}, [
-        Unload("a.service", "not scheduled on this machine"),
-    ]),
-    ("desired-inactive", {"a.service": (INACTIVE, H1)}, {"a.service": (True, False, H1)}, [
-        Unload("a.service", "desired state is inactive"),
-    ]),
-    ("running-without-its-file-is-unloaded", {}, {"a.service": (False, True, H1)}, [
-        Unload("a.service", "not scheduled on this machine"),
-    ]),
+    (
+        "start-a-loaded-unit",
+        {"a.service": (LAUNCHED, H1)},
+        {"a.service": (True, False, H1)},
+        [
+            Start("a.service", "desired state is launched"),
+        ],
+    ),
+    (
+        "stop-to-loaded",
+        {"a.service": (LOADED, H1)},
+        {"a.service": (True, True, H1)},
+        [
+            Stop("a.service", "desired state is loaded"),
+        ],
+    ),
+    (
+        "hash-changed-while-running",
+        {"a.service": (LAUNCHED, H2)},
+        {"a.service": (True, True, H1)},
+        [
+            Unload("a.service", CHANGED),
+            Load("a.service", CHANGED),
+            Start("a.service", "desired state is launched"),
+        ],
+    ),
+    (
+        "hash-changed-while-loaded",
+        {"a.service": (LOADED, H2)},
+        {"a.service": (True, False, H1)},
+        [
+            Unload("a.service", CHANGED),
+            Load("a.service", CHANGED),
+        ],
+    ),
+    (
+        "hash-changed-running-but-should-be-loaded",
+        {"a.service": (LOADED, H2)},
+        {"a.service": (True, True, H1)},
+        [
+            Unload("a.service", CHANGED),
+            Load("a.service", CHANGED),
+        ],
+    ),
+    (
+        "unknown-loaded-hash-reloads",
+        {"a.service": (LOADED, H2)},
+        {"a.service": (True, False, "")},
+        [
+            Unload("a.service", "unit file changed (unknown -> 2222222)"),
+            Load("a.service", "unit file changed (unknown -> 2222222)"),
+        ],
+    ),
+    (
+        "no-longer-scheduled-here",
+        {},
+        {"a.service": (True, True, H1)},
+        [
+            Unload("a.service", "not scheduled on this machine"),
+        ],
+    ),
+    (
+        "desired-inactive",
+        {"a.service": (INACTIVE, H1)},
+        {"a.service": (True, False, H1)},
+        [
+            Unload("a.service", "desired state is inactive"),
+        ],
+    ),
+    (
+        "running-without-its-file-is-unloaded",
+        {},
+        {"a.service": (False, True, H1)},
+        [
+            Unload("a.service", "not scheduled on this machine"),
+        ],
+    ),
     ("already-gone", {"a.service": (INACTIVE, H1)}, {"a.service": (False, False, H1)}, []),
-    ("active-but-not-loaded-gets-loaded-not-restarted", {"a.service": (LAUNCHED, H1)}, {"a.service": (False, True, "")}, [
-        Load("a.service", "desired state is launched"),
-    ]),
-    ("plain-strings-and-tuples-are-accepted", {"a.service": ("launched", H1)}, {"a.service": (True, False, H1)}, [
-        Start("a.service", "desired state is launched"),
-    ]),
+    (
+        "active-but-not-loaded-gets-loaded-not-restarted",
+        {"a.service": (LAUNCHED, H1)},
+        {"a.service": (False, True, "")},
+        [
+            Load("a.service", "desired state is launched"),
+        ],
+    ),
+    (
+        "plain-strings-and-tuples-are-accepted",
+        {"a.service": ("launched", H1)},
+        {"a.service": (True, False, H1)},
+        [
+            Start("a.service", "desired state is launched"),
+        ],
+    ),
     (
         "fleet-order-unloads-loads-stops-starts",
         {
@@ -115,5 +175,8 @@ def test_agent_plan_reaches_the_desired_state(desired: dict, current: dict, expe
 
 def test_task_kinds_name_themselves() -> None:
     assert [t.verb for t in (Unload("a", ""), Load("a", ""), Stop("a", ""), Start("a", ""))] == [
-        "unload", "load", "stop", "start",
+        "unload",
+        "load",
+        "stop",
+        "start",
     ]

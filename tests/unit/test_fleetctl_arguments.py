@@ -60,7 +60,12 @@ def test_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert template_path("web@1", "web@.service") == "web@.service"
     # unexpanded globs matching local files become the files; others stay for the cluster
     assert expand_file_globs(["units/*.service", "units/[c]*", "x*", "units/a"]) == [
-        "units/a.service", "units/b.service", "units/web@.service", "units/c.socket", "x*", "units/a",
+        "units/a.service",
+        "units/b.service",
+        "units/web@.service",
+        "units/c.socket",
+        "x*",
+        "units/a",
     ]
     assert expand_file_globs(["units/?"]) == ["units/a.service", "units/b.service"]  # as units/?.service
     assert expand_file_globs(["units/zz?"]) == ["units/zz?"]
@@ -79,7 +84,14 @@ def test_ssh_options_from_the_global_flags() -> None:
     config = Config()
     known = os.path.expanduser("~/.fleetctl/known_hosts")
     assert ssh_options(config) == [
-        "-l", "core", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=ask", "-o", f"UserKnownHostsFile={known}",
+        "-l",
+        "core",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "StrictHostKeyChecking=ask",
+        "-o",
+        f"UserKnownHostsFile={known}",
     ]
     config = Config(ssh_username="me", ssh_timeout=0, strict_host_key_checking=False)
     assert ssh_options(config) == ["-l", "me", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]

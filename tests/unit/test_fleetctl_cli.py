@@ -52,9 +52,20 @@ def test_every_global_flag_has_an_environment_variable() -> None:
     assert {f.env for f in GLOBAL_FLAGS} == set(environ)
     config = parse(["list-units"], environ=environ).config
     assert config == Config(
-        endpoint="http://10.0.0.1:4001", endpoint_given=True, driver="etcd", etcd_key_prefix="/other/",
-        ca_file="/ca.pem", cert_file="/cert.pem", key_file="/key.pem", request_timeout=7.5, tunnel="bastion:22",
-        ssh_username="admin", known_hosts_file="/kh", strict_host_key_checking=False, ssh_timeout=2.0, debug=True,
+        endpoint="http://10.0.0.1:4001",
+        endpoint_given=True,
+        driver="etcd",
+        etcd_key_prefix="/other/",
+        ca_file="/ca.pem",
+        cert_file="/cert.pem",
+        key_file="/key.pem",
+        request_timeout=7.5,
+        tunnel="bastion:22",
+        ssh_username="admin",
+        known_hosts_file="/kh",
+        strict_host_key_checking=False,
+        ssh_timeout=2.0,
+        debug=True,
         api_token="tok",
     )
 
@@ -68,7 +79,18 @@ def test_command_line_wins_over_environment_and_after_the_command_over_before() 
 
 
 def test_go_style_flags() -> None:
-    inv = parse(["-endpoint=unix:///x.sock", "-strict-host-key-checking=false", "start", "-no-block", "-block-attempts", "3", "a"], environ={})
+    inv = parse(
+        [
+            "-endpoint=unix:///x.sock",
+            "-strict-host-key-checking=false",
+            "start",
+            "-no-block",
+            "-block-attempts",
+            "3",
+            "a",
+        ],
+        environ={},
+    )
     assert inv.config.endpoint == "unix:///x.sock" and inv.config.strict_host_key_checking is False
     assert (inv.args.no_block, inv.args.block_attempts, inv.args.units) == (True, 3, ["a"])
     inv = parse(["list-units", "-l", "-fields=unit", "-no-legend=true"], environ={})
@@ -92,7 +114,12 @@ def test_command_flags() -> None:
     assert (args.lines, args.follow, args.journal_output, args.sudo, args.unit) == (5, True, "cat", True, "hello")
     assert parse(["journal", "--lines=0", "x"], environ={}).args.lines == 0
     inv = parse(["ssh", "-A", "--ssh-port=2222", "--machine", "abc", "--", "ls", "-l"], environ={})
-    assert (inv.args.forward_agent, inv.args.ssh_port, inv.args.machine, inv.args.args) == (True, 2222, "abc", ["--", "ls", "-l"])
+    assert (inv.args.forward_agent, inv.args.ssh_port, inv.args.machine, inv.args.args) == (
+        True,
+        2222,
+        "abc",
+        ["--", "ls", "-l"],
+    )
     # after ssh's first argument, everything belongs to the remote command
     inv = parse(["ssh", "web", "ls", "-la", "--debug"], environ={})
     assert inv.args.args == ["web", "ls", "-la", "--debug"] and inv.config.debug is False
@@ -131,7 +158,7 @@ def test_usage_errors_exit_2_and_name_the_help(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.delenv(key)
     out, err = io.StringIO(), io.StringIO()
     assert run(["list-units", "--fields=unit,nope"], out, err) == 2
-    assert 'invalid field "nope"' in err.getvalue() and 'fleetctl help list-units' in err.getvalue()
+    assert 'invalid field "nope"' in err.getvalue() and "fleetctl help list-units" in err.getvalue()
     err = io.StringIO()
     assert run(["start", "--bogus", "x"], out, err) == 2
     assert run(["help", "bogus"], out, io.StringIO()) == 2
@@ -182,10 +209,12 @@ def test_endpoint_list_and_the_etcd_default() -> None:
 def test_importing_and_parsing_loads_none_of_the_daemons_libraries() -> None:
     code = (
         "import sys\n"
-        "import fleetctl.main, fleetctl.cli, fleetctl.client, fleetctl.cmd_list, fleetctl.cmd_units, fleetctl.cmd_remote\n"
+        "import fleetctl.main, fleetctl.cli, fleetctl.client\n"
+        "import fleetctl.cmd_list, fleetctl.cmd_units, fleetctl.cmd_remote\n"
         "fleetctl.cli.parse(['list-units'], environ={})\n"
         "heavy = {'aiohttp', 'aetcd', 'grpc', 'dbus_fast', 'click', 'tabulate', 'asyncio'}\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(('fleetd.api', 'fleetd.registry'))))\n"
+        "ours = ('fleetd.api', 'fleetd.registry')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(ours)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert done.returncode == 0, done.stderr
@@ -194,7 +223,11 @@ def test_importing_and_parsing_loads_none_of_the_daemons_libraries() -> None:
 
 def test_import_time_of_the_entry_point() -> None:
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import fleetctl.main"], capture_output=True, text=True, cwd=ROOT, timeout=30
+        [sys.executable, "-X", "importtime", "-c", "import fleetctl.main"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
     )
     modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "fleetctl.main" in modules

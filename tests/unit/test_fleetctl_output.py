@@ -47,10 +47,34 @@ HELLO = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sleep infi
 PING = "[Service]\nExecStart=/bin/ping 8.8.8.8\n"
 GLOBAL = "[Unit]\nDescription=on every host\n\n[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n"
 UNITS = [
-    {"name": "ping.service", "options": options(PING), "desiredState": "inactive", "currentState": "inactive", "machineID": ""},
-    {"name": "hello.service", "options": options(HELLO), "desiredState": "launched", "currentState": "launched", "machineID": M1},
-    {"name": "global.service", "options": options(GLOBAL), "desiredState": "launched", "currentState": "launched", "machineID": ""},
-    {"name": "lost.service", "options": options(PING), "desiredState": "loaded", "currentState": "loaded", "machineID": M3},
+    {
+        "name": "ping.service",
+        "options": options(PING),
+        "desiredState": "inactive",
+        "currentState": "inactive",
+        "machineID": "",
+    },
+    {
+        "name": "hello.service",
+        "options": options(HELLO),
+        "desiredState": "launched",
+        "currentState": "launched",
+        "machineID": M1,
+    },
+    {
+        "name": "global.service",
+        "options": options(GLOBAL),
+        "desiredState": "launched",
+        "currentState": "launched",
+        "machineID": "",
+    },
+    {
+        "name": "lost.service",
+        "options": options(PING),
+        "desiredState": "loaded",
+        "currentState": "loaded",
+        "machineID": M3,
+    },
 ]
 HELLO_HASH = parse_unit_file(HELLO).hash()
 PING_HASH = parse_unit_file(PING).hash()
@@ -59,8 +83,12 @@ GLOBAL_HASH = parse_unit_file(GLOBAL).hash()
 
 def st(name: str, machine: str, load: str, active: str, sub: str, hash_: str) -> dict[str, str]:
     return {
-        "name": name, "machineID": machine, "hash": hash_,
-        "systemdLoadState": load, "systemdActiveState": active, "systemdSubState": sub,
+        "name": name,
+        "machineID": machine,
+        "hash": hash_,
+        "systemdLoadState": load,
+        "systemdActiveState": active,
+        "systemdSubState": sub,
     }
 
 
@@ -92,7 +120,9 @@ def test_fields_parsing() -> None:
     assert parse_fields(DEFAULT_UNIT_FIELDS, UNIT_FIELDS) == ["unit", "machine", "active", "sub"]
     assert parse_fields("Unit, HASH", UNIT_FIELDS) == ["unit", "hash"]
     assert parse_fields("unit,unit", UNIT_FIELDS) == ["unit", "unit"]
-    with pytest.raises(FieldError, match=r'invalid field "bogus" in --fields \(valid fields: unit,load,active,sub,machine,hash\)'):
+    with pytest.raises(
+        FieldError, match=r'invalid field "bogus" in --fields \(valid fields: unit,load,active,sub,machine,hash\)'
+    ):
         parse_fields("unit,bogus", UNIT_FIELDS)
     with pytest.raises(FieldError, match="valid fields: machine,ip,metadata"):
         parse_fields("", MACHINE_FIELDS)
@@ -113,8 +143,7 @@ def test_list_machines() -> None:
         "fd1d3e94...\t172.17.8.101\t-\n"
     )
     assert list_machines_table(machines, fields, True, True) == (
-        f"{M1}\t172.17.8.103\taz=us-west-1b,region=us-west\n"
-        f"{M2}\t172.17.8.101\t-\n"
+        f"{M1}\t172.17.8.103\taz=us-west-1b,region=us-west\n{M2}\t172.17.8.101\t-\n"
     )
     assert list_machines_table(machines, ["ip", "machine"], False, False) == (
         "IP\t\tMACHINE\n172.17.8.103\t113f16a7...\n172.17.8.101\tfd1d3e94...\n"
@@ -157,10 +186,27 @@ def test_list_units_full_no_legend_and_fields() -> None:
 def test_list_units_json() -> None:
     data = json.loads(dump_json(units_json(STATES, list(UNIT_FIELDS))))
     assert data[0] == {
-        "unit": "global.service", "load": "loaded", "active": "failed", "sub": "failed", "machine": M1, "hash": H2,
+        "unit": "global.service",
+        "load": "loaded",
+        "active": "failed",
+        "sub": "failed",
+        "machine": M1,
+        "hash": H2,
     }
-    assert data[-1] == {"unit": "old.service", "load": "not-found", "active": None, "sub": None, "machine": M3, "hash": None}
-    assert units_json(STATES, ["unit"]) == [{"unit": "global.service"}, {"unit": "global.service"}, {"unit": "hello.service"}, {"unit": "old.service"}]
+    assert data[-1] == {
+        "unit": "old.service",
+        "load": "not-found",
+        "active": None,
+        "sub": None,
+        "machine": M3,
+        "hash": None,
+    }
+    assert units_json(STATES, ["unit"]) == [
+        {"unit": "global.service"},
+        {"unit": "global.service"},
+        {"unit": "hello.service"},
+        {"unit": "old.service"},
+    ]
 
 
 # -- list-unit-files --------------------------------------------------------------------------
@@ -197,8 +243,13 @@ def test_list_unit_files_json() -> None:
     data = unit_files_json(UNITS, list(UNIT_FILE_FIELDS))
     assert [d["unit"] for d in data] == ["global.service", "hello.service", "lost.service", "ping.service"]
     assert data[0] == {
-        "unit": "global.service", "hash": GLOBAL_HASH, "dstate": "launched", "state": None, "target": "global",
-        "global": True, "desc": "on every host",
+        "unit": "global.service",
+        "hash": GLOBAL_HASH,
+        "dstate": "launched",
+        "state": None,
+        "target": "global",
+        "global": True,
+        "desc": "on every host",
     }
     assert data[3]["target"] is None and data[3]["desc"] is None
 

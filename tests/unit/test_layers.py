@@ -18,7 +18,9 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
 def test_import_contracts_are_kept() -> None:
-    assert LINT_IMPORTS.exists(), f"{LINT_IMPORTS} missing: install the test extras (.venv/bin/pip install -e '.[test]')"
+    assert LINT_IMPORTS.exists(), (
+        f"{LINT_IMPORTS} missing: install the test extras (.venv/bin/pip install -e '.[test]')"
+    )
     result = subprocess.run(
         [str(LINT_IMPORTS), "--no-cache", "--no-logo"],
         cwd=ROOT,

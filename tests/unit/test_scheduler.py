@@ -375,7 +375,10 @@ CASES = [
     Case(
         "least-loaded-with-ties-broken-by-machine-id",
         [C, B, A],
-        [unit(n) for n in ("p1.service", "p2.service", "q.service", "r.service", "n1.service", "n2.service", "n3.service")],
+        [
+            unit(n)
+            for n in ("p1.service", "p2.service", "q.service", "r.service", "n1.service", "n2.service", "n3.service")
+        ],
         {"p1.service": A, "p2.service": A, "q.service": B, "r.service": C},
         [Place("n1.service", B, LL1), Place("n2.service", C, LL1), Place("n3.service", A, LL2)],
     ),
@@ -416,7 +419,11 @@ CASES = [
         [instance(f"web@{i}.service", WEB_TEMPLATE) for i in (1, 2, 3)],
         {"web@1.service": A, "web@2.service": B},
         [],
-        {"web@3.service": "2 machines: conflicts with web@1.service or web@2.service; 1 machine: metadata disk=ssd not present"},
+        {
+            "web@3.service": (
+                "2 machines: conflicts with web@1.service or web@2.service; 1 machine: metadata disk=ssd not present"
+            )
+        },
     ),
     Case(
         "no-machines-at-all",
@@ -424,8 +431,11 @@ CASES = [
         [unit("u.service"), unit("p.service", "MachineID=abc"), unit("g.service", "Global=true")],
         {},
         [],
-        {"u.service": "no machines in the cluster", "p.service": "no machines in the cluster",
-         "g.service": "no machines in the cluster"},
+        {
+            "u.service": "no machines in the cluster",
+            "p.service": "no machines in the cluster",
+            "g.service": "no machines in the cluster",
+        },
     ),
 ]
 
@@ -447,7 +457,9 @@ def test_plan_is_stable_once_applied(case: Case) -> None:
 
 
 def test_plan_placements_are_the_tasks_applied() -> None:
-    snap = snapshot([A, C], [unit("a.service"), unit("b.service"), unit("new.service")], {"a.service": A, "b.service": B})
+    snap = snapshot(
+        [A, C], [unit("a.service"), unit("b.service"), unit("new.service")], {"a.service": A, "b.service": B}
+    )
     result = plan(snap)
     applied = dict(snap.placements)
     for task in result.tasks:
@@ -513,7 +525,9 @@ def test_global_machines_of_inactive_or_non_global_units_is_empty() -> None:
 def test_global_machines_ignores_stale_placements() -> None:
     """Placements of gone machines, inactive or destroyed units do not keep a global away."""
     g = unit("g.service", "Global=true\nConflicts=x*.service")
-    snap = snapshot([A, B], [g, unit("x1.service", desired=INACTIVE)], {"x1.service": A, "x2.service": B, "x3.service": C})
+    snap = snapshot(
+        [A, B], [g, unit("x1.service", desired=INACTIVE)], {"x1.service": A, "x2.service": B, "x3.service": C}
+    )
     assert global_machines(g, snap) == [A, B]
 
 
@@ -618,7 +632,7 @@ def random_cluster(rng: random.Random) -> Snapshot:
         elif roll < 0.5:
             body = f"MachineOf={rng.choice(names)}"  # sometimes a cycle
         elif roll < 0.55 and machine_ids:
-            body = f"MachineID={rng.choice(machine_ids)[:rng.choice([8, 32])]}"
+            body = f"MachineID={rng.choice(machine_ids)[: rng.choice([8, 32])]}"
         elif roll < 0.62:
             body = "Global=true" + rng.choice(["", "\nMachineMetadata=region=us", "\nConflicts=u1*.service"])
         elif roll < 0.68:

@@ -59,9 +59,7 @@ def test_command_error_messages() -> None:
 
 @pytest.mark.parametrize("current", [NEW, INACTIVE, LOADED, LAUNCHED])
 @pytest.mark.parametrize("target", [INACTIVE, LOADED, LAUNCHED])
-def test_state_changes_without_a_command_are_all_reachable(
-    current: DesiredState | None, target: DesiredState
-) -> None:
+def test_state_changes_without_a_command_are_all_reachable(current: DesiredState | None, target: DesiredState) -> None:
     assert check_transition(current, target) is None
 
 

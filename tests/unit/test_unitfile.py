@@ -93,9 +93,7 @@ ERROR_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "fragment"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
-)
+@pytest.mark.parametrize(("text", "line", "fragment"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
 def test_parse_errors(text: str, line: int, fragment: str) -> None:
     with pytest.raises(UnitFileError) as info:
         parse_unit_file(text, "web.service")
@@ -198,9 +196,9 @@ def test_api_options_rejected(bad: list[dict[str, object]]) -> None:
 _NAME_CHARS = string.ascii_letters + string.digits + "-_"
 sections = st.text(_NAME_CHARS, min_size=1, max_size=8)
 keys = st.text(_NAME_CHARS, min_size=1, max_size=12)
-values = st.text(
-    st.characters(blacklist_categories=("Cc", "Cs")), max_size=30
-).filter(lambda v: v == v.strip() and not v.endswith("\\"))
+values = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30).filter(
+    lambda v: v == v.strip() and not v.endswith("\\")
+)
 option_lists = st.lists(st.builds(UnitOption, sections, keys, values), max_size=12)
 
 

@@ -27,8 +27,26 @@ from fleetd.scheduler.occupancy import is_literal
 
 # every word any input accepts, and near misses
 CANDIDATES = [
-    "true", "false", "yes", "no", "1", "0", "on", "off", "t", "f", "y", "n", "",
-    "maybe", "2", "ja", "enable", "enabled", "truee", "-1",
+    "true",
+    "false",
+    "yes",
+    "no",
+    "1",
+    "0",
+    "on",
+    "off",
+    "t",
+    "f",
+    "y",
+    "n",
+    "",
+    "maybe",
+    "2",
+    "ja",
+    "enable",
+    "enabled",
+    "truee",
+    "-1",
 ]
 
 EXPECTED: dict[str, tuple[BoolWords, set[str], set[str]]] = {
@@ -95,8 +113,14 @@ def test_unit_files_and_config_use_their_word_sets() -> None:
 
 @pytest.mark.parametrize(
     ("text", "glob"),
-    [("web.service", False), ("web*.service", True), ("web?.service", True),
-     ("web[12].service", True), ("web@1.service", False), ("", False)],
+    [
+        ("web.service", False),
+        ("web*.service", True),
+        ("web?.service", True),
+        ("web[12].service", True),
+        ("web@1.service", False),
+        ("", False),
+    ],
 )
 def test_glob_is_one_rule_for_fleetctl_and_scheduler(text: str, glob: bool) -> None:
     from fleetctl.arguments import has_glob as fleetctl_has_glob

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from fleetctl.main import run
 from fleetd.api import Node, TcpListener, UnixListener, make_app, start_api
 from fleetd.api.listeners import ApiServer
 from fleetd.model.state import MachineState, ScheduledUnit, UnitState
@@ -27,7 +28,6 @@ from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import connect
 from fleetd.registry.registry import Leadership, Registry
 from fleetlab.etcd import EtcdCluster
-from fleetctl.main import run
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +166,9 @@ class Fleet:
         for item in states:
             self.run(self.registry.publish_states(item.machine_id, self._lease(), [item]))
 
-    def place(self, machine_id: str, name: str, desired: str = "launched", reason: dict[str, str | None] | None = None) -> None:
+    def place(
+        self, machine_id: str, name: str, desired: str = "launched", reason: dict[str, str | None] | None = None
+    ) -> None:
         assert self.registry is not None
         registry = self.registry
         if self.leadership is None:
@@ -248,14 +250,20 @@ def fleetctl(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = N
     return Result(code, out.getvalue(), err.getvalue())
 
 
-def fleetctl_process(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60) -> Result:
+def fleetctl_process(
+    *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> Result:
     """fleetctl as its own process (``python -m fleetctl.main``)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
     environment.update(env or {})
     environment["PYTHONPATH"] = str(ROOT) + os.pathsep + environment.get("PYTHONPATH", "")
     done = subprocess.run(
         [sys.executable, "-m", "fleetctl.main", *argv],
-        capture_output=True, text=True, env=environment, cwd=cwd, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=timeout,
     )
     return Result(done.returncode, done.stdout, done.stderr)
 
@@ -269,7 +277,9 @@ def write_units(directory: Path, units: dict[str, str]) -> list[str]:
     return paths
 
 
-def state(name: str, machine: str, active: str = "active", sub: str = "running", load: str = "loaded", hash_: str = "") -> UnitState:
+def state(
+    name: str, machine: str, active: str = "active", sub: str = "running", load: str = "loaded", hash_: str = ""
+) -> UnitState:
     return UnitState(name, machine, hash_, load, active, sub)
 
 
