@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from fleetd.model import words
-from fleetd.registry.keys import DEFAULT_PREFIX
+from fleetd.registry import DEFAULT_PREFIX
 from fleetd.settings import Settings
 
 DEFAULT_CONFIG_FILE = "/etc/fleet/fleet.conf"

@@ -21,6 +21,7 @@ from fleetd.registry.errors import (
     UnitNotFound,
     is_unavailable,
 )
+from fleetd.registry.keys import DEFAULT_PREFIX
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
 
 _LAZY = {
@@ -41,6 +42,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_PREFIX",
     "ClusterRead",
     "EtcdConfig",
     "EtcdRegistry",
