@@ -14,6 +14,7 @@ from typing import Any
 
 from fleetd.registry.errors import (
     MachineIdInUse,
+    MachineNotFound,
     NotLeader,
     RegistryError,
     Resync,
@@ -49,6 +50,7 @@ __all__ = [
     "Leadership",
     "MachineEvent",
     "MachineIdInUse",
+    "MachineNotFound",
     "MemoryRegistry",
     "NotLeader",
     "PlacementEvent",

@@ -19,6 +19,10 @@ class MachineIdInUse(RegistryError):
     """Another live fleetd holds this machine id."""
 
 
+class MachineNotFound(RegistryError):
+    """A request named machines that are not registered (nothing was changed)."""
+
+
 class NotLeader(RegistryError):
     """An engine write was refused because this engine no longer holds leadership."""
 

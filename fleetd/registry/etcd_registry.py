@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
@@ -25,7 +25,14 @@ from fleetd.registry.codec import (
     encode_state,
     encode_unit,
 )
-from fleetd.registry.errors import MachineIdInUse, NotLeader, RegistryError, UnitExists, UnitNotFound
+from fleetd.registry.errors import (
+    MachineIdInUse,
+    MachineNotFound,
+    NotLeader,
+    RegistryError,
+    UnitExists,
+    UnitNotFound,
+)
 from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, KeyValue
 from fleetd.registry.keys import Keys
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
@@ -248,6 +255,38 @@ class EtcdRegistry(Registry):
             if ok:
                 return updated
         raise RegistryError(f"metadata of machine {machine_id} kept changing; try again")
+
+    async def update_machines_metadata(
+        self, changes: Mapping[str, tuple[Mapping[str, str], Sequence[str]]]
+    ) -> dict[str, dict[str, str]]:
+        etcd, keys = self._etcd, self._keys
+        if 2 * len(changes) > MAX_TXN_OPS:
+            raise RegistryError(f"at most {MAX_TXN_OPS // 2} machines can be changed in one request")
+        for _ in range(10):
+            compare: list[Any] = []
+            ops: list[Any] = []
+            result: dict[str, dict[str, str]] = {}
+            unknown: list[str] = []
+            for machine_id, (set_, remove) in changes.items():
+                if await etcd.get(keys.machine(machine_id)) is None:
+                    unknown.append(machine_id)
+                    continue
+                key = keys.machine_metadata(machine_id)
+                kv = await etcd.get(key)
+                updated = self._metadata_or_empty(machine_id, kv.value if kv else None)
+                updated.update(set_)
+                for name in remove:
+                    updated.pop(name, None)
+                result[machine_id] = updated
+                compare.append(etcd.cmp_present(keys.machine(machine_id)))
+                compare.append(etcd.cmp_absent(key) if kv is None else etcd.cmp_mod(key, kv.mod_revision))
+                ops.append(etcd.op_put(key, encode_metadata(updated)) if updated else etcd.op_delete(key))
+            if unknown:
+                raise MachineNotFound(f"machines not registered: {', '.join(sorted(unknown))}")
+            ok, _ = await etcd.txn(compare, ops)
+            if ok:
+                return result
+        raise RegistryError("machine metadata kept changing; try again")
 
     async def follow_dynamic_metadata(self, machine_id: str) -> AsyncIterator[dict[str, str]]:
         key = self._keys.machine_metadata(machine_id)

@@ -20,13 +20,21 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
-from fleetd.registry.errors import MachineIdInUse, NotLeader, RegistryError, Resync, UnitExists, UnitNotFound
+from fleetd.registry.errors import (
+    MachineIdInUse,
+    MachineNotFound,
+    NotLeader,
+    RegistryError,
+    Resync,
+    UnitExists,
+    UnitNotFound,
+)
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
 
 # Record keys are tuples: (kind, *names). Kinds mirror the etcd layout's prefixes.
@@ -245,6 +253,26 @@ class MemoryRegistry(Registry):
             updated.pop(name, None)
         self._commit([((METADATA, machine_id), dict(updated) if updated else None, 0)])
         return updated
+
+    async def update_machines_metadata(
+        self, changes: Mapping[str, tuple[Mapping[str, str], Sequence[str]]]
+    ) -> dict[str, dict[str, str]]:
+        await self._request()
+        unknown = sorted(m for m in changes if (MACHINES, m) not in self._store)
+        if unknown:
+            raise MachineNotFound(f"machines not registered: {', '.join(unknown)}")
+        result: dict[str, dict[str, str]] = {}
+        writes: list[tuple[Key, Any, int]] = []
+        for machine_id, (set_, remove) in changes.items():
+            entry = self._store.get((METADATA, machine_id))
+            updated = {} if entry is None else dict(entry.value)
+            updated.update(set_)
+            for name in remove:
+                updated.pop(name, None)
+            result[machine_id] = updated
+            writes.append(((METADATA, machine_id), dict(updated) if updated else None, 0))
+        self._commit(writes)
+        return result
 
     async def follow_dynamic_metadata(self, machine_id: str) -> AsyncIterator[dict[str, str]]:
         current = await self.dynamic_metadata(machine_id)

@@ -24,19 +24,28 @@ The guarantees every implementation gives:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Submission, decide, gave_up, template_to_read
 from fleetd.model.unit import DesiredState
-from fleetd.registry.errors import MachineIdInUse, NotLeader, RegistryError, Resync, UnitExists, UnitNotFound
+from fleetd.registry.errors import (
+    MachineIdInUse,
+    MachineNotFound,
+    NotLeader,
+    RegistryError,
+    Resync,
+    UnitExists,
+    UnitNotFound,
+)
 
 __all__ = [
     "ClusterRead",
     "Leadership",
     "MachineEvent",
     "MachineIdInUse",
+    "MachineNotFound",
     "NotLeader",
     "PlacementEvent",
     "Registry",
@@ -228,6 +237,17 @@ class Registry(ABC):
         self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
     ) -> dict[str, str]:
         """Change a machine's dynamic metadata atomically; returns the new metadata."""
+
+    @abstractmethod
+    async def update_machines_metadata(
+        self, changes: Mapping[str, tuple[Mapping[str, str], Sequence[str]]]
+    ) -> dict[str, dict[str, str]]:
+        """Change several machines' dynamic metadata all at once, or not at all.
+
+        ``changes`` maps a machine id to (keys to set, keys to remove). Every machine must
+        be registered now, else :class:`MachineNotFound` names the unknown ones and nothing
+        is written. Returns each machine's new dynamic metadata.
+        """
 
     @abstractmethod
     def follow_dynamic_metadata(self, machine_id: str) -> AsyncIterator[dict[str, str]]:

@@ -20,6 +20,7 @@ from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry import (
     MachineIdInUse,
+    MachineNotFound,
     MemoryRegistry,
     NotLeader,
     PlacementEvent,
@@ -350,3 +351,20 @@ async def test_submit_creates_instances_from_templates_and_changes_desired_state
     assert (await registry.get_unit("web@1.service")).desired is DesiredState.LOADED  # type: ignore[union-attr]
     with pytest.raises(SubmitError):
         await registry.submit(submission("nothing.service", DesiredState.LAUNCHED, None))
+
+
+async def test_metadata_of_several_machines_changes_all_at_once_or_not_at_all(registry: Registry) -> None:
+    lease = await registry.grant_lease(30)
+    await registry.register_machine(MachineState(M1), lease)
+    await registry.register_machine(MachineState(M2), lease)
+    await registry.update_dynamic_metadata(M2, {"old": "x"})
+    result = await registry.update_machines_metadata({M1: ({"role": "web"}, []), M2: ({"zone": "a"}, ["old"])})
+    assert result == {M1: {"role": "web"}, M2: {"zone": "a"}}
+    assert await registry.dynamic_metadata(M1) == {"role": "web"}
+    assert await registry.dynamic_metadata(M2) == {"zone": "a"}
+    with pytest.raises(MachineNotFound, match="3" * 32):
+        await registry.update_machines_metadata({M1: ({"role": "db"}, []), "3" * 32: ({"role": "db"}, [])})
+    assert await registry.dynamic_metadata(M1) == {"role": "web"}  # nothing of the refused request
+    assert await registry.dynamic_metadata("3" * 32) == {}
+    await registry.update_machines_metadata({M1: ({}, ["role"])})
+    assert await registry.dynamic_metadata(M1) == {}
