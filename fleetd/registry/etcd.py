@@ -29,6 +29,33 @@ log = logging.getLogger(__name__)
 
 # etcd's default --max-txn-ops is 128: every batched write stays at or below this.
 MAX_TXN_OPS = 128
+# etcd's default --max-request-bytes is 1.5 MiB; a batched write stays under 1 MiB of keys
+# and values, which leaves room for the request's own framing. One record bigger than this
+# is still sent alone (etcd then refuses it, and says so).
+MAX_TXN_BYTES = 1024 * 1024
+# What one operation costs beyond its key and value (protobuf framing, lease, op type).
+OP_OVERHEAD = 32
+
+
+def op_size(key: str, value: bytes | None = None) -> int:
+    """The bytes one put or delete adds to a transaction, for splitting batches."""
+    return len(key.encode()) + (len(value) if value else 0) + OP_OVERHEAD
+
+
+def chunks(sizes: Sequence[int], max_ops: int = MAX_TXN_OPS, max_bytes: int = MAX_TXN_BYTES) -> list[range]:
+    """Split items of the given sizes, in order, into runs that fit one transaction: at
+    most ``max_ops`` items and ``max_bytes`` bytes (an item bigger than that goes alone)."""
+    result: list[range] = []
+    start, used = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and (index - start >= max_ops or used + size > max_bytes):
+            result.append(range(start, index))
+            start, used = index, 0
+        used += size
+    if start < len(sizes):
+        result.append(range(start, len(sizes)))
+    return result
+
 
 EtcdError = aetcd.exceptions.ClientError
 ConnectionLost = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
@@ -357,7 +384,9 @@ async def _pump(watch: Any, queue: asyncio.Queue[Any]) -> None:
 
 @dataclass
 class BatchWriter:
-    """Collects operations and commits them in transactions of at most ``MAX_TXN_OPS``.
+    """Collects puts and deletes and commits them in transactions that stay within etcd's
+    limits: at most ``MAX_TXN_OPS`` operations and ``MAX_TXN_BYTES`` bytes each. Splitting
+    by count alone let a few large units make one request etcd refuses, forever.
 
     ``guard`` compares are added to every transaction (the engine's leadership check), so
     a batch either fully applies under the guard or stops at the first refused chunk.
@@ -366,22 +395,31 @@ class BatchWriter:
     etcd: Etcd
     guard: Sequence[Any] = ()
     ops: list[Any] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
 
-    def add(self, op: Any) -> None:
-        self.ops.append(op)
+    def put(self, key: str, value: bytes, lease: int | None = None) -> None:
+        self.ops.append(self.etcd.op_put(key, value, lease=lease))
+        self.sizes.append(op_size(key, value))
+
+    def delete(self, key: str) -> None:
+        self.ops.append(self.etcd.op_delete(key))
+        self.sizes.append(op_size(key))
 
     async def commit(self) -> bool:
         """Write every chunk; False as soon as a guarded chunk is refused."""
-        ops, self.ops = self.ops, []
-        for start in range(0, len(ops), MAX_TXN_OPS):
-            ok, _ = await self.etcd.txn(self.guard, ops[start : start + MAX_TXN_OPS])
+        ops, sizes, self.ops, self.sizes = self.ops, self.sizes, [], []
+        for run in chunks(sizes):
+            ok, _ = await self.etcd.txn(self.guard, ops[run.start : run.stop])
             if not ok:
                 return False
         return True
 
 
 __all__ = [
+    "MAX_TXN_BYTES",
     "MAX_TXN_OPS",
+    "chunks",
+    "op_size",
     "BatchWriter",
     "ConnectionLost",
     "Etcd",

@@ -33,7 +33,7 @@ from fleetd.registry.errors import (
     UnitExists,
     UnitNotFound,
 )
-from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, KeyValue
+from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, KeyValue, chunks, op_size
 from fleetd.registry.keys import Keys
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
 
@@ -127,17 +127,18 @@ class EtcdRegistry(Registry):
 
     async def create_units(self, units: Iterable[tuple[StoredUnit, bool]]) -> None:
         batch: list[tuple[StoredUnit, bool]] = list(units)
-        size = MAX_TXN_OPS // 2  # a global unit takes two operations
-        chunks = [batch[start : start + size] for start in range(0, len(batch), size)]
+        etcd, keys = self._etcd, self._keys
+        # a global unit takes two operations, so half as many units as operations fit
+        sizes = [op_size(keys.unit(u.name), encode_unit(u)) * (2 if g else 1) for u, g in batch]
+        runs = [batch[run.start : run.stop] for run in chunks(sizes, max_ops=MAX_TXN_OPS // 2)]
         in_flight = asyncio.Semaphore(4)
-        etcd = self._etcd
 
         async def write(chunk: list[tuple[StoredUnit, bool]]) -> None:
-            ops = [etcd.txn_op([etcd.cmp_absent(self._keys.unit(u.name))], self._unit_ops(u, g)) for u, g in chunk]
+            ops = [etcd.txn_op([etcd.cmp_absent(keys.unit(u.name))], self._unit_ops(u, g)) for u, g in chunk]
             async with in_flight:
                 await etcd.txn([], ops)
 
-        await asyncio.gather(*(write(chunk) for chunk in chunks))
+        await asyncio.gather(*(write(run) for run in runs))
 
     async def replace_unit(self, unit: StoredUnit, is_global: bool) -> None:
         ops = self._unit_ops(unit, is_global)
@@ -312,9 +313,9 @@ class EtcdRegistry(Registry):
     ) -> None:
         writer = BatchWriter(self._etcd)
         for state in changed:
-            writer.add(self._etcd.op_put(self._keys.state(state.name, machine_id), encode_state(state), lease=lease))
+            writer.put(self._keys.state(state.name, machine_id), encode_state(state), lease=lease)
         for name in removed:
-            writer.add(self._etcd.op_delete(self._keys.state(name, machine_id)))
+            writer.delete(self._keys.state(name, machine_id))
         await writer.commit()
 
     async def unit_states(self, name: str | None = None) -> list[UnitState]:
@@ -406,14 +407,17 @@ class EtcdRegistry(Registry):
         etcd, keys = self._etcd, self._keys
         writer = BatchWriter(etcd, guard=[etcd.cmp_create(keys.leader, leadership.create_revision)])
         for machine_id, name in deletes:
-            writer.add(etcd.op_delete(keys.placement(machine_id, name)))
+            writer.delete(keys.placement(machine_id, name))
         for machine_id, unit in puts:
             cached = self._memo.get(unit.name)
             value = cached[0] if cached is not None and cached[1] is unit else encode_unit(unit)
-            writer.add(etcd.op_put(keys.placement(machine_id, unit.name), value))
+            writer.put(keys.placement(machine_id, unit.name), value)
         for name, reason in (reasons or {}).items():
             key = keys.unplaceable(name)
-            writer.add(etcd.op_delete(key) if reason is None else etcd.op_put(key, reason.encode()))
+            if reason is None:
+                writer.delete(key)
+            else:
+                writer.put(key, reason.encode())
         if not await writer.commit():
             raise NotLeader(f"engine on {leadership.machine_id} lost leadership; write refused")
 

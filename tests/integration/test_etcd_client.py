@@ -135,3 +135,20 @@ async def test_a_connection_that_will_not_close_does_not_stall_reconnection(
         assert got is not None and got.value == b"2"
     finally:
         await client.close()
+
+
+async def test_large_units_are_written_in_transactions_etcd_accepts(registry: EtcdRegistry) -> None:
+    """40 units of 60 KiB: 2.4 MB, over etcd's 1.5 MiB request limit as one transaction."""
+    from fleetd.model.state import StoredUnit
+    from fleetd.model.unit import DesiredState
+    from fleetd.model.unitfile import parse_unit_file
+
+    body = parse_unit_file("[Unit]\nDescription=" + "x" * 60_000 + "\n[Service]\nExecStart=/bin/true\n")
+    units = [StoredUnit(f"big{i:02}.service", body, DesiredState.LAUNCHED) for i in range(40)]
+    await registry.create_units((u, False) for u in units)
+    assert len(await registry.units()) == 40
+    lease = await registry.grant_lease(30)
+    leadership = await registry.acquire_leadership("m1", lease)
+    assert leadership is not None
+    await registry.apply_schedule(leadership, [("m1", u) for u in units], [])
+    assert len(await registry.placements()) == 40
