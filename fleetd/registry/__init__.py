@@ -20,6 +20,7 @@ from fleetd.registry.errors import (
     Resync,
     UnitExists,
     UnitNotFound,
+    UnreadableRecord,
     is_unavailable,
 )
 from fleetd.registry.keys import DEFAULT_PREFIX
@@ -60,6 +61,7 @@ __all__ = [
     "UnitEvent",
     "UnitExists",
     "UnitNotFound",
+    "UnreadableRecord",
     "connect",
     "is_unavailable",
 ]

@@ -19,6 +19,11 @@ class MachineIdInUse(RegistryError):
     """Another live fleetd holds this machine id."""
 
 
+class UnreadableRecord(RegistryError):
+    """The stored record cannot be read (written by hand, or by something else): it can
+    only be destroyed, or replaced."""
+
+
 class MachineNotFound(RegistryError):
     """A request named machines that are not registered (nothing was changed)."""
 

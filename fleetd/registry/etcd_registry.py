@@ -32,6 +32,7 @@ from fleetd.registry.errors import (
     RegistryError,
     UnitExists,
     UnitNotFound,
+    UnreadableRecord,
 )
 from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, KeyValue, chunks, op_size
 from fleetd.registry.keys import Keys
@@ -53,6 +54,9 @@ class EtcdRegistry(Registry):
         # unit, so the engine's thousands of placement events decode to the very object
         # it already has (no JSON parse; equality is then an identity check).
         self._memo: dict[str, tuple[bytes, StoredUnit]] = {}
+        # unreadable records already logged (key -> the bad value), and how many by kind
+        self._reported: dict[str, bytes] = {}
+        self._bad_counts: dict[str, int] = {}
 
     @property
     def requests(self) -> int:
@@ -62,6 +66,21 @@ class EtcdRegistry(Registry):
         await self._etcd.close()
 
     # decoding ---------------------------------------------------------------------------
+
+    def bad_record_counts(self) -> dict[str, int]:
+        return dict(self._bad_counts)
+
+    def _bad(self, kind: str, key: str, raw: bytes, exc: Exception) -> str:
+        """Report an unreadable record: logged once per key and value (not on every read
+        of a listing or every watch replay), counted by kind; returns the reason."""
+        reason = str(exc)
+        if self._reported.get(key) != raw:
+            if len(self._reported) >= MEMO_LIMIT:
+                self._reported.clear()
+            self._reported[key] = raw
+            self._bad_counts[kind] = self._bad_counts.get(kind, 0) + 1
+            log.warning("unreadable %s record at %s, skipped: %s", kind, key, reason)
+        return reason
 
     def _unit(self, name: str, raw: bytes, what: str) -> StoredUnit:
         cached = self._memo.get(name)
@@ -73,13 +92,13 @@ class EtcdRegistry(Registry):
         self._memo[name] = (raw, unit)
         return unit
 
-    def _unit_event(self, name: str, raw: bytes | None, what: str) -> UnitEvent:
+    def _unit_event(self, key: str, name: str, raw: bytes | None, what: str) -> UnitEvent:
         if raw is None:
             return UnitEvent(name)
         try:
             return UnitEvent(name, self._unit(name, raw, what))
         except RecordError as exc:
-            return UnitEvent(name, None, str(exc))
+            return UnitEvent(name, None, self._bad(what, key, raw, exc))
 
     def _placement_event(self, key: str, raw: bytes | None) -> PlacementEvent:
         machine_id, _, name = key[len(self._keys.schedule) :].partition("/")
@@ -88,25 +107,24 @@ class EtcdRegistry(Registry):
         try:
             return PlacementEvent(machine_id, name, self._unit(name, raw, "placement of"))
         except RecordError as exc:
-            return PlacementEvent(machine_id, name, None, str(exc))
+            return PlacementEvent(machine_id, name, None, self._bad("placement", key, raw, exc))
 
-    def _machine_event(self, machine_id: str, raw: bytes | None) -> MachineEvent:
+    def _machine_event(self, key: str, machine_id: str, raw: bytes | None) -> MachineEvent:
         if raw is None:
             return MachineEvent(machine_id)
         try:
             return MachineEvent(machine_id, decode_machine(raw, f"machine {machine_id}"))
         except RecordError as exc:
-            return MachineEvent(machine_id, None, str(exc))
+            return MachineEvent(machine_id, None, self._bad("machine", key, raw, exc))
 
-    @staticmethod
-    def _readable(items: Iterable[KeyValue], decode: Callable[[KeyValue], E]) -> list[E]:
-        """Decode each record, logging and leaving out the ones that cannot be read."""
+    def _readable(self, kind: str, items: Iterable[KeyValue], decode: Callable[[KeyValue], E]) -> list[E]:
+        """Decode each record, reporting and leaving out the ones that cannot be read."""
         result: list[E] = []
         for kv in items:
             try:
                 result.append(decode(kv))
             except RecordError as exc:
-                log.warning("skipping an unreadable record at %s: %s", kv.key, exc)
+                self._bad(kind, kv.key, kv.value, exc)
         return result
 
     # units ------------------------------------------------------------------------------
@@ -146,14 +164,29 @@ class EtcdRegistry(Registry):
             ops.append(self._etcd.op_delete(self._keys.global_unit(unit.name)))
         await self._etcd.txn([], ops)
 
+    def _stored(self, kv: KeyValue, name: str) -> StoredUnit:
+        try:
+            return self._unit(name, kv.value, "unit")
+        except RecordError as exc:
+            reason = self._bad("unit", kv.key, kv.value, exc)
+            raise UnreadableRecord(f"{reason}; destroy the unit and submit it again") from None
+
     async def get_unit(self, name: str) -> StoredUnit | None:
         kv = await self._etcd.get(self._keys.unit(name))
-        return None if kv is None else decode_stored_unit(kv.value, f"unit {name}")
+        return None if kv is None else self._stored(kv, name)
 
-    async def units(self) -> list[StoredUnit]:
-        items, _ = await self._etcd.get_prefix(self._keys.units)
-        found = self._readable(items, lambda kv: decode_stored_unit(kv.value, f"unit at {kv.key}"))
-        return sorted(found, key=lambda u: u.name)
+    async def units_with_errors(self) -> tuple[list[StoredUnit], dict[str, str]]:
+        prefix = self._keys.units
+        items, _ = await self._etcd.get_prefix(prefix)
+        found: list[StoredUnit] = []
+        errors: dict[str, str] = {}
+        for kv in items:
+            event = self._unit_event(kv.key, kv.key[len(prefix) :], kv.value, "unit")
+            if event.unit is not None:
+                found.append(event.unit)
+            else:
+                errors[event.name] = event.error or "unreadable"
+        return sorted(found, key=lambda u: u.name), errors
 
     async def set_desired_state(self, name: str, desired: DesiredState) -> StoredUnit:
         etcd, keys = self._etcd, self._keys
@@ -161,7 +194,7 @@ class EtcdRegistry(Registry):
             kv = await etcd.get(keys.unit(name))
             if kv is None:
                 raise UnitNotFound(f"unit {name} not found")
-            current = decode_stored_unit(kv.value, f"unit {name}")
+            current = self._stored(kv, name)
             updated = StoredUnit(current.name, current.file, desired)
             value = encode_unit(updated)
             ok, _ = await etcd.txn(
@@ -231,7 +264,7 @@ class EtcdRegistry(Registry):
 
     async def machines(self) -> list[MachineState]:
         items, _ = await self._etcd.get_prefix(self._keys.machines)
-        found = self._readable(items, lambda kv: decode_machine(kv.value, f"machine at {kv.key}"))
+        found = self._readable("machine", items, lambda kv: decode_machine(kv.value, f"machine at {kv.key}"))
         return sorted(found, key=lambda m: m.id)
 
     async def dynamic_metadata(self, machine_id: str) -> dict[str, str]:
@@ -298,12 +331,11 @@ class EtcdRegistry(Registry):
         async for batch in self._etcd.watch_prefix(key, revision + 1):
             yield self._metadata_or_empty(machine_id, batch[-1].value)
 
-    @staticmethod
-    def _metadata_or_empty(machine_id: str, raw: bytes | None) -> dict[str, str]:
+    def _metadata_or_empty(self, machine_id: str, raw: bytes | None) -> dict[str, str]:
         try:
             return decode_metadata(raw, f"dynamic metadata of machine {machine_id}")
         except RecordError as exc:
-            log.warning("ignoring unreadable %s", exc)
+            self._bad("machine metadata", self._keys.machine_metadata(machine_id), raw or b"", exc)
             return {}
 
     # unit states ------------------------------------------------------------------------
@@ -321,7 +353,7 @@ class EtcdRegistry(Registry):
     async def unit_states(self, name: str | None = None) -> list[UnitState]:
         prefix = self._keys.unit_states(name) if name else self._keys.states
         items, _ = await self._etcd.get_prefix(prefix)
-        found = self._readable(items, lambda kv: decode_state(kv.value, f"unit state at {kv.key}"))
+        found = self._readable("unit state", items, lambda kv: decode_state(kv.value, f"unit state at {kv.key}"))
         return sorted(found, key=lambda s: (s.name, s.machine_id))
 
     # the schedule -----------------------------------------------------------------------
@@ -337,7 +369,7 @@ class EtcdRegistry(Registry):
     async def machine_schedule(self, machine_id: str) -> tuple[dict[str, ScheduledUnit], int]:
         items, revision = await self._etcd.get_prefix(self._keys.machine_schedule(machine_id))
         events = [self._placement_event(kv.key, kv.value) for kv in items]
-        return {e.name: e.unit for e in self._usable(events) if e.unit is not None}, revision
+        return {e.name: e.unit for e in events if e.unit is not None}, revision
 
     async def watch_machine_schedule(self, machine_id: str, revision: int) -> AsyncIterator[list[PlacementEvent]]:
         async for batch in self._etcd.watch_prefix(self._keys.machine_schedule(machine_id), revision):
@@ -346,21 +378,13 @@ class EtcdRegistry(Registry):
     async def global_units(self) -> tuple[dict[str, StoredUnit], int]:
         prefix = self._keys.globals
         items, revision = await self._etcd.get_prefix(prefix)
-        events = [self._unit_event(kv.key[len(prefix) :], kv.value, "global unit") for kv in items]
-        return {e.name: e.unit for e in self._usable(events) if e.unit is not None}, revision
+        events = [self._unit_event(kv.key, kv.key[len(prefix) :], kv.value, "global unit") for kv in items]
+        return {e.name: e.unit for e in events if e.unit is not None}, revision
 
     async def watch_global_units(self, revision: int) -> AsyncIterator[list[UnitEvent]]:
         prefix = self._keys.globals
         async for batch in self._etcd.watch_prefix(prefix, revision):
-            yield [self._unit_event(e.key[len(prefix) :], e.value, "global unit") for e in batch]
-
-    @staticmethod
-    def _usable(events: list[E]) -> list[E]:
-        for event in events:
-            error = getattr(event, "error", None)
-            if error:
-                log.warning("skipping an unreadable record: %s", error)
-        return [event for event in events if not getattr(event, "error", None)]
+            yield [self._unit_event(e.key, e.key[len(prefix) :], e.value, "global unit") for e in batch]
 
     # the engine -------------------------------------------------------------------------
 
@@ -427,8 +451,8 @@ class EtcdRegistry(Registry):
         machines, rev_machines = await self._etcd.get_prefix(keys.machines)
         placements, rev_placements = await self._etcd.get_prefix(keys.schedule)
         return ClusterRead(
-            units=[self._unit_event(kv.key[len(keys.units) :], kv.value, "unit") for kv in units],
-            machines=[self._machine_event(kv.key[len(keys.machines) :], kv.value) for kv in machines],
+            units=[self._unit_event(kv.key, kv.key[len(keys.units) :], kv.value, "unit") for kv in units],
+            machines=[self._machine_event(kv.key, kv.key[len(keys.machines) :], kv.value) for kv in machines],
             placements=[self._placement_event(kv.key, kv.value) for kv in placements],
             # watch from the oldest read: replaying a few events is harmless
             revision=min(rev_units, rev_machines, rev_placements),
@@ -437,7 +461,7 @@ class EtcdRegistry(Registry):
     async def watch_units(self, revision: int) -> AsyncIterator[list[UnitEvent]]:
         prefix = self._keys.units
         async for batch in self._etcd.watch_prefix(prefix, revision):
-            events = [self._unit_event(e.key[len(prefix) :], e.value, "unit") for e in batch]
+            events = [self._unit_event(e.key, e.key[len(prefix) :], e.value, "unit") for e in batch]
             for event in events:
                 if event.deleted:
                     self._memo.pop(event.name, None)
@@ -446,7 +470,7 @@ class EtcdRegistry(Registry):
     async def watch_machines(self, revision: int) -> AsyncIterator[list[MachineEvent]]:
         prefix = self._keys.machines
         async for batch in self._etcd.watch_prefix(prefix, revision):
-            yield [self._machine_event(e.key[len(prefix) :], e.value) for e in batch]
+            yield [self._machine_event(e.key, e.key[len(prefix) :], e.value) for e in batch]
 
     async def watch_placements(self, revision: int) -> AsyncIterator[list[PlacementEvent]]:
         async for batch in self._etcd.watch_prefix(self._keys.schedule, revision):

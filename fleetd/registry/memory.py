@@ -34,6 +34,7 @@ from fleetd.registry.errors import (
     Resync,
     UnitExists,
     UnitNotFound,
+    UnreadableRecord,
 )
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
 
@@ -50,6 +51,13 @@ class _Entry:
     create_revision: int
     mod_revision: int
     lease: int = 0
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A unit record as a broken writer left it (see :meth:`MemoryRegistry.corrupt_unit`)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,10 @@ class MemoryRegistry(Registry):
         self._leases.pop(lease, None)
         self._commit((key, None, 0) for key, entry in list(self._store.items()) if entry.lease == lease)
 
+    def corrupt_unit(self, name: str, reason: str = "unit record: expected a JSON object, found list") -> None:
+        """Store an unreadable record under a unit's name, as a broken client might."""
+        self._commit([((UNITS, name), _Unreadable(f"unit {name}: {reason}"), 0)])
+
     def compact(self) -> None:
         """Forget all history: watches from an older revision then raise Resync."""
         self._compacted = self._revision
@@ -171,18 +183,26 @@ class MemoryRegistry(Registry):
     async def get_unit(self, name: str) -> StoredUnit | None:
         await self._request()
         entry = self._store.get((UNITS, name))
-        return None if entry is None else entry.value
+        return None if entry is None else _readable(entry.value)
 
-    async def units(self) -> list[StoredUnit]:
+    async def units_with_errors(self) -> tuple[list[StoredUnit], dict[str, str]]:
         await self._request()
-        return [entry.value for _, entry in self._items(UNITS)]
+        found: list[StoredUnit] = []
+        errors: dict[str, str] = {}
+        for key, entry in self._items(UNITS):
+            if isinstance(entry.value, _Unreadable):
+                errors[key[1]] = entry.value.reason
+            else:
+                found.append(entry.value)
+        return found, errors
 
     async def set_desired_state(self, name: str, desired: DesiredState) -> StoredUnit:
         await self._request()
         entry = self._store.get((UNITS, name))
         if entry is None:
             raise UnitNotFound(f"unit {name} not found")
-        updated = StoredUnit(entry.value.name, entry.value.file, desired)
+        current = _readable(entry.value)
+        updated = StoredUnit(current.name, current.file, desired)
         changes: list[tuple[Key, Any, int]] = [((UNITS, name), updated, 0)]
         if (GLOBALS, name) in self._store:
             changes.append(((GLOBALS, name), updated, 0))
@@ -370,7 +390,7 @@ class MemoryRegistry(Registry):
     async def read_cluster(self) -> ClusterRead:
         await self._request()
         return ClusterRead(
-            units=[UnitEvent(key[1], entry.value) for key, entry in self._items(UNITS)],
+            units=[_unit_event(key[1], entry.value) for key, entry in self._items(UNITS)],
             machines=[MachineEvent(key[1], entry.value) for key, entry in self._items(MACHINES)],
             placements=[PlacementEvent(key[1], key[2], entry.value) for key, entry in self._items(SCHEDULE)],
             revision=self._revision,
@@ -378,7 +398,7 @@ class MemoryRegistry(Registry):
 
     async def watch_units(self, revision: int) -> AsyncIterator[list[UnitEvent]]:
         async for batch in self._watch(lambda k: k[0] == UNITS, revision):
-            yield [UnitEvent(c.key[1], c.value) for c in batch]
+            yield [_unit_event(c.key[1], c.value) for c in batch]
 
     async def watch_machines(self, revision: int) -> AsyncIterator[list[MachineEvent]]:
         async for batch in self._watch(lambda k: k[0] == MACHINES, revision):
@@ -387,3 +407,15 @@ class MemoryRegistry(Registry):
     async def watch_placements(self, revision: int) -> AsyncIterator[list[PlacementEvent]]:
         async for batch in self._watch(lambda k: k[0] == SCHEDULE, revision):
             yield [PlacementEvent(c.key[1], c.key[2], c.value) for c in batch]
+
+
+def _readable(value: StoredUnit | _Unreadable) -> StoredUnit:
+    if isinstance(value, _Unreadable):
+        raise UnreadableRecord(f"{value.reason}; destroy the unit and submit it again")
+    return value
+
+
+def _unit_event(name: str, value: StoredUnit | _Unreadable | None) -> UnitEvent:
+    if isinstance(value, _Unreadable):
+        return UnitEvent(name, None, value.reason)
+    return UnitEvent(name, value)

@@ -38,6 +38,7 @@ from fleetd.registry.errors import (
     Resync,
     UnitExists,
     UnitNotFound,
+    UnreadableRecord,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "UnitEvent",
     "UnitExists",
     "UnitNotFound",
+    "UnreadableRecord",
 ]
 
 
@@ -151,11 +153,18 @@ class Registry(ABC):
         """Swap a unit's body (``--replace``) keeping the name; creates it when absent."""
 
     @abstractmethod
-    async def get_unit(self, name: str) -> StoredUnit | None: ...
+    async def get_unit(self, name: str) -> StoredUnit | None:
+        """The unit, None when there is none; :class:`UnreadableRecord` when its stored
+        record cannot be read."""
 
     @abstractmethod
+    async def units_with_errors(self) -> tuple[list[StoredUnit], dict[str, str]]:
+        """Every readable unit by name, and name -> why for the records that cannot be read
+        (listings show those as such; ``destroy_unit`` removes them)."""
+
     async def units(self) -> list[StoredUnit]:
-        """Every readable unit, by name (unreadable records are logged and left out)."""
+        """Every readable unit, by name."""
+        return (await self.units_with_errors())[0]
 
     @abstractmethod
     async def set_desired_state(self, name: str, desired: DesiredState) -> StoredUnit:
@@ -333,6 +342,10 @@ class Registry(ABC):
         """Changes to every machine's schedule (the engine's own writes among them)."""
 
     # housekeeping -----------------------------------------------------------------------
+
+    def bad_record_counts(self) -> dict[str, int]:
+        """Unreadable records met so far, by kind (each counted once per key and value)."""
+        return {}
 
     @property
     @abstractmethod

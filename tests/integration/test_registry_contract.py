@@ -29,9 +29,11 @@ from fleetd.registry import (
     UnitEvent,
     UnitExists,
     UnitNotFound,
+    UnreadableRecord,
 )
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import EtcdRegistry, connect
+from fleetd.registry.keys import Keys
 from fleetlab.etcd import EtcdCluster
 
 T = TypeVar("T")
@@ -48,10 +50,11 @@ def unit(name: str, desired: DesiredState = DesiredState.INACTIVE, body: Any = B
 
 @dataclass
 class Backend:
-    """One implementation under test, with the two things only a test may do to it."""
+    """One implementation under test, with the things only a test may do to it."""
 
     registry: Registry
     compact: Callable[[], Any]
+    corrupt_unit: Callable[[str], Any]
 
 
 async def _compact_etcd(registry: EtcdRegistry) -> None:
@@ -67,13 +70,20 @@ async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncItera
         async def compact_memory() -> None:
             memory.compact()
 
-        yield Backend(memory, compact_memory)
+        async def corrupt_memory(name: str) -> None:
+            memory.corrupt_unit(name)
+
+        yield Backend(memory, compact_memory, corrupt_memory)
         return
     request.applymarker(pytest.mark.integration)
     cluster: EtcdCluster = request.getfixturevalue("etcd")
     registry = connect(EtcdConfig(endpoints=tuple(cluster.endpoints), request_timeout=5), key_prefix)
+
+    async def corrupt_etcd(name: str) -> None:
+        await registry._etcd.put(Keys(key_prefix).unit(name), b"[]")
+
     try:
-        yield Backend(registry, lambda: _compact_etcd(registry))
+        yield Backend(registry, lambda: _compact_etcd(registry), corrupt_etcd)
     finally:
         await registry.close()
 
@@ -368,3 +378,27 @@ async def test_metadata_of_several_machines_changes_all_at_once_or_not_at_all(re
     assert await registry.dynamic_metadata("3" * 32) == {}
     await registry.update_machines_metadata({M1: ({}, ["role"])})
     assert await registry.dynamic_metadata(M1) == {}
+
+
+async def test_an_unreadable_unit_is_listed_as_such_refused_for_changes_and_destroyable(backend: Backend) -> None:
+    registry = backend.registry
+    read = await registry.read_cluster()
+    events = registry.watch_units(read.revision + 1)
+    await backend.corrupt_unit("bad.service")
+    await registry.create_unit(unit("good.service"), is_global=False)
+    units, errors = await registry.units_with_errors()
+    assert [u.name for u in units] == ["good.service"] and list(errors) == ["bad.service"]
+    assert await registry.units() == units
+    with pytest.raises(UnreadableRecord, match="destroy"):
+        await registry.get_unit("bad.service")
+    with pytest.raises(UnreadableRecord):
+        await registry.set_desired_state("bad.service", DesiredState.LAUNCHED)
+    with pytest.raises(UnitExists):
+        await registry.create_unit(unit("bad.service"), is_global=False)
+    seen = await collect(events, 2)
+    assert seen[0].name == "bad.service" and seen[0].unit is None and seen[0].error and not seen[0].deleted
+    assert [e.error for e in (await registry.read_cluster()).units if e.name == "bad.service"] == [seen[0].error]
+    assert await registry.destroy_unit("bad.service")
+    assert await registry.units_with_errors() == ([unit("good.service")], {})
+    await registry.create_unit(unit("bad.service"), is_global=False)  # the name is free again
+    await events.aclose()  # type: ignore[attr-defined]
