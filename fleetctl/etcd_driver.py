@@ -20,7 +20,7 @@ from fleetctl.errors import FleetctlError, NotReachable
 from fleetctl.transport import Transport
 from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.submit import SubmitError, desired_state, submission
-from fleetd.model.wire import machine_json, select_states, state_json, units_json
+from fleetd.model.wire import machine_json, select_states, state_json, units_json, unreadable_unit_json
 from fleetd.registry import is_unavailable
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import connect
@@ -83,11 +83,14 @@ class EtcdClient:
         return [machine_json(m) for m in self._run(self.registry.machines())]
 
     def units(self) -> list[Record]:
-        async def read() -> tuple[list[StoredUnit], dict[str, list[str]], list[UnitState]]:
-            return await asyncio.gather(self.registry.units(), self.registry.placements(), self.registry.unit_states())
+        async def read() -> tuple[tuple[list[StoredUnit], dict[str, str]], dict[str, list[str]], list[UnitState]]:
+            registry = self.registry
+            return await asyncio.gather(registry.units_with_errors(), registry.placements(), registry.unit_states())
 
-        units, placements, states = self._run(read())
-        return units_json(units, placements, states)
+        (units, unreadable), placements, states = self._run(read())
+        records = units_json(units, placements, states)
+        records += [unreadable_unit_json(name, reason) for name, reason in unreadable.items()]
+        return sorted(records, key=lambda u: u["name"])
 
     def unit(self, name: str) -> Record | None:
         async def read() -> tuple[StoredUnit | None, dict[str, list[str]], list[UnitState]]:

@@ -136,12 +136,12 @@ def _state(unit: Record, machines: Machines, full: bool) -> str:
 
 UNIT_FILE_FIELDS: dict[str, UnitCell] = {
     "unit": lambda u, ms, full: _cell(u.get("name")),
-    "hash": lambda u, ms, full: hash_legend(unit_info(u).hash, full),
+    "hash": lambda u, ms, full: EMPTY if u.get("error") else hash_legend(unit_info(u).hash, full),
     "dstate": lambda u, ms, full: _cell(u.get("desiredState")),
     "state": _state,
     "target": _target,
     "global": lambda u, ms, full: "true" if is_global(u) else "false",
-    "desc": lambda u, ms, full: _cell(unit_info(u).description),
+    "desc": lambda u, ms, full: _cell(u.get("error") or unit_info(u).description),
 }
 
 DEFAULT_MACHINE_FIELDS = "machine,ip,metadata"
@@ -231,12 +231,12 @@ def units_json(states: Iterable[Record], fields: Sequence[str]) -> list[dict[str
 def unit_files_json(units: Iterable[Record], fields: Sequence[str]) -> list[dict[str, Any]]:
     values = {
         "unit": lambda u: u["name"],
-        "hash": lambda u: unit_info(u).hash,
+        "hash": lambda u: None if u.get("error") else unit_info(u).hash,
         "dstate": lambda u: _or_none(u.get("desiredState")),
         "state": lambda u: None if is_global(u) else _or_none(u.get("currentState")),
         "target": lambda u: "global" if is_global(u) else _or_none(u.get("machineID")),
         "global": lambda u: is_global(u),
-        "desc": lambda u: _or_none(unit_info(u).description),
+        "desc": lambda u: _or_none(u.get("error") or unit_info(u).description),
     }
     return [{f: values[f](u) for f in fields} for u in sorted(units, key=lambda u: u["name"])]
 

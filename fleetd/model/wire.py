@@ -53,6 +53,23 @@ def unit_json(unit: StoredUnit, placed: list[str], states: Mapping[str, UnitStat
     }
 
 
+UNREADABLE = "unreadable"
+
+
+def unreadable_unit_json(name: str, reason: str) -> dict[str, Any]:
+    """A unit whose stored record cannot be read, as listings show it: in fleet's shape
+    (fleet's own client still reads the list), with ``currentState`` "unreadable" and the
+    reason in ``error``. Nothing runs for it; ``destroy`` removes it."""
+    return {
+        "name": name,
+        "options": [],
+        "desiredState": "inactive",
+        "currentState": UNREADABLE,
+        "machineID": "",
+        "error": reason,
+    }
+
+
 def units_json(
     units: Iterable[StoredUnit], placements: Mapping[str, list[str]], states: Iterable[UnitState]
 ) -> list[dict[str, Any]]:
