@@ -170,11 +170,9 @@ class Agent:
 
     @staticmethod
     def _apply_event(table: dict[str, StoredUnit], event: PlacementEvent | UnitEvent) -> None:
-        """A record that cannot be read counts as absent: this machine cannot run what it
-        cannot read, and the rest of its schedule goes on."""
+        """A record that cannot be read counts as absent (the registry has logged it): this
+        machine cannot run what it cannot read, and the rest of its schedule goes on."""
         if event.unit is None:
-            if event.error:
-                log.warning("ignoring %s: %s", event.name, event.error)
             table.pop(event.name, None)
         else:
             table[event.name] = event.unit

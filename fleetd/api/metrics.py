@@ -38,8 +38,8 @@ async def metrics(request: web.Request) -> web.Response:
             out.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
 
     try:
-        units, machines, unplaceable = await asyncio.gather(
-            state.registry.units(), state.registry.machines(), state.registry.unplaceable()
+        (units, unreadable), machines, unplaceable = await asyncio.gather(
+            state.registry.units_with_errors(), state.registry.machines(), state.registry.unplaceable()
         )
     except Exception as exc:  # noqa: BLE001 - metrics must answer even when etcd does not
         log.warning("metrics: cannot read the registry: %s", exc)
@@ -56,6 +56,13 @@ async def metrics(request: web.Request) -> web.Response:
         )
         metric("fleet_machines_total", "gauge", "Live machines in the cluster.", [({}, len(machines))])
         metric("fleet_units_unplaceable", "gauge", "Units the engine cannot place.", [({}, len(unplaceable))])
+        metric("fleet_units_unreadable", "gauge", "Unit records that cannot be read.", [({}, len(unreadable))])
+    metric(
+        "fleet_registry_unreadable_records_total",
+        "counter",
+        "Unreadable records this fleetd met and skipped, by kind (each key and value once).",
+        [({"kind": kind}, n) for kind, n in sorted(state.registry.bad_record_counts().items())],
+    )
     metric(
         "fleet_node_serving",
         "gauge",

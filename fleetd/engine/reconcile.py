@@ -63,9 +63,7 @@ class ClusterView:
         self.units.pop(name, None)
 
     def apply_machine(self, event: MachineEvent) -> None:
-        if event.machine is None:
-            if event.error:
-                log.warning("machine %s ignored: %s", short_id(event.machine_id), event.error)
+        if event.machine is None:  # gone, or unreadable (the registry logged it): not usable
             self.machines.pop(event.machine_id, None)
         else:
             self.machines[event.machine_id] = event.machine
