@@ -2,7 +2,9 @@
 
 Each later source overrides the earlier ones (file < environment < flags), per option.
 Parsing is pure (text and mappings in, a ``Config`` out) so every rule is testable without
-touching the machine; only ``load_config`` reads the file.
+touching the machine; only ``load_config`` reads files (fleet.conf, and the secret files
+``api_token_file`` and ``etcd_password_file``, so a secret never has to be on the command
+line where every user can read it).
 
 Errors name the source and the option: ``/etc/fleet/fleet.conf:4: agent_ttl: invalid
 duration "ten"``. Unknown options in the file are warnings (an upgrade or a downgrade must
@@ -11,6 +13,7 @@ not stop a machine from booting), unknown flags are errors.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -24,7 +27,15 @@ DEFAULT_CONFIG_FILE = "/etc/fleet/fleet.conf"
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names source and option."""
+    """A configuration value that cannot be used; the message names source and option.
+
+    ``hint`` says what to do about it, on a line of its own: fleetd refuses to start with
+    these two lines and no traceback, so they must be enough to fix the machine.
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,10 @@ class Config:
     etcd_certfile: str = ""
     etcd_keyfile: str = ""
     etcd_username: str = ""
-    etcd_password: str = ""
+    # Secrets stay out of repr(): a logged or printed Config must not leak them.
+    etcd_password: str = field(default="", repr=False)
+    # Beyond fleet: the password read from a file (a secret never needs the command line).
+    etcd_password_file: str = ""
     etcd_request_timeout: float = 1.0
     public_ip: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
@@ -50,7 +64,11 @@ class Config:
     # Beyond fleet: where the API listens without socket activation ("unix:/path" or
     # "host:port", comma list), the TCP API's bearer token and TLS files.
     api_listen: tuple[str, ...] = ()
-    api_token: str = ""
+    api_token: str = field(default="", repr=False)
+    api_token_file: str = ""
+    # Refuse to start rather than serve a TCP listener without a token (the default only
+    # warns, so fleet's socket-activated TCP API keeps working unchanged).
+    api_require_token: bool = False
     api_certfile: str = ""
     api_keyfile: str = ""
     api_cafile: str = ""
@@ -132,12 +150,20 @@ for _field in fields(Config):
         PARSERS[_field.name] = parse_list
     elif _field.name in ("agent_ttl", "engine_reconcile_interval", "etcd_request_timeout"):
         PARSERS[_field.name] = parse_duration
-    elif _field.name in ("systemd_user", "disable_engine", "stop_units_on_exit"):
+    elif _field.name in ("systemd_user", "disable_engine", "stop_units_on_exit", "api_require_token"):
         PARSERS[_field.name] = parse_bool
     elif _field.name in ("token_limit", "verbosity"):
         PARSERS[_field.name] = _parse_int
     else:
         PARSERS[_field.name] = _parse_str
+
+
+# A secret and the file holding it are two spellings of one option: whichever the later
+# source sets wins (a token file in fleet.conf is overridden by FLEET_API_TOKEN, and the
+# other way round), and giving both in one source is an error, since neither would be
+# obviously meant.
+SECRET_FILES: dict[str, str] = {"api_token": "api_token_file", "etcd_password": "etcd_password_file"}
+_PARTNER: dict[str, str] = {**SECRET_FILES, **{v: k for k, v in SECRET_FILES.items()}}
 
 
 def _apply(config: Config, name: str, raw: str, where: str) -> Config:
@@ -147,7 +173,20 @@ def _apply(config: Config, name: str, raw: str, where: str) -> Config:
         raise ConfigError(f"{where}: {name}: {exc}") from None
     if name in ("agent_ttl",) and value <= 0:
         raise ConfigError(f"{where}: {name}: must be positive")
-    return replace(config, **{name: value})
+    changes = {name: value}
+    if name in _PARTNER:
+        changes[_PARTNER[name]] = ""
+    return replace(config, **changes)
+
+
+def _check_secret_pairs(names: Sequence[str], source: str, spell: Callable[[str], str]) -> None:
+    """One source giving a secret both inline and as a file: refuse, naming both."""
+    for secret, path in SECRET_FILES.items():
+        if secret in names and path in names:
+            raise ConfigError(
+                f"{source}: both {spell(secret)} and {spell(path)} are set",
+                hint=f"keep only {spell(path)} (a file readable by root only keeps the secret out of sight)",
+            )
 
 
 # -- sources ------------------------------------------------------------------------------
@@ -157,6 +196,7 @@ def parse_config_file(text: str, source: str, base: Config | None = None) -> tup
     """fleet.conf: ``key=value`` lines (values may be quoted), ``#``/``;`` comments."""
     config = base or Config()
     warnings: list[str] = []
+    seen: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped[0] in "#;" or (stripped.startswith("[") and stripped.endswith("]")):
@@ -173,24 +213,73 @@ def parse_config_file(text: str, source: str, base: Config | None = None) -> tup
             warnings.append(f"{where}: unknown option {key.strip()!r} ignored")
             continue
         config = _apply(config, name, value, where)
+        seen.append(name)
+    _check_secret_pairs(seen, source, str)
     return config, warnings
 
 
+def environment_variable(name: str) -> str:
+    """The FLEET_* variable of option ``name`` (``api_token`` -> ``FLEET_API_TOKEN``)."""
+    return f"FLEET_{name.upper()}"
+
+
+def flag(name: str) -> str:
+    """The command-line flag of option ``name`` (``api_token`` -> ``--api-token``)."""
+    return f"--{name.replace('_', '-')}"
+
+
 def apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
-    for name in PARSERS:
-        variable = f"FLEET_{name.upper()}"
-        if variable in environ:
-            config = _apply(config, name, environ[variable], variable)
+    given = [name for name in PARSERS if environment_variable(name) in environ]
+    _check_secret_pairs(given, "environment", environment_variable)
+    for name in given:
+        variable = environment_variable(name)
+        config = _apply(config, name, environ[variable], variable)
     return config
 
 
 def apply_flags(config: Config, flags: Mapping[str, str]) -> Config:
-    for raw_name, value in flags.items():
-        name = raw_name.lstrip("-").replace("-", "_")
+    names = {raw_name: raw_name.lstrip("-").replace("-", "_") for raw_name in flags}
+    for raw_name, name in names.items():
         if name not in PARSERS:
-            raise ConfigError(f"--{raw_name.lstrip('-')}: unknown option")
-        config = _apply(config, name, value, f"--{name.replace('_', '-')}")
+            raise ConfigError(f"--{raw_name.lstrip('-')}: unknown option", hint="fleetd --help lists the options")
+    _check_secret_pairs(list(names.values()), "command line", flag)
+    for raw_name, value in flags.items():
+        name = names[raw_name]
+        config = _apply(config, name, value, flag(name))
     return config
+
+
+def read_secret_files(config: Config, read_file: Callable[[str], str | None]) -> Config:
+    """Fill ``api_token``/``etcd_password`` from their ``*_file`` options.
+
+    The file's content minus one trailing newline (``echo secret > file`` must work) is
+    the secret. A missing, unreadable or empty file is an error: starting without the
+    token the operator meant to set would leave the API open.
+    """
+    for secret, option in SECRET_FILES.items():
+        path = getattr(config, option)
+        if not path:
+            continue
+        text = _read(read_file, path, f"{option}: cannot read {path}")
+        if text is None:
+            raise ConfigError(f"{option}: {path}: no such file", hint=f"create it (mode 0600) or unset {option}")
+        value = text[:-1] if text.endswith("\n") else text
+        value = value[:-1] if value.endswith("\r") else value
+        if not value.strip():
+            raise ConfigError(f"{option}: {path} is empty", hint=f"write the {secret.replace('_', ' ')} into it")
+        config = replace(config, **{secret: value})
+    return config
+
+
+def _read(read_file: Callable[[str], str | None], path: str, what: str) -> str | None:
+    """``read_file(path)``, with a failure to read turned into a one-line ConfigError."""
+    try:
+        return read_file(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: not UTF-8 text") from None
+    except OSError as exc:
+        hint = "fleetd runs as root: check the file's mode and the directory" if exc.errno == errno.EACCES else ""
+        raise ConfigError(f"{what}: {exc.strerror or exc}", hint=hint) from None
 
 
 def split_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -229,14 +318,25 @@ def load_config(
         raise ConfigError(f"unexpected argument {rest[0]!r}")
     path = flags.pop("config", None) or environ.get("FLEET_CONFIG") or DEFAULT_CONFIG_FILE
     explicit = path != DEFAULT_CONFIG_FILE
-    text = read_file(path)
+    text = _read(read_file, path, f"{path}: cannot read the configuration file")
     warnings: list[str] = []
     config = Config()
     if text is None:
         if explicit:
-            raise ConfigError(f"{path}: configuration file not found")
+            raise ConfigError(
+                f"{path}: configuration file not found",
+                hint=f"give an existing file with --config or FLEET_CONFIG (the default, {DEFAULT_CONFIG_FILE}, "
+                "may be absent)",
+            )
     else:
         config, warnings = parse_config_file(text, path)
     config = apply_environment(config, environ)
     config = apply_flags(config, flags)
+    for secret, option in SECRET_FILES.items():
+        if secret in flags:
+            warnings.append(
+                f"{flag(secret)} on the command line can be read by every user of this machine (ps); "
+                f"use {option} or {environment_variable(secret)} instead"
+            )
+    config = read_secret_files(config, read_file)
     return config, warnings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
@@ -40,7 +41,43 @@ class ApiServerHandle(Protocol):
 
 
 class StartupError(RuntimeError):
-    """fleetd cannot start; the message says what to fix."""
+    """fleetd cannot start; the message says what is wrong, ``hint`` what to do about it.
+
+    The entry point prints both as one or two lines and no traceback (unless verbosity is
+    on): a wrong environment is the operator's to fix, not a crash to debug.
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _reason(exc: BaseException) -> str:
+    """The most telling words of a failure: an OS error's strerror from its cause chain
+    (``No such file or directory``), else its own message, else its type's name."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__
+    return str(exc) or type(exc).__name__
+
+
+def check_readable_files(config: Config) -> None:
+    """TLS files named in the configuration must be readable now: found later, by a loop
+    that retries, a typo would look like an etcd outage forever."""
+    for option in ("etcd_cafile", "etcd_certfile", "etcd_keyfile", "api_certfile", "api_keyfile", "api_cafile"):
+        path = getattr(config, option)
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise StartupError(
+                f"{option}: cannot read {path}: {exc.strerror or exc}",
+                hint=f"fix the path or the file's permissions, or unset {option}",
+            ) from exc
 
 
 def read_machine_id(path: str) -> str:
@@ -116,6 +153,9 @@ class Daemon:
         self.public_ip = config.public_ip or detect_public_ip()
         self.stopping = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        # Set once every part runs: a failure before is a startup error (one line), after
+        # it a crash (a traceback in the log).
+        self.started = False
 
     def etcd_config(self) -> EtcdConfig:
         c = self.config
@@ -145,22 +185,43 @@ class Daemon:
             self.reload_requested.set()
 
         settings = self.config.settings()
-        registry = connect(self.etcd_config(), self.config.etcd_key_prefix)
+        # Everything that can be checked without side effects first: a wrong environment
+        # is refused before the machine joins the cluster.
+        check_readable_files(self.config)
+        listeners = self.api_listeners()
+        try:
+            registry = connect(self.etcd_config(), self.config.etcd_key_prefix)
+        except ValueError as exc:  # a malformed endpoint; an unreachable etcd is retried later
+            raise StartupError(
+                f"etcd_servers: {exc}", hint="use e.g. http://10.0.0.1:2379,http://10.0.0.2:2379"
+            ) from exc
         manager = SystemdManager(
             units_directory=self.config.units_directory.rstrip("/") or "/", user=self.config.systemd_user
         )
-        await manager.connect()
+        try:
+            await manager.connect()
+        except Exception as exc:
+            await registry.close()
+            raise self.systemd_error(exc) from exc
         lease_file = os.path.join(
             os.path.dirname(self.config.units_directory.rstrip("/")) or "/run/fleet", "agent.lease"
         )
         agent = Agent(registry, manager, self.machine_state(), settings, lease_file=lease_file)
         node = NodeState(self.machine_id, agent, self.config.systemd_user)
+        try:  # bound before the loops start, so "address in use" leaves nothing running
+            api_server = await self.start_api(registry, node, listeners)
+        except Exception as exc:
+            await manager.close()
+            await registry.close()
+            if isinstance(exc, StartupError):
+                raise
+            raise StartupError(f"cannot serve the API: {exc}", hint="check api_listen and fleetd.socket") from exc
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(agent.run(), name="agent")]
         engine: Engine | None = None
         if not self.config.disable_engine:
             engine = Engine(registry, self.machine_id, settings)
             tasks.append(asyncio.create_task(engine.run(), name="engine"))
-        api_server = await self.start_api(registry, node)
+        self.started = True
         log.info("fleetd %s started on machine %s (%s)", __version__, self.machine_id, self.public_ip or "no public IP")
         try:
             while not self.stopping.is_set():
@@ -203,26 +264,129 @@ class Daemon:
         await agent.update_identity(self.public_ip, new_config.metadata)
         log.info("SIGHUP: configuration reloaded")
 
-    async def start_api(self, registry: Registry, node: NodeState) -> ApiServerHandle:
-        """Serve the API on the sockets systemd handed over, and on ``api_listen``.
+    def systemd_error(self, exc: BaseException) -> StartupError:
+        """Why systemd cannot be driven, and where to look: fleetd is useless without it."""
+        from fleetd.systemd import SystemdError, default_bus_address
 
-        Without either, fleet's default unix socket /var/run/fleet.sock.
+        if isinstance(exc, OSError) and not isinstance(exc, SystemdError):  # the unit files, before the bus
+            where = exc.filename or self.config.units_directory
+            return StartupError(
+                f"units_directory: cannot use {where}: {_reason(exc)}",
+                hint="fleetd keeps the unit files it manages there: it must be a directory fleetd can write",
+            )
+        address = default_bus_address(self.config.systemd_user)
+        if self.config.systemd_user:
+            hint = (
+                "with systemd_user=true fleetd drives your user's systemd: run it in a user session "
+                "(DBUS_SESSION_BUS_ADDRESS or $XDG_RUNTIME_DIR/bus)"
+            )
+        else:
+            hint = (
+                "fleetd drives systemd over the D-Bus system bus: run it on a machine booted with systemd, "
+                "with dbus running (systemctl status dbus.socket); DBUS_SYSTEM_BUS_ADDRESS says where the bus is"
+            )
+        return StartupError(f"cannot talk to systemd over D-Bus at {address}: {_reason(exc)}", hint=hint)
+
+    def api_listeners(self) -> list[Any]:
+        """What the API will listen on: the sockets systemd handed over, and ``api_listen``;
+        without either, fleet's default unix socket /var/run/fleet.sock.
+
+        A TCP listener without a token is served with a warning (fleet's socket-activated
+        TCP API had none), or refused with ``api_require_token``.
         """
-        from fleetd.api import TcpListener, UnixListener, activated_listeners, make_app, make_ssl_context, start_api
+        from fleetd.api import (
+            ActivationError,
+            ListenError,
+            TcpListener,
+            UnixListener,
+            activated_listeners,
+            make_ssl_context,
+        )
 
         c = self.config
-        ssl_context = make_ssl_context(c.api_certfile, c.api_keyfile, c.api_cafile or None) if c.api_certfile else None
+        try:
+            ssl_context = (
+                make_ssl_context(c.api_certfile, c.api_keyfile, c.api_cafile or None) if c.api_certfile else None
+            )
+        except ListenError as exc:
+            raise StartupError(
+                f"api_certfile/api_keyfile: {_reason(exc)}", hint="the files must be a PEM certificate and its key"
+            ) from exc
         token = c.api_token or None
-        listeners: list[Any] = list(activated_listeners(ssl_context=ssl_context, token=token))
+        try:
+            listeners: list[Any] = list(activated_listeners(ssl_context=ssl_context, token=token))
+        except ActivationError as exc:
+            raise StartupError(f"socket activation: {exc}", hint="start fleetd through fleetd.socket") from exc
         for spec in c.api_listen:
             if spec.startswith("unix:"):
                 listeners.append(UnixListener(spec.removeprefix("unix:").removeprefix("//")))
             else:
                 host, _, port = spec.rpartition(":")
                 if not host or not port.isdigit():
-                    raise StartupError(f"api_listen: {spec!r} is neither unix:/path nor host:port")
+                    raise StartupError(
+                        f"api_listen: {spec!r} is neither unix:/path nor host:port",
+                        hint="use e.g. api_listen=unix:/var/run/fleet.sock,10.0.0.5:54728",
+                    )
                 listeners.append(TcpListener(host.strip("[]"), int(port), ssl_context, token))
         if not listeners:
             listeners.append(UnixListener(DEFAULT_API_SOCKET))
-        app = make_app(registry, node, token_limit=c.token_limit)
+        self.check_tcp_security([_tcp_address(listener) for listener in listeners], ssl_context is not None)
+        return listeners
+
+    def check_tcp_security(self, addresses: list[str | None], tls: bool) -> None:
+        """Warn about (or, with ``api_require_token``, refuse) a TCP API anyone can use, and
+        warn about a token that crosses the network in clear text."""
+        tcp = ", ".join(address for address in addresses if address)
+        if not tcp:
+            return
+        c = self.config
+        if not c.api_token:
+            if c.api_require_token:
+                raise StartupError(
+                    f"the API would listen on TCP ({tcp}) without a token, and api_require_token is set",
+                    hint="set api_token_file (or FLEET_API_TOKEN), or remove the TCP listener",
+                )
+            if not (tls and c.api_cafile):
+                log.warning(
+                    "the API on TCP %s accepts requests from anyone who can reach it (no api_token%s): "
+                    "set api_token_file, and api_certfile/api_keyfile for TLS; api_require_token=true "
+                    "refuses to start like this",
+                    tcp,
+                    "" if tls else ", no TLS",
+                )
+        elif not tls:
+            exposed = ", ".join(a for a in addresses if a and not _is_loopback(a))
+            if exposed:
+                log.warning(
+                    "the API on TCP %s takes its token in clear text (no TLS): anyone on the network path can "
+                    "read it; set api_certfile and api_keyfile",
+                    exposed,
+                )
+
+    async def start_api(self, registry: Registry, node: NodeState, listeners: list[Any]) -> ApiServerHandle:
+        """Serve the API on ``listeners`` (from :meth:`api_listeners`)."""
+        from fleetd.api import make_app, start_api
+
+        app = make_app(registry, node, token_limit=self.config.token_limit)
         return await start_api(app, listeners)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _tcp_address(listener: Any) -> str | None:
+    """``host:port`` of a TCP listener (configured or handed over by systemd), else None."""
+    from fleetd.api import TcpListener
+
+    if isinstance(listener, TcpListener):
+        return f"{listener.host}:{listener.port}"
+    sock = getattr(listener, "sock", None)
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        host, port = sock.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None

@@ -89,3 +89,118 @@ def test_flags() -> None:
         load_config(["--frobnicate=1"], {}, lambda path: None)
     with pytest.raises(ConfigError, match="FLEET_AGENT_TTL: agent_ttl: must be positive"):
         load_config([], {"FLEET_AGENT_TTL": "0"}, lambda path: None)
+
+
+# -- hardening: secrets from files or the environment, api_require_token, clear errors --------
+
+
+def _files(mapping: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A read_file over a dict: missing -> None (as fleetd's own reader does)."""
+    return mapping.get
+
+
+def test_api_require_token_from_file_environment_and_flag() -> None:
+    assert Config().api_require_token is False
+    conf = {"/etc/fleet/fleet.conf": "api_require_token=true\n"}
+    assert load_config([], {}, _files(conf))[0].api_require_token is True
+    assert load_config([], {"FLEET_API_REQUIRE_TOKEN": "1"}, _files({}))[0].api_require_token is True
+    assert load_config(["--api-require-token"], {}, _files({}))[0].api_require_token is True
+    assert load_config(["--api-require-token=false"], {}, _files(conf))[0].api_require_token is False
+    with pytest.raises(ConfigError, match="FLEET_API_REQUIRE_TOKEN: api_require_token"):
+        load_config([], {"FLEET_API_REQUIRE_TOKEN": "perhaps"}, _files({}))
+
+
+def test_secrets_from_files_lose_one_trailing_newline() -> None:
+    files = {"/run/token": "s3cret\n", "/run/pw": "pass word\r\n", "/run/two": "x\n\n"}
+    config, warnings = load_config(
+        ["--etcd-password-file", "/run/pw"], {"FLEET_API_TOKEN_FILE": "/run/token"}, _files(files)
+    )
+    assert (config.api_token, config.etcd_password) == ("s3cret", "pass word")
+    assert (config.api_token_file, config.etcd_password_file) == ("/run/token", "/run/pw")
+    assert warnings == []
+    # only one newline goes: the rest is the secret as written
+    assert load_config(["--api-token-file=/run/two"], {}, _files(files))[0].api_token == "x\n"
+
+
+def test_secrets_from_the_environment() -> None:
+    config, warnings = load_config([], {"FLEET_API_TOKEN": "tok", "FLEET_ETCD_PASSWORD": "pw"}, _files({}))
+    assert (config.api_token, config.etcd_password) == ("tok", "pw")
+    assert warnings == []
+
+
+def test_secret_and_its_file_later_source_wins() -> None:
+    files = {"/etc/fleet/fleet.conf": "api_token_file=/run/token\netcd_password=inline\n", "/run/token": "from-file"}
+    config, _ = load_config([], {"FLEET_API_TOKEN": "from-env"}, _files(files))
+    assert (config.api_token, config.api_token_file) == ("from-env", "")  # env beats the file's token_file
+    files["/run/pw"] = "pw-from-file"
+    config, _ = load_config(["--etcd-password-file=/run/pw"], {}, _files(files))
+    assert config.etcd_password == "pw-from-file"  # the flag's file beats the file's inline password
+    config, _ = load_config([], {}, _files(files))
+    assert (config.api_token, config.etcd_password) == ("from-file", "inline")
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "conf", "message"),
+    [
+        ([], {}, "api_token=a\napi_token_file=/run/token\n", "fleet.conf: both api_token and api_token_file"),
+        (
+            [],
+            {"FLEET_API_TOKEN": "a", "FLEET_API_TOKEN_FILE": "/x"},
+            "",
+            "both FLEET_API_TOKEN and FLEET_API_TOKEN_FILE",
+        ),
+        (["--etcd-password=a", "--etcd-password-file=/x"], {}, "", "both --etcd-password and --etcd-password-file"),
+    ],
+)
+def test_secret_and_its_file_in_one_source_is_an_error(
+    argv: list[str], environ: dict[str, str], conf: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(argv, environ, _files({"/etc/fleet/fleet.conf": conf, "/run/token": "t"}))
+    assert "keep only" in caught.value.hint
+
+
+def test_secret_files_missing_empty_or_unreadable_are_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^api_token_file: /run/none: no such file$"):
+        load_config(["--api-token-file=/run/none"], {}, _files({}))
+    with pytest.raises(ConfigError, match=r"^etcd_password_file: /run/empty is empty$"):
+        load_config(["--etcd-password-file=/run/empty"], {}, _files({"/run/empty": "\n"}))
+
+    def denied(path: str) -> str | None:
+        if path == "/run/token":
+            raise PermissionError(13, "Permission denied", path)
+        return None
+
+    with pytest.raises(ConfigError, match=r"^api_token_file: cannot read /run/token: Permission denied$") as caught:
+        load_config(["--api-token-file=/run/token"], {}, denied)
+    assert "mode" in caught.value.hint
+
+
+def test_unreadable_or_binary_configuration_file_is_a_one_line_error() -> None:
+    def directory(path: str) -> str | None:
+        raise IsADirectoryError(21, "Is a directory", path)
+
+    with pytest.raises(
+        ConfigError, match=r"^/etc/fleet/fleet.conf: cannot read the configuration file: Is a directory$"
+    ):
+        load_config([], {}, directory)
+
+    def binary(path: str) -> str | None:
+        return b"\xff\xfe".decode("utf-8")
+
+    with pytest.raises(ConfigError, match="cannot read the configuration file: not UTF-8 text"):
+        load_config(["--config=/tmp/x.conf"], {}, binary)
+
+
+def test_secrets_on_the_command_line_are_warned_about_and_never_in_repr() -> None:
+    config, warnings = load_config(["--api-token=Zq7tok", "--etcd-password", "Zq7pw"], {}, _files({}))
+    assert (config.api_token, config.etcd_password) == ("Zq7tok", "Zq7pw")
+    assert len(warnings) == 2 and all("can be read by every user" in w for w in warnings)
+    assert "use api_token_file or FLEET_API_TOKEN" in warnings[0]
+    assert "Zq7" not in repr(config)
+
+
+def test_unknown_flag_error_has_a_hint() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(["--frobnicate=1"], {}, _files({}))
+    assert caught.value.hint == "fleetd --help lists the options"
