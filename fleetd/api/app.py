@@ -18,16 +18,18 @@ from aiohttp import web
 from fleetd.api.auth import TOKEN_RULES, TokenRules
 from fleetd.api.context import DEFAULT_TOKEN_LIMIT, STATE, ApiState, NodeInfo
 from fleetd.api.discovery import discovery_document
-from fleetd.api.extensions import journal, list_unplaceable, status
+from fleetd.api.extensions import JOURNAL_FOLLOWS, FollowSlots, journal, list_unplaceable, status
 from fleetd.api.machines import list_machines, patch_machines
 from fleetd.api.metrics import metrics
 from fleetd.api.middleware import fleet_middleware
 from fleetd.api.state import list_states
 from fleetd.api.units import delete_unit, get_unit, list_units, put_unit
+from fleetd.model.limits import MAX_REQUEST_BYTES
 from fleetd.registry.registry import Registry
 
 PREFIX = "/fleet/v1"
-MAX_BODY = 4 * 1024 * 1024
+# aiohttp refuses a larger body itself (413), before a handler reads it into memory
+MAX_BODY = MAX_REQUEST_BYTES
 
 
 async def discovery(request: web.Request) -> web.Response:
@@ -40,6 +42,7 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
     app = web.Application(middlewares=[fleet_middleware], client_max_size=MAX_BODY)
     app[STATE] = ApiState(registry, node, max(1, int(token_limit)))
     app[TOKEN_RULES] = TokenRules()
+    app[JOURNAL_FOLLOWS] = FollowSlots()
 
     async def stop_streams(app: web.Application) -> None:
         app[STATE].closing = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -18,10 +19,44 @@ from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError, node_failure
 from fleetd.api.params import query_bool, query_int, unit_name
 from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS, MAX_JOURNAL_LINES
+from fleetd.model.limits import MAX_JOURNAL_FOLLOWS
 
 # A journal's first line is awaited this long before the stream starts, so that a failure
 # to read the journal (unknown unit, journalctl missing) can still answer with a status.
 FIRST_LINE_WAIT = 0.5
+# what a client refused a follow is told to wait before trying again, in seconds
+FOLLOW_RETRY_AFTER = 5
+
+
+@dataclass
+class FollowSlots:
+    """The journal follows this fleetd streams now, and how many it allows at once: each
+    holds a journalctl process and a connection for as long as its client stays."""
+
+    limit: int = MAX_JOURNAL_FOLLOWS
+    holders: set[int] = field(default_factory=set)  # id() of the requests holding a slot
+
+    @property
+    def active(self) -> int:
+        return len(self.holders)
+
+
+JOURNAL_FOLLOWS = web.AppKey("fleet_journal_follows", FollowSlots)
+
+
+def _take_follow_slot(request: web.Request) -> None:
+    """Count this request as a follow until :func:`journal` returns; 429 when all are taken."""
+    slots = request.app.get(JOURNAL_FOLLOWS)
+    if slots is None:
+        return
+    if slots.active >= slots.limit:
+        raise ApiError(
+            429,
+            f"this fleetd already streams {slots.active} journals with follow (the limit is {slots.limit}); "
+            "try again later, or read without follow",
+            {"Retry-After": str(FOLLOW_RETRY_AFTER)},
+        )
+    slots.holders.add(id(request))
 
 
 async def list_unplaceable(request: web.Request) -> web.Response:
@@ -53,6 +88,16 @@ def _client_gone(request: web.Request) -> bool:
 
 
 async def journal(request: web.Request) -> web.StreamResponse:
+    """A unit's journal; a follow holds one of the node's FollowSlots while it streams."""
+    try:
+        return await _journal(request)
+    finally:
+        slots = request.app.get(JOURNAL_FOLLOWS)
+        if slots is not None:
+            slots.holders.discard(id(request))
+
+
+async def _journal(request: web.Request) -> web.StreamResponse:
     state = api_state(request)
     machine_id = request.match_info["machine"]
     unit = unit_name(request.match_info["name"])
@@ -62,6 +107,8 @@ async def journal(request: web.Request) -> web.StreamResponse:
     if output not in JOURNAL_OUTPUTS:
         raise ApiError(400, f"invalid output {output!r}: one of {', '.join(sorted(JOURNAL_OUTPUTS))}")
     await require_local(request, machine_id)
+    if follow:
+        _take_follow_slot(request)
     what = f"journal of {unit}"
     try:
         source = state.node.journal(unit, lines, follow, output).__aiter__()
@@ -126,4 +173,13 @@ async def status(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
-__all__ = ["FIRST_LINE_WAIT", "journal", "list_unplaceable", "require_local", "status"]
+__all__ = [
+    "FIRST_LINE_WAIT",
+    "FOLLOW_RETRY_AFTER",
+    "JOURNAL_FOLLOWS",
+    "FollowSlots",
+    "journal",
+    "list_unplaceable",
+    "require_local",
+    "status",
+]

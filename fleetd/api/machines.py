@@ -1,9 +1,14 @@
 """``/fleet/v1/machines``: list the live machines and change their dynamic metadata.
 
 ``PATCH`` takes a JSON-patch-like list of operations on ``/<machineID>/metadata/<key>``.
-The whole list is validated before anything is written (:func:`parse_metadata_patch`), so
-a rejected request changes nothing; the operations are then folded per machine and each
-machine's metadata is changed in one registry write.
+It is all or nothing: the whole list is validated before anything is written
+(:func:`parse_metadata_patch`), the operations are folded per machine, and every machine's
+metadata is changed in one registry transaction
+(:meth:`~fleetd.registry.registry.Registry.update_machines_metadata`). A machine that is
+not registered is a 404 naming it, and then nothing is changed, on any machine: a typo in
+one machine id must not leave the others half-updated. A request may change at most
+:data:`~fleetd.model.limits.MAX_PATCH_MACHINES` machines (one etcd transaction) with at
+most :data:`~fleetd.model.limits.MAX_PATCH_OPERATIONS` operations; more is a 413.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from aiohttp import web
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError
 from fleetd.api.params import json_body, listing, page
+from fleetd.model.limits import MAX_PATCH_MACHINES, MAX_PATCH_OPERATIONS
 from fleetd.model.wire import machine_json
+from fleetd.registry.errors import MachineNotFound
 
 _MACHINE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_.:-]{1,253}")
@@ -61,6 +68,8 @@ def parse_metadata_patch(body: Any) -> list[MetadataOp]:
     operation, so a rejected request changes nothing."""
     if not isinstance(body, list):
         raise ApiError(400, 'expected a JSON list of {"op", "path", "value"} operations')
+    if len(body) > MAX_PATCH_OPERATIONS:
+        raise ApiError(413, f"{len(body)} operations in one request; the limit is {MAX_PATCH_OPERATIONS}")
     result: list[MetadataOp] = []
     for index, item in enumerate(body):
         where = f"operation {index}"
@@ -83,22 +92,34 @@ def parse_metadata_patch(body: Any) -> list[MetadataOp]:
     return result
 
 
-async def patch_machines(request: web.Request) -> web.Response:
-    operations = parse_metadata_patch(await json_body(request))
-    changes: dict[str, tuple[dict[str, str], set[str]]] = {}
-    for op in operations:  # fold in order: a later op on the same key wins
-        set_, remove = changes.setdefault(op.machine_id, ({}, set()))
+def fold_operations(operations: list[MetadataOp]) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """Per machine: (keys to set, keys to remove), applying the operations in order so a
+    later operation on the same key wins; 413 beyond MAX_PATCH_MACHINES machines."""
+    changes: dict[str, tuple[dict[str, str], list[str]]] = {}
+    for op in operations:
+        set_, remove = changes.setdefault(op.machine_id, ({}, []))
         if op.op == "remove":
             set_.pop(op.key, None)
-            remove.add(op.key)
+            if op.key not in remove:
+                remove.append(op.key)
         else:
             assert op.value is not None
             set_[op.key] = op.value
-            remove.discard(op.key)
-    registry = api_state(request).registry
-    for machine_id, (set_, remove) in changes.items():
-        await registry.update_dynamic_metadata(machine_id, set_, remove)
+            if op.key in remove:
+                remove.remove(op.key)
+    if len(changes) > MAX_PATCH_MACHINES:
+        raise ApiError(413, f"{len(changes)} machines in one request; the limit is {MAX_PATCH_MACHINES}")
+    return changes
+
+
+async def patch_machines(request: web.Request) -> web.Response:
+    changes = fold_operations(parse_metadata_patch(await json_body(request)))
+    if changes:
+        try:
+            await api_state(request).registry.update_machines_metadata(changes)
+        except MachineNotFound as exc:
+            raise ApiError(404, f"{exc}; nothing was changed") from None
     return web.Response(status=204)
 
 
-__all__ = ["MetadataOp", "list_machines", "parse_metadata_patch", "patch_machines"]
+__all__ = ["MetadataOp", "fold_operations", "list_machines", "parse_metadata_patch", "patch_machines"]

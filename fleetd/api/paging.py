@@ -15,6 +15,8 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from fleetd.model.limits import MAX_PAGE_TOKEN_LENGTH
+
 T = TypeVar("T")
 Key = tuple[str, ...]
 
@@ -29,6 +31,10 @@ def encode_token(resource: str, after: Key) -> str:
 
 
 def decode_token(resource: str, token: str) -> Key:
+    """The sort key a token of ``resource`` resumes after; :class:`BadPageToken` for
+    anything this server did not issue (too long, not base64url JSON, another list's)."""
+    if len(token) > MAX_PAGE_TOKEN_LENGTH:
+        raise BadPageToken(f"invalid nextPageToken: longer than {MAX_PAGE_TOKEN_LENGTH} characters")
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
@@ -40,8 +46,8 @@ def decode_token(resource: str, token: str) -> Key:
         return tuple(after)
     except BadPageToken:
         raise
-    except (ValueError, TypeError, KeyError, UnicodeError, binascii.Error):
-        raise BadPageToken(f"invalid nextPageToken {token!r}: pass back a token exactly as received") from None
+    except (ValueError, TypeError, KeyError, UnicodeError, binascii.Error, RecursionError):
+        raise BadPageToken(f"invalid nextPageToken {token[:64]!r}: pass back a token exactly as received") from None
 
 
 def paginate(

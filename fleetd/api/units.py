@@ -3,7 +3,8 @@
 What a PUT does is decided by :mod:`fleetd.model.submit`, the same rules fleetctl's etcd
 driver applies; this module reads the body, carries the decision out on the registry and
 decides again when another writer got there first. Records are shaped by
-:mod:`fleetd.model.wire`, as the etcd driver shapes them.
+:mod:`fleetd.model.wire`, as the etcd driver shapes them. A unit larger than
+:data:`~fleetd.model.limits.MAX_UNIT_BYTES` is refused (413) before it is even parsed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from aiohttp import web
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError, refused
 from fleetd.api.params import json_body, listing, page, query_bool, unit_name
+from fleetd.model.limits import MAX_UNIT_BYTES, options_size, too_large
 from fleetd.model.submit import Action, Submission, SubmitError, desired_state, submission
-from fleetd.model.wire import units_json
+from fleetd.model.wire import units_json, unreadable_unit_json
 from fleetd.registry.registry import Registry
 
 log = logging.getLogger("fleetd.api")
@@ -25,9 +27,13 @@ log = logging.getLogger("fleetd.api")
 
 async def list_units(request: web.Request) -> web.Response:
     registry = api_state(request).registry
-    units, placements, states = await asyncio.gather(registry.units(), registry.placements(), registry.unit_states())
-    items, token = page(request, units, lambda u: (u.name,), "units")
-    return listing("units", units_json(items, placements, states), token)
+    (units, unreadable), placements, states = await asyncio.gather(
+        registry.units_with_errors(), registry.placements(), registry.unit_states()
+    )
+    records = units_json(units, placements, states)
+    records += [unreadable_unit_json(name, reason) for name, reason in unreadable.items()]
+    items, token = page(request, records, lambda u: (u["name"],), "units")
+    return listing("units", items, token)
 
 
 async def get_unit(request: web.Request) -> web.Response:
@@ -52,10 +58,15 @@ async def _read_submission(request: web.Request, name: str) -> Submission:
             raise ApiError(400, "name in the body must be a string")
         if body_name != name:
             raise ApiError(400, f'name in the body "{body_name}" does not match the unit name "{name}" in the URL')
+    options = body.get("options")
+    if isinstance(options, list):  # measured before it is parsed: the size bounds that work too
+        problem = too_large(options_size(options), MAX_UNIT_BYTES, f"unit {name}")
+        if problem:
+            raise ApiError(413, problem)
     try:
         target = desired_state(body.get("desiredState"))
         replace = query_bool(request, "replace")
-        result = submission(name, target, body.get("options"), replace=replace)
+        result = submission(name, target, options, replace=replace)
     except SubmitError as exc:
         raise refused(exc) from None
     for warning in result.warnings:

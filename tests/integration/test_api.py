@@ -440,6 +440,9 @@ async def test_machines_list_and_paginate(registry: Registry, node: Node) -> Non
 
 
 async def test_patch_machines_accepts_both_value_shapes(client: TestClient, registry: Registry) -> None:
+    lease = await registry.grant_lease(30)
+    for machine in (LOCAL, OTHER):  # only registered machines can be changed
+        await registry.register_machine(MachineState(machine, ""), lease)
     response = await client.patch(
         "/fleet/v1/machines",
         json=[
