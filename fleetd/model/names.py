@@ -1,7 +1,10 @@
 """Unit names: validation, fleetctl's mangling, templates/instances and specifiers.
 
-The rules are systemd's (as fleet enforced them): a name that systemd would refuse must be
-refused at submit time, not discovered later by an agent.
+The rules are systemd's (as fleet enforced them), tightened where a name reaches a file
+system or a command line: a name that systemd, the agent's files or a ``systemctl``
+argument could not take must be refused at submit time, not discovered later by an agent.
+:func:`validate_unit_name` is the one check the API, fleetctl, the engine and the agent's
+systemd adapter all apply; docs/units.md states the rules for users.
 """
 
 from __future__ import annotations
@@ -11,7 +14,51 @@ from dataclasses import dataclass
 
 from fleetd.model.errors import UnitNameError
 
-MAX_NAME_LENGTH = 256
+#: The longest unit name, in characters (names are ASCII, so also in bytes). systemd takes
+#: 255, but a name also becomes part of longer file names, each of which must fit the
+#: file system's 255 bytes: the adapter's temporary file ``.<name>.tmp`` (+5) and the
+#: ``<name>.requires/`` directory systemd creates when another unit names this one in
+#: ``RequiredBy=`` (+9, the longest such suffix). 240 keeps all of them, and most of the
+#: per-unit files systemd keeps under /run/systemd/units, within the limit.
+MAX_NAME_LENGTH = 240
+
+#: Units of the host itself that a fleet unit may never be named after: a fleet unit of
+#: that name would be linked over (or stopped and removed in place of) the host's own,
+#: taking down the machine's fleetd, its D-Bus, its journal or systemd's own structure.
+RESERVED_NAMES = frozenset(
+    {
+        # fleetd itself, and fleet's own unit names (machines migrating from fleet)
+        "fleetd.service",
+        "fleetd.socket",
+        "fleet.service",
+        "fleet.socket",
+        # the system bus the agent drives systemd through
+        "dbus.service",
+        "dbus.socket",
+        "dbus-broker.service",
+        # systemd's own structure: PID 1's scope, the root mount and slice, the top slices
+        "init.scope",
+        "-.mount",
+        "-.slice",
+        "system.slice",
+        "user.slice",
+        "machine.slice",
+        # the targets every boot and shutdown goes through
+        "default.target",
+        "sysinit.target",
+        "basic.target",
+        "sockets.target",
+        "local-fs.target",
+        "multi-user.target",
+        "shutdown.target",
+        "emergency.target",
+        "rescue.target",
+    }
+)
+#: Name prefixes reserved for the host: every unit systemd ships is ``systemd-*``
+#: (journald, logind, udevd, tmpfiles, ...), and D-Bus activation aliases are
+#: ``dbus-org.freedesktop.*``.
+RESERVED_PREFIXES = ("systemd-", "dbus-org.freedesktop.")
 UNIT_SUFFIXES = frozenset(
     {
         "automount",
@@ -51,10 +98,16 @@ def validate_unit_name(name: str) -> None:
     if not name:
         raise UnitNameError("invalid unit name: empty", name)
     if len(name) > MAX_NAME_LENGTH:
-        raise _invalid(name, f"longer than {MAX_NAME_LENGTH} characters ({len(name)})")
+        shown = f"{name[:40]}...{name[-20:]}"
+        raise UnitNameError(
+            f'invalid unit name "{shown}": longer than {MAX_NAME_LENGTH} characters ({len(name)})', name
+        )
     bad = _BAD_CHAR_RE.search(name)
     if bad:
         raise _invalid(name, f"invalid character {bad.group()!r} (allowed: A-Z a-z 0-9 : _ . @ -)")
+    if name[0] in "-.":
+        # "-H..." would be read as an option by systemctl; ".x" is a hidden file
+        raise _invalid(name, f'must not start with "{name[0]}"')
     if "." not in name:
         raise _invalid(name, 'no type suffix (a name must contain ".", e.g. "foo.service")')
     if name.startswith("@"):
@@ -65,11 +118,17 @@ def validate_unit_name(name: str) -> None:
     if suffix not in UNIT_SUFFIXES:
         known = ", ".join(sorted(UNIT_SUFFIXES))
         raise _invalid(name, f'unknown type suffix ".{suffix}" (one of {known})')
-    if not stem:
-        raise _invalid(name, "empty name before the suffix")
     if "@" in stem and suffix not in TEMPLATE_SUFFIXES:
         allowed = ", ".join(sorted(TEMPLATE_SUFFIXES))
         raise _invalid(name, f'"@" (template or instance) is only allowed for {allowed} units')
+    if is_reserved_name(name):
+        raise _invalid(name, "reserved for the host's own units (see docs/units.md)")
+
+
+def is_reserved_name(name: str) -> bool:
+    """Whether ``name`` is one of the host's own units (:data:`RESERVED_NAMES`, or a name
+    starting with one of :data:`RESERVED_PREFIXES`), which no fleet unit may take."""
+    return name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES)
 
 
 def is_valid_unit_name(name: str) -> bool:

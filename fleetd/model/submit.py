@@ -12,10 +12,14 @@ The rules, in the order they are applied:
 1. ``desiredState`` must be one of fleet's three states (:func:`desired_state`).
 2. A template (``foo@.service``) can only be ``inactive``.
 3. Options, when sent, must form a valid unit; ``[]`` means "no new body", as in fleet.
+   A valid unit keeps the contract of docs/units.md: its name passes
+   :func:`~fleetd.model.names.validate_unit_name` and its file renders to text that parses
+   back to the same options (:meth:`~fleetd.model.unitfile.UnitFile.check`).
 4. A unit that does not exist is created: from the options, or for an instance sent
    without options from its template's body; the new state must be reachable from nothing.
 5. A unit that exists with a different body is refused unless ``replace`` is asked for.
-6. Otherwise only its desired state changes, when the transition is allowed.
+6. Otherwise only its desired state changes, when the transition is allowed; a stored
+   body that breaks the contract (written by an older client) may only be made inactive.
 """
 
 from __future__ import annotations
@@ -119,7 +123,11 @@ def submission(name: str, desired: DesiredState, options: object, *, replace: bo
     """Validate a request (rules 2 and 3). ``options`` is the API's list of
     ``{section, name, value}``; ``None`` or ``[]`` means no new body (fleet's own client
     sends ``[]`` that way)."""
-    if parse_unit_name(name).is_template and desired is not DesiredState.INACTIVE:
+    try:
+        info = parse_unit_name(name)
+    except UnitNameError as exc:
+        raise SubmitError(Refusal.INVALID, str(exc)) from None
+    if info.is_template and desired is not DesiredState.INACTIVE:
         _check(None, desired, name)  # "cannot activate template ..."
     if options is None or options == []:
         return Submission(name, desired, None, replace)
@@ -177,6 +185,10 @@ def decide(request: Submission, existing: StoredUnit | None, template: StoredUni
         unit = request.unit
         return Decision(Action.REPLACE, StoredUnit(name, unit.file, target), unit.requirements.global_)
     _check(existing.desired, target, name)
+    if target is not DesiredState.INACTIVE and (problem := existing.file.problem()):
+        raise SubmitError(
+            Refusal.INVALID, f"unit {name} as stored cannot run: {problem}; destroy it and submit it again"
+        )
     action = Action.NOTHING if existing.desired is target else Action.SET_DESIRED
     return Decision(action, StoredUnit(name, existing.file, target))
 

@@ -47,12 +47,18 @@ def build_unit(name: str, source: str | UnitFile, filename: str | None = None) -
     """Validate ``name``, parse ``source`` (text or an already built file) and its
     ``[X-Fleet]`` section; return the unit and any warnings.
 
+    The file must keep the unit-file contract (:meth:`UnitFile.check`: clean UTF-8 text,
+    no control characters, and a rendering that parses back to the same options), so a
+    unit that would run differently from what it shows is refused here, for every caller:
+    the API and fleetctl on submit, the engine and the agent on what they read from etcd.
+
     Raises :class:`UnitNameError` or :class:`UnitFileError`; errors are labelled with
     ``filename`` when given (the local file a user submitted), else with ``name``.
     """
     parse_unit_name(name)
     label = filename or name
     file = source if isinstance(source, UnitFile) else parse_unit_file(source, label)
+    file.check(label)
     requirements, warnings = parse_requirements(file, name, label)
     return Unit(name, file, requirements), warnings
 

@@ -31,6 +31,67 @@ def short_hash(full_hash: str) -> str:
 # Section names: anything printable without brackets, no surrounding whitespace.
 _SECTION_RE = re.compile(r"[^\[\]\x00-\x1f\x7f]+")
 
+# Characters no section, option name or value may hold: C0 and C1 control characters
+# (line breaks among them: a value is one line) and the Unicode line and paragraph
+# separators. The tab is the one exception, and only inside a value (see _text_problem).
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_OR_TAB_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _text_problem(text: str, what: str, *, tab: bool) -> str | None:
+    """Why ``text`` cannot be part of a unit file, or ``None``: it must encode as UTF-8
+    (a lone surrogate cannot, and would break hashing and every reader later) and hold no
+    control character; ``tab`` allows the tab character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{what} is not valid UTF-8 (lone surrogate {text[exc.start]!r} at position {exc.start})"
+    bad = (_CONTROL_RE if tab else _CONTROL_OR_TAB_RE).search(text)
+    if bad:
+        kind = "a line break" if bad.group() in _LINE_BREAKS else "a control character"
+        return f"{what} contains {kind} ({bad.group()!r} at position {bad.start()})"
+    return None
+
+
+def _key_problem(section: str, name: str) -> str | None:
+    """Why ``section`` and ``name`` cannot head an option line (see :func:`option_problem`)."""
+    problem = _text_problem(section, f"section name {section!r}", tab=False)
+    if problem:
+        return problem
+    if not _SECTION_RE.fullmatch(section) or section.strip() != section:
+        return f"invalid section name {section!r}"
+    problem = _text_problem(name, f"option name {name!r} in [{section}]", tab=False)
+    if problem:
+        return problem
+    if not name.strip() or "=" in name or name.strip() != name or name[0] in "#;[":
+        return f"invalid option name {name!r} in [{section}]"
+    return None
+
+
+def option_problem(section: str, name: str, value: str) -> str | None:
+    """Why one option cannot be stored as a unit-file line that reads back the same, or
+    ``None``. The rules (docs/units.md): section and name are non-empty, without control
+    characters, tabs or surrounding whitespace (the parser strips it); a section has no
+    brackets; a name has no ``=`` and does not start like a comment or a section header;
+    a value may hold tabs but no other control character, does not start or end with
+    whitespace (the parser would strip it, changing the hash after a re-read) and does not
+    end with a backslash (systemd would join the next line onto it: a value
+    ``/bin/sleep 1000 \\`` followed by ``User=nobody`` would run as root while showing
+    ``User=nobody``). All three must be valid UTF-8."""
+    problem = _key_problem(section, name)
+    if problem:
+        return problem
+    label = f"[{section}] {name}"
+    problem = _text_problem(value, f"the value of {label}", tab=True)
+    if problem:
+        return problem
+    if value != value.strip():
+        return f"the value of {label} starts or ends with whitespace, which a unit file does not keep"
+    if value.endswith("\\"):
+        return f"the value of {label} ends with a backslash, which would join the next line onto it"
+    return None
+
 
 @dataclass(frozen=True)
 class UnitOption:
@@ -103,7 +164,10 @@ class UnitFile:
 
     @cached_property
     def _hash(self) -> str:
-        return hashlib.sha1(self._serialised.encode("utf-8")).hexdigest()
+        # "surrogatepass": a lone surrogate (refused on submit, but possibly stored by an
+        # old client) must not make hashing raise in a reader's loop; valid text hashes as
+        # plain UTF-8 either way.
+        return hashlib.sha1(self._serialised.encode("utf-8", "surrogatepass")).hexdigest()
 
     def hash(self) -> str:
         """40-hex SHA-1 of the canonical serialisation, as fleet computes a unit's hash."""
@@ -117,8 +181,12 @@ class UnitFile:
     def from_options(cls, options: Iterable[Mapping[str, str]]) -> UnitFile:
         """Build from the API shape ``[{"section", "name", "value"}, ...]``, validating it.
 
-        Rejects what could not survive serialisation (line breaks, missing fields, names a
-        parser would read as a comment or section header), so the hash stays meaningful.
+        Rejects what could not survive serialisation (line breaks, missing fields, section
+        and option names that break :func:`option_problem`'s rules), so the hash stays
+        meaningful. Values are checked only for line breaks: this also decodes what is
+        stored, and a stored value that breaks the rest of the contract (written by an
+        older client) must stay readable, listable and removable; :meth:`check` refuses it
+        wherever a unit is built to be submitted or run.
         """
         result: list[UnitOption] = []
         for index, raw in enumerate(options):
@@ -129,13 +197,43 @@ class UnitFile:
                 raise UnitFileError(f"{where}: needs section, name and value") from None
             if not all(isinstance(part, str) for part in (section, name, value)):
                 raise UnitFileError(f"{where}: section, name and value must be strings")
-            _check_section_name(section, None, None)
-            if not name.strip() or "=" in name or name.strip() != name or name[0] in "#;[":
-                raise UnitFileError(f"{where}: invalid option name {name!r}")
-            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+            problem = _key_problem(section, name)
+            if problem:
+                raise UnitFileError(f"{where}: {problem}")
+            if "\n" in value or "\r" in value:
                 raise UnitFileError(f"{where}: option {name!r} contains a line break")
             result.append(UnitOption(section, name, value))
         return cls(tuple(result))
+
+    @cached_property
+    def _problem(self) -> str | None:
+        for opt in self.options:
+            problem = option_problem(opt.section, opt.name, opt.value)
+            if problem:
+                return problem
+        try:
+            again = parse_unit_file(self._serialised)
+        except UnitFileError as exc:
+            return f"the unit file would not parse back: {exc}"
+        if again != self:
+            diff = next(
+                (f"[{a.section}] {a.name}" for a, b in zip(self.options, again.options, strict=False) if a != b),
+                f"{len(self.options)} options became {len(again.options)}",
+            )
+            return f"the unit file would not read back as sent ({diff})"
+        return None
+
+    def problem(self) -> str | None:
+        """Why this file breaks the unit-file contract, or ``None``: every option passes
+        :func:`option_problem`, and the rendered file parses back to exactly these options
+        (so what systemd runs is what ``fleetctl cat`` shows, and the hash is stable)."""
+        return self._problem
+
+    def check(self, label: str | None = None) -> None:
+        """Raise :class:`UnitFileError` (labelled with ``label``) if :meth:`problem` finds one."""
+        problem = self._problem
+        if problem:
+            raise UnitFileError(problem, label)
 
     def to_options(self) -> list[dict[str, str]]:
         """The API shape: a list of ``{"section", "name", "value"}`` dicts."""

@@ -6,6 +6,8 @@ import pytest
 
 from fleetd.model.errors import UnitNameError
 from fleetd.model.names import (
+    MAX_NAME_LENGTH,
+    RESERVED_NAMES,
     UnitName,
     expand_specifiers,
     is_valid_unit_name,
@@ -34,7 +36,14 @@ VALID = [
     "x.slice",
     "x.snapshot",
     "x.swap",
-    "x" * 248 + ".service",  # exactly 256
+    "x" * 232 + ".service",  # exactly MAX_NAME_LENGTH (240)
+    "a-.service",
+    "x.-y.service",
+    "systemd.service",  # only "systemd-*" is reserved
+    "my-systemd-thing.service",
+    "dbus-monitor.service",
+    "fleetd-helper.service",
+    "fleetd@1.service",
 ]
 
 
@@ -46,7 +55,13 @@ def test_valid_names(name: str) -> None:
 
 INVALID = [
     ("", "empty"),
-    ("x" * 249 + ".service", "longer than 256"),
+    ("x" * 233 + ".service", "longer than 240 characters (241)"),
+    ("x" * 243 + ".service", "longer than 240 characters (251)"),  # ".<name>.tmp" would be 256 bytes
+    ("-Hroot@somehost.service", 'must not start with "-"'),
+    ("--help.service", 'must not start with "-"'),
+    ("-.mount", 'must not start with "-"'),
+    ("-.slice", 'must not start with "-"'),
+    (".hidden.service", 'must not start with "."'),
     ("web app.service", "invalid character ' '"),
     ("web/app.service", "invalid character '/'"),
     ("wéb.service", "invalid character 'é'"),
@@ -56,10 +71,15 @@ INVALID = [
     ("web.service.", 'must not end with "."'),
     ("web.txt", 'unknown type suffix ".txt"'),
     ("web.Service", 'unknown type suffix ".Service"'),
-    (".service", "empty name before the suffix"),
+    (".service", 'must not start with "."'),
     ("foo@bar.mount", '"@"'),
     ("foo@.device", '"@"'),
     ("foo@x.slice", '"@"'),
+    *((name, "reserved for the host") for name in sorted(RESERVED_NAMES) if not name.startswith("-")),
+    ("systemd-journald.service", "reserved for the host"),
+    ("systemd-journald.socket", "reserved for the host"),
+    ("systemd-fsck@x.service", "reserved for the host"),
+    ("dbus-org.freedesktop.login1.service", "reserved for the host"),
 ]
 
 
@@ -68,7 +88,7 @@ def test_invalid_names(name: str, reason: str) -> None:
     with pytest.raises(UnitNameError) as info:
         validate_unit_name(name)
     assert reason in str(info.value)
-    if name:
+    if name and len(name) <= MAX_NAME_LENGTH:
         assert f'"{name}"' in str(info.value)
     assert info.value.name == name
     assert not is_valid_unit_name(name)
