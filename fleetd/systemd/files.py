@@ -4,6 +4,11 @@ Blocking file-system code, kept apart from the manager's asyncio code that calls
 thread. Two views of every path exist because the systemd being driven may live in
 another mount namespace (a test host): systemd is told paths as it sees them, while the
 files are written under ``root`` + that path.
+
+The unit contract (docs/units.md) is checked again here, where names become file names
+and options become a file systemd reads: a record in etcd may have been written by an old
+client that never checked it. A unit that breaks it is refused (:func:`refusal`): logged
+once, left out of the batch, never raised into it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,20 @@ def has_install(text: str) -> bool:
         return "[Install]" in text
 
 
+def refusal(name: str, file: UnitFile | None = None) -> str | None:
+    """Why the adapter must not act on unit ``name`` (with ``file`` as its body), or
+    ``None``: the name must pass the one name check (so it is a safe file name and can
+    never be read as a ``systemctl`` option, nor be a host unit such as dbus.service), and
+    the body must render to a file that systemd reads as the options ``fleetctl cat``
+    shows."""
+    try:
+        validate_unit_name(name)
+    except ValueError as exc:
+        return str(exc)
+    problem = file.problem() if file is not None else None
+    return f"unit {name}: {problem}" if problem else None
+
+
 def file_hash(text: str) -> str:
     """The fleet hash of a unit file's text (canonical form; raw SHA-1 if it does not parse)."""
     try:
@@ -53,6 +72,38 @@ class UnitFiles:
         self.units_directory = units_directory
         self.runtime_unit_dir = runtime_unit_dir
         self.root = root
+        # refusals already logged, so a unit refused on every reconcile pass logs once
+        self._reported: set[tuple[str, str]] = set()
+
+    def refuse(self, name: str, reason: str, action: str = "refusing") -> None:
+        """Log that ``name`` is left out, once per (name, reason)."""
+        if (name, reason) not in self._reported:
+            if len(self._reported) > 10_000:
+                self._reported.clear()  # bounded; at worst a refusal is logged again
+            self._reported.add((name, reason))
+            log.warning("%s unit %r: %s", action, name, reason)
+
+    def acceptable(self, units: Mapping[str, UnitFile]) -> dict[str, UnitFile]:
+        """The units that keep the contract (see :func:`refusal`); the rest are logged."""
+        kept: dict[str, UnitFile] = {}
+        for name, file in units.items():
+            reason = refusal(name, file)
+            if reason is None:
+                kept[name] = file
+            else:
+                self.refuse(name, reason)
+        return kept
+
+    def acceptable_names(self, names: Sequence[str]) -> list[str]:
+        """The names that pass the name check; the rest are logged and left out."""
+        kept: list[str] = []
+        for name in names:
+            reason = refusal(name)
+            if reason is None:
+                kept.append(name)
+            else:
+                self.refuse(name, reason)
+        return kept
 
     def local(self, path: str) -> Path:
         """A path as systemd sees it -> the same file from here."""
@@ -119,12 +170,13 @@ class UnitFiles:
         return unlinked, dangling
 
     def write(self, units: Mapping[str, UnitFile]) -> tuple[list[str], list[str]]:
-        """Write changed files; (names that need link+reload, names to disable first)."""
+        """Write changed files; (names that need link+reload, names to disable first).
+        A unit that breaks the contract is not written (see :meth:`acceptable`)."""
         directory = self.local_units_directory
         directory.mkdir(parents=True, exist_ok=True)
         changed: list[str] = []
         disable: list[str] = []
-        for name, file in units.items():
+        for name, file in self.acceptable(units).items():
             text = file.serialize()
             target = directory / name
             try:
@@ -167,4 +219,4 @@ class UnitFiles:
                         link.unlink()
 
 
-__all__ = ["UnitFiles", "file_hash", "has_install", "runtime_dir"]
+__all__ = ["UnitFiles", "file_hash", "has_install", "refusal", "runtime_dir"]

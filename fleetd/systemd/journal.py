@@ -4,6 +4,12 @@ Both shell out to the standard tools (``journalctl``, ``systemctl``): they know 
 journal format and every unit type, and need no D-Bus. Output is streamed line by line,
 so ``follow=True`` can be relayed as it arrives; closing the iterator (or cancelling the
 task reading it) ends the ``journalctl`` process.
+
+A unit name reaches these command lines only after the one name check
+(:func:`~fleetd.model.names.validate_unit_name`, which refuses a leading ``-``), and is
+placed where it cannot be read as an option even so: after ``--`` for ``systemctl``, and
+attached as ``--unit=NAME`` for ``journalctl`` (whose words after ``--`` are field
+matches, not units). ``-Hroot@host.service`` would otherwise make systemctl ssh to a host.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 
+from fleetd.model.names import validate_unit_name
 from fleetd.systemd.bus import SystemdError
 
 
@@ -20,12 +27,20 @@ class JournalError(SystemdError):
     """journalctl (or systemctl) could not be run or failed."""
 
 
+def _checked(unit: str) -> str:
+    """``unit`` if it passes the name check, so no caller can put an option (or a host
+    unit) in its place; else :class:`~fleetd.model.errors.UnitNameError`, a
+    ``ValueError``, which the API answers with 400."""
+    validate_unit_name(unit)
+    return unit
+
+
 def _journalctl(unit: str | None, output: str, directory: str | os.PathLike[str] | None, user: bool) -> list[str]:
-    cmd = ["journalctl", "--no-pager", "--quiet", "--output", output]
+    cmd = ["journalctl", "--no-pager", "--quiet", f"--output={output}"]
     if directory is not None:
-        cmd += ["--directory", os.fspath(directory)]
+        cmd += [f"--directory={os.fspath(directory)}"]
     if unit:
-        cmd += ["--user-unit" if user else "--unit", unit]
+        cmd += [f"--user-unit={_checked(unit)}" if user else f"--unit={_checked(unit)}"]
     return cmd
 
 
@@ -183,14 +198,28 @@ async def read_journal(
         await _terminate(watcher)
 
 
+def status_command(unit: str, *, lines: int = 10, user: bool = False) -> list[str]:
+    """The ``systemctl status`` argv for ``unit``: options first, the name after ``--``."""
+    return [
+        "systemctl",
+        *(["--user"] if user else []),
+        "status",
+        "--no-pager",
+        f"--lines={int(lines)}",
+        "--",
+        _checked(unit),
+    ]
+
+
 async def unit_status_text(unit: str, *, lines: int = 10, user: bool = False, prefix: Sequence[str] = ()) -> str:
-    """``systemctl status UNIT --no-pager --lines=N``: the human-readable status.
+    """``systemctl status --no-pager --lines=N -- UNIT``: the human-readable status.
 
     systemctl's exit code says whether the unit is active (3: inactive, 4: no such unit);
     either way its text is the answer, so only a failure to run it raises. ``prefix`` is
-    prepended to the command (e.g. ``nsenter -t PID -m -p`` to ask another machine).
+    prepended to the command (e.g. ``nsenter -t PID -m -p`` to ask another machine). The
+    name is checked and comes after ``--`` (see the module docstring).
     """
-    cmd = [*prefix, "systemctl", *(["--user"] if user else []), "status", unit, "--no-pager", f"--lines={int(lines)}"]
+    cmd = [*prefix, *status_command(unit, lines=lines, user=user)]
     proc = await _spawn(cmd)
     try:
         out, err = await proc.communicate()
@@ -202,4 +231,4 @@ async def unit_status_text(unit: str, *, lines: int = 10, user: bool = False, pr
     return text
 
 
-__all__ = ["JournalError", "journal_command", "read_journal", "unit_status_text"]
+__all__ = ["JournalError", "journal_command", "read_journal", "status_command", "unit_status_text"]

@@ -56,7 +56,6 @@ from typing import Any
 
 from dbus_fast import Message, Variant
 
-from fleetd.model.names import validate_unit_name
 from fleetd.model.state import LocalUnit, StateCallback, SystemdState
 from fleetd.model.unitfile import UnitFile
 from fleetd.systemd.batching import StateQueries, UnitCalls
@@ -331,9 +330,10 @@ class SystemdManager:
     # -- UnitManager ----------------------------------------------------------------------------------
 
     async def load(self, units: Mapping[str, UnitFile]) -> None:
-        """Write the unit files and make systemd see them: link, enable, ONE reload."""
-        for name in units:
-            validate_unit_name(name)
+        """Write the unit files and make systemd see them: link, enable, ONE reload.
+        A unit that breaks the unit contract (``files.refusal``) is logged once and left
+        out; the rest of the batch goes on."""
+        units = self._files.acceptable(units)
         if not units:
             return
         changed, disable = await asyncio.to_thread(self._files.write, units)
@@ -354,9 +354,7 @@ class SystemdManager:
 
     async def unload(self, names: Sequence[str]) -> None:
         """Stop, disable, reset-failed, remove file and links; then ONE reload."""
-        names = list(dict.fromkeys(names))
-        for name in names:
-            validate_unit_name(name)
+        names = self._files.acceptable_names(list(dict.fromkeys(names)))
         if not names:
             return
         replies = await self._calls.each("StopUnit", names, "replace", quiet=True)
@@ -369,13 +367,28 @@ class SystemdManager:
         await asyncio.to_thread(self._files.remove, names)
         await self._reload()
 
+    def failures(self) -> dict[str, str]:
+        return dict(self.errors)
+
+    def _managed_only(self, names: Sequence[str], verb: str) -> list[str]:
+        """``names`` that are fleet's units here. A unit whose load was refused (or never
+        happened) is not: starting or stopping it by name would act on the host's own
+        unit of that name, if there is one."""
+        kept: list[str] = []
+        for name in self._files.acceptable_names(list(dict.fromkeys(names))):
+            if name in self._managed:
+                kept.append(name)
+            else:
+                self._files.refuse(name, "its unit file is not loaded by fleet here", f"not {verb}")
+        return kept
+
     async def start(self, names: Sequence[str]) -> None:
-        """Enqueue start jobs (mode ``replace``); states follow by signal."""
-        await self._calls.each("StartUnit", list(dict.fromkeys(names)), "replace")
+        """Enqueue start jobs (mode ``replace``) for managed units; states follow by signal."""
+        await self._calls.each("StartUnit", self._managed_only(names, "starting"), "replace")
 
     async def stop(self, names: Sequence[str]) -> None:
-        """Enqueue stop jobs (mode ``replace``); states follow by signal."""
-        await self._calls.each("StopUnit", list(dict.fromkeys(names)), "replace")
+        """Enqueue stop jobs (mode ``replace``) for managed units; states follow by signal."""
+        await self._calls.each("StopUnit", self._managed_only(names, "stopping"), "replace")
 
 
 __all__ = [
