@@ -116,7 +116,7 @@ UNIT_FIELDS: dict[str, StateCell] = {
     "unit": lambda s, ms, full: _cell(s.get("name")),
     "load": lambda s, ms, full: _cell(s.get("systemdLoadState")),
     "active": lambda s, ms, full: _cell(s.get("systemdActiveState")),
-    "sub": lambda s, ms, full: _cell(s.get("systemdSubState")),
+    "sub": lambda s, ms, full: _cell(s.get("systemdSubState")) + (f" ({s['error']})" if s.get("error") else ""),
     "machine": lambda s, ms, full: machine_legend(s.get("machineID") or "", ms, full),
     "hash": lambda s, ms, full: hash_legend(s.get("hash") or "", full),
 }

@@ -27,6 +27,15 @@ class SimulatedManager:
         self.calls = 0
         self.starts: dict[str, int] = {}  # how often each unit was started (restart detection)
         self._callbacks: list[StateCallback] = []
+        # Poison for tests: a load batch holding one of these names raises (as a unit file
+        # that cannot be written fails the whole batch), and a start of one of these is
+        # refused for that unit only (as systemd refuses a job).
+        self.poison_loads: dict[str, str] = {}
+        self.refused_starts: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+
+    def failures(self) -> dict[str, str]:
+        return dict(self.errors)
 
     def subscribe(self, callback: StateCallback) -> None:
         self._callbacks.append(callback)
@@ -39,6 +48,9 @@ class SimulatedManager:
 
     async def load(self, units: Mapping[str, UnitFile]) -> None:
         self.calls += 1
+        poisoned = [name for name in units if name in self.poison_loads]
+        if poisoned:
+            raise OSError(self.poison_loads[poisoned[0]])
         for name, file in units.items():
             self.files[name] = file
             self._set(name, self.states.get(name, LOADED))
@@ -55,7 +67,10 @@ class SimulatedManager:
         if self.start_delay:
             await asyncio.sleep(self.start_delay)
         for name in names:
-            if name in self.files:
+            if name in self.refused_starts:
+                self.errors[name] = self.refused_starts[name]
+            elif name in self.files:
+                self.errors.pop(name, None)
                 self.starts[name] = self.starts.get(name, 0) + 1
                 self._set(name, RUNNING)
 

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from fleetd.agent.actions import Executor
 from fleetd.agent.manager import UnitManager
-from fleetd.agent.plan import AgentTask, Current, Desired, Load, Start, Stop, Unload, agent_plan
+from fleetd.agent.plan import AgentTask, Current, Desired, Load, Unload, agent_plan
 from fleetd.agent.states import StatePublisher
 from fleetd.aio import cancel_and_wait
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit
@@ -58,7 +60,10 @@ class Agent:
         # units whose desired state changed since the last pass; None means "all of them"
         self._dirty_names: set[str] | None = None
         self._jobs: dict[tuple[str, str], JobInfo | None] = {}
-        self.states = StatePublisher(self.registry, self.manager, self.machine.id, self.settings, self._lease)
+        self.states = StatePublisher(
+            self.registry, self.manager, self.machine.id, self.settings, self._lease, self._unit_errors
+        )
+        self.executor = Executor(self.manager, on_change=self.states.touch)
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.static_metadata = dict(self.machine.metadata)
@@ -71,6 +76,9 @@ class Agent:
 
     def _lease(self) -> int | None:
         return self.status.lease if self.status.registered else None
+
+    def _unit_errors(self) -> dict[str, tuple[str, str]]:
+        return {name: (f.message, f.hash) for name, f in self.executor.failures.items()}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -248,31 +256,39 @@ class Agent:
         current = {
             name: Current(loaded=True, active=unit.state.is_active, hash=unit.hash) for name, unit in local.items()
         }
-        tasks = agent_plan(desired, current)
-        await self._apply(tasks)
+        if names is None:  # units that left this machine: their old failures are moot
+            self.executor.forget([n for n in self.executor.failures if n not in desired])
+        else:
+            self.executor.forget([n for n in names if n in self.executor.failures and n not in desired])
+        hashes = {name: want.hash for name, want in desired.items()}
+        hashes.update({name: unit.hash for name, unit in local.items() if name not in hashes})
+        tasks = [t for t in agent_plan(desired, current) if not self.executor.held_back(t.unit, hashes[t.unit])]
+        await self._apply(tasks, hashes)
         return tasks
 
-    async def _apply(self, tasks: list[AgentTask]) -> None:
+    async def _apply(self, tasks: list[AgentTask], hashes: Mapping[str, str]) -> None:
         """Carry out a plan: each kind of task as one batch, in fleet's order (unload,
-        load, stop, start), logging every task with its reason as fleet's reconciler did."""
-        by_kind: dict[type[AgentTask], list[str]] = {}
-        for task in tasks:
-            by_kind.setdefault(type(task), []).append(task.unit)
+        load, stop, start), unit by unit when a batch fails (:mod:`fleetd.agent.actions`),
+        logging every task with its reason as fleet's reconciler did."""
         _log_tasks(tasks)
-        if unload := by_kind.get(Unload):
-            await self.manager.unload(unload)
-            await self.states.unpublish(unload)
-        if load := by_kind.get(Load):
-            await self.manager.load({name: self._file_of(name).file for name in load})
-        if stop := by_kind.get(Stop):
-            await self.manager.stop(stop)
-        if start := by_kind.get(Start):
-            await self.manager.start(start)
+        files = {t.unit: self._file_of(t.unit).file for t in tasks if isinstance(t, Load)}
+        await self.executor.apply(tasks, files, hashes)
+        unloaded = [t.unit for t in tasks if isinstance(t, Unload) and t.unit not in self.executor.failures]
+        if unloaded:
+            await self.states.unpublish(unloaded)
+        for name in {t.unit for t in tasks}:  # systemd may have refused a job: show it
+            self.states.touch(name)
 
     async def _loop(self) -> None:
+        delay = RECONCILE_RETRY_MIN
+        last_error = ""
         while True:
+            wait = self.settings.agent_reconcile_interval
+            retry_at = self.executor.next_retry()
+            if retry_at is not None:  # a held-back unit is due: come back for it
+                wait = max(0.0, min(wait, retry_at - time.monotonic() + 0.01))
             try:
-                async with asyncio.timeout(self.settings.agent_reconcile_interval):
+                async with asyncio.timeout(wait):
                     await self._dirty.wait()
             except TimeoutError:
                 self._dirty_names = None  # the periodic pass looks at everything
@@ -281,10 +297,15 @@ class Agent:
             names, self._dirty_names = self._dirty_names, set()
             try:
                 await self.reconcile(names)
-            except Exception:
-                log.warning("agent reconcile failed; retrying", exc_info=True)
+                delay, last_error = RECONCILE_RETRY_MIN, ""
+            except Exception as exc:  # the service manager is away: back off (logged below)
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last_error:  # the traceback once, not on every retry
+                    log.warning("agent reconcile failed; retrying with backoff", exc_info=True)
+                    last_error = error
                 self._dirty_names = None
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONCILE_RETRY_MAX)
                 self._dirty.set()
             self.ready.set()
 
@@ -384,6 +405,9 @@ class Agent:
 
 
 LOGGED_TASKS = 50
+# Backoff of whole reconcile passes that fail (the service manager unreachable).
+RECONCILE_RETRY_MIN = 0.5
+RECONCILE_RETRY_MAX = 10.0
 
 
 def _log_tasks(tasks: list[AgentTask]) -> None:

@@ -30,5 +30,11 @@ class UnitManager(Protocol):
     async def units(self) -> dict[str, LocalUnit]:
         """Every unit fleet manages on this machine, with its current state."""
 
+    def failures(self) -> Mapping[str, str]:
+        """Units whose last action was refused (by name: the error), until one succeeds.
+
+        A refusal of one unit never fails a batch: the batch methods raise only when the
+        service manager itself is unreachable."""
+
     def subscribe(self, callback: StateCallback) -> None:
         """Call ``callback(name, state)`` whenever a managed unit's state changes."""

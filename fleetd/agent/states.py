@@ -31,20 +31,29 @@ class StatePublisher:
         machine_id: str,
         settings: Settings,
         lease: Callable[[], int | None],
+        errors: Callable[[], Mapping[str, tuple[str, str]]] = dict,
     ) -> None:
-        """``lease()`` gives the agent's current lease, or None while it is not registered."""
+        """``lease()`` gives the agent's current lease, or None while it is not registered;
+        ``errors()`` the units fleet could not act on here: name -> (error, unit hash)."""
         self.registry = registry
         self.manager = manager
         self.machine_id = machine_id
         self.settings = settings
         self._lease = lease
+        self._errors = errors
         self.published: dict[str, UnitState] = {}
-        self._pending: dict[str, SystemdState] = {}
+        # latest state by unit; None: "look at the unit again" (its error changed)
+        self._pending: dict[str, SystemdState | None] = {}
         self._dirty = asyncio.Event()
 
     def changed(self, name: str, state: SystemdState) -> None:
         """The service manager's callback: remember the latest state, publish soon."""
         self._pending[name] = state
+        self._dirty.set()
+
+    def touch(self, name: str) -> None:
+        """Publish this unit's record again if it changed (e.g. an error appeared or cleared)."""
+        self._pending.setdefault(name, None)
         self._dirty.set()
 
     def republish(self, local: Mapping[str, LocalUnit]) -> None:
@@ -73,32 +82,57 @@ class StatePublisher:
             self._dirty.clear()
             pending, self._pending = self._pending, {}
             local = await self.manager.units()
-            changed = []
+            errors = {**{n: (e, "") for n, e in self.manager.failures().items()}, **self._errors()}
+            changed: list[UnitState] = []
+            gone: list[str] = []
             for name, state in pending.items():
-                unit = local.get(name)
-                if unit is None:
-                    continue
-                record = UnitState(name, self.machine_id, unit.hash, state.load, state.active, state.sub)
-                if self.published.get(name) != record:
+                record = self._record(name, state, local, errors)
+                if record is None:
+                    if name in self.published:
+                        gone.append(name)
+                elif self.published.get(name) != record:
                     changed.append(record)
             lease = self._lease()
-            if not changed or lease is None:
-                if changed:  # not registered: keep them for when it is
-                    self._keep(changed)
+            if not (changed or gone) or lease is None:
+                if changed or gone:  # not registered: keep them for when it is
+                    self._keep(changed, gone)
                 continue
             try:
-                await self.registry.publish_states(self.machine_id, lease, changed)
+                await self.registry.publish_states(self.machine_id, lease, changed, gone)
             except Exception:
                 log.info("publishing unit states failed; will retry", exc_info=True)
-                self._keep(changed)
+                self._keep(changed, gone)
                 await asyncio.sleep(RETRY_DELAY)
                 self._dirty.set()
                 continue
             for record in changed:
                 self.published[record.name] = record
+            for name in gone:
+                self.published.pop(name, None)
 
-    def _keep(self, records: list[UnitState]) -> None:
+    def _record(
+        self,
+        name: str,
+        state: SystemdState | None,
+        local: Mapping[str, LocalUnit],
+        errors: Mapping[str, tuple[str, str]],
+    ) -> UnitState | None:
+        """The record to publish for a unit; None when there is nothing to show (not
+        loaded here, and no error). A unit that could not even be loaded is shown as
+        systemd shows a unit with a bad file: load state "error"."""
+        error, error_hash = errors.get(name, ("", ""))
+        unit = local.get(name)
+        if unit is None:
+            if not error:
+                return None
+            return UnitState(name, self.machine_id, error_hash, "error", "inactive", "dead", error)
+        now = state or unit.state
+        return UnitState(name, self.machine_id, unit.hash, now.load, now.active, now.sub, error)
+
+    def _keep(self, records: list[UnitState], gone: list[str]) -> None:
         for record in records:
             self._pending.setdefault(
                 record.name, SystemdState(record.load_state, record.active_state, record.sub_state)
             )
+        for name in gone:
+            self._pending.setdefault(name, None)

@@ -50,6 +50,9 @@ class UnitState:
     load_state: str
     active_state: str
     sub_state: str
+    # Why fleet could not act on the unit here (its file could not be written, systemd
+    # refused a job): shown beside the state by the API and fleetctl; empty when fine.
+    error: str = ""
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,9 @@ def select_states(states: Iterable[UnitState], unit: str | None = None, machine:
 
 
 def state_json(state: UnitState) -> dict[str, str]:
-    return {
+    """fleet's UnitState object, plus ``error`` (beyond fleet) when fleet could not act on
+    the unit on that machine."""
+    record = {
         "name": state.name,
         "hash": state.hash,
         "machineID": state.machine_id,
@@ -94,6 +96,9 @@ def state_json(state: UnitState) -> dict[str, str]:
         "systemdActiveState": state.active_state,
         "systemdSubState": state.sub_state,
     }
+    if state.error:
+        record["error"] = state.error
+    return record
 
 
 def machine_json(machine: MachineState) -> dict[str, Any]:

@@ -84,21 +84,26 @@ def decode_metadata(raw: bytes | None, what: str = "machine metadata") -> dict[s
 
 
 def encode_state(state: UnitState) -> bytes:
-    return dumps(
-        {
-            "name": state.name,
-            "machineID": state.machine_id,
-            "hash": state.hash,
-            "load": state.load_state,
-            "active": state.active_state,
-            "sub": state.sub_state,
-        }
-    )
+    record = {
+        "name": state.name,
+        "machineID": state.machine_id,
+        "hash": state.hash,
+        "load": state.load_state,
+        "active": state.active_state,
+        "sub": state.sub_state,
+    }
+    if state.error:
+        record["error"] = state.error
+    return dumps(record)
 
 
 def decode_state(raw: bytes, what: str = "unit state record") -> UnitState:
     data = _object(raw, what)
     try:
-        return UnitState(data["name"], data["machineID"], data["hash"], data["load"], data["active"], data["sub"])
+        fields = [data["name"], data["machineID"], data["hash"], data["load"], data["active"], data["sub"]]
     except KeyError as exc:
         raise RecordError(f"{what}: missing {exc}") from exc
+    error = data.get("error", "")
+    if not all(isinstance(v, str) for v in fields) or not isinstance(error, str):
+        raise RecordError(f"{what}: every field must be a string")
+    return UnitState(*fields, error=error)

@@ -234,3 +234,60 @@ async def test_leaving_unloads_and_ends_the_registration(
     await agent.leave(unload_units=True)
     assert manager.files == {}
     assert await registry.machines() == [] and await registry.unit_states() == []
+
+
+# -- poison isolation -------------------------------------------------------------------------------
+
+
+async def test_a_unit_that_cannot_be_loaded_holds_up_no_other_and_says_why(
+    registry: MemoryRegistry, tasks: list[asyncio.Task[None]], caplog: pytest.LogCaptureFixture
+) -> None:
+    term = await engine_term(registry)
+    manager = RecordingManager()
+    manager.poison_loads["poison.service"] = "File name too long"
+    agent = Agent(registry, manager, MachineState(ME), FAST)
+    agent.executor.min_retry, agent.executor.max_retry = 0.05, 0.2
+    await running(agent, tasks)
+    caplog.set_level(logging.INFO)
+    placed = [(ME, scheduled(name)) for name in ("a.service", "poison.service", "z.service")]
+    await registry.apply_schedule(term, placed, [])
+    await wait_until_async(lambda: {"a.service", "z.service"} <= set(manager.starts), 5, "the healthy units started")
+
+    async def poison_state() -> list[tuple[str, str]] | None:
+        states = await registry.unit_states("poison.service")
+        return [(s.load_state, s.error) for s in states] or None
+
+    assert await eventually(poison_state, 5, "the poisoned unit's state") == [
+        ("error", "load failed: File name too long")
+    ]
+    # retried with backoff (0.05, 0.1, 0.2, 0.2 ... s), and its failure logged once
+    await wait_until_async(lambda: agent.executor.failures["poison.service"].attempts >= 4, 5, "a few retries")
+    loads = [names for verb, names in manager.log if verb == "load" and "poison.service" in names]
+    assert len(loads) < 20
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "poison.service" in r.getMessage()]
+    assert len(warnings) == 1 and not any(r.exc_info for r in warnings)
+    # a new body is tried at once; once it loads, the error is gone from its state
+    del manager.poison_loads["poison.service"]
+    await registry.apply_schedule(term, [(ME, scheduled("poison.service", body=NEW_BODY))], [])
+    await wait_until_async(lambda: "poison.service" in manager.starts, 5, "the fixed unit started")
+    assert await eventually(poison_state, 5, "the fixed unit's state") == [("loaded", "")]
+
+
+async def test_a_start_the_service_manager_refuses_shows_in_the_units_state(
+    registry: MemoryRegistry, tasks: list[asyncio.Task[None]]
+) -> None:
+    term = await engine_term(registry)
+    manager = SimulatedManager()
+    manager.refused_starts["bad.service"] = "Unit bad.service has a bad unit file setting."
+    await running(Agent(registry, manager, MachineState(ME), FAST), tasks)
+    await registry.apply_schedule(term, [(ME, scheduled("bad.service")), (ME, scheduled("good.service"))], [])
+    await wait_until_async(lambda: "good.service" in manager.starts, 5, "good.service started")
+
+    async def errors() -> dict[str, str] | None:
+        states = {s.name: s.error for s in await registry.unit_states()}
+        return states if states.get("bad.service") else None
+
+    assert await eventually(errors, 5, "bad.service's error") == {
+        "bad.service": "Unit bad.service has a bad unit file setting.",
+        "good.service": "",
+    }
