@@ -32,7 +32,7 @@ from fleetd.api import (
 )
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
-from fleetd.model.unitfile import parse_unit_file
+from fleetd.model.unitfile import UnitFile, UnitOption, parse_unit_file
 from fleetd.registry.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -892,3 +892,110 @@ async def test_page_size_query_overrides_token_limit(registry) -> None:  # type:
         assert len(small["units"]) == 7
         bad = await client.get("/fleet/v1/units?pageSize=zero")
         assert bad.status == 400 and "pageSize" in (await bad.json())["error"]["message"]
+
+
+# -- the unit input contract (docs/units.md) ----------------------------------------------------
+
+
+async def _still_accepts_a_new_unit(client: TestClient, registry: Registry, index: int) -> None:
+    """After a refusal the API and the registry work as before: a valid unit is created."""
+    name = f"after-{index}.service"
+    assert (await put(client, name, desiredState="launched", options=opts(GLOBAL))).status == 201
+    stored = await registry.get_unit(name)
+    assert stored is not None and stored.file == parse_unit_file(GLOBAL)
+
+
+def _with(section: str, name: str, value: str) -> list[dict[str, str]]:
+    return [*opts(SERVICE), {"section": section, "name": name, "value": value}]
+
+
+CONTRACT_REFUSALS: list[tuple[str, list[dict[str, str]], str]] = [
+    # a name so long that an agent's ".<name>.tmp" would exceed 255 bytes
+    ("x" * 243 + ".service", opts(GLOBAL), "longer than 240 characters (251)"),
+    ("x" * 233 + ".service", opts(GLOBAL), "longer than 240 characters (241)"),
+    ("-Hroot@somehost.service", opts(SERVICE), 'must not start with "-"'),
+    (".hidden.service", opts(SERVICE), 'must not start with "."'),
+    ("fleetd.service", opts(SERVICE), "reserved for the host"),
+    ("dbus.socket", opts(SERVICE), "reserved for the host"),
+    ("systemd-journald.service", opts(SERVICE), "reserved for the host"),
+    ("init.scope", opts(SERVICE), "reserved for the host"),
+    ("multi-user.target", opts(SERVICE), "reserved for the host"),
+    # a lone surrogate: no UTF-8 text (file, hash, etcd) can hold it
+    ("a.service", _with("Unit", "Documentation", "\ud800"), "surrogate"),
+    # written out, the value would swallow the next line (User=nobody): refused
+    ("a.service", _with("Service", "ExecStart", "/bin/sleep 1000 \\"), "[Service] ExecStart"),
+    ("a.service", _with("Service", "ExecStartPre", "/bin/sleep 1000 \\"), "ends with a backslash"),
+    ("a.service", _with("Service", "Environment", " A=1"), "starts or ends with whitespace"),
+    ("a.service", _with("Service", "Environment", "A=1\t"), "starts or ends with whitespace"),
+    ("a.service", _with("Unit", "Documentation", "a\x1b[2Jb"), "control character"),
+    ("a.service", _with("Unit", "Documentation", "a\u2028b"), "line break"),
+    ("a.service", _with("Uni\tt", "Documentation", "x"), "control character"),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "fragment"), CONTRACT_REFUSALS)
+async def test_put_breaking_the_unit_contract_is_400_and_stores_nothing(
+    client: TestClient, registry: Registry, name: str, options: list[dict[str, str]], fragment: str
+) -> None:
+    await registry.create_unit(StoredUnit("keep.service", parse_unit_file(SERVICE), DesiredState.LOADED), False)
+    before = await snapshot(registry)
+    message = await error_of(
+        await client.put(f"/fleet/v1/units/{name}", json={"desiredState": "launched", "options": options}), 400
+    )
+    assert fragment in message
+    assert await snapshot(registry) == before
+    globals_, _ = await registry.global_units()
+    assert list(globals_) == []
+    await _still_accepts_a_new_unit(client, registry, 1)
+
+
+async def test_inner_tabs_backslashes_and_unicode_are_kept(client: TestClient, registry: Registry) -> None:
+    options = [
+        *_with("Service", "Environment", "A=1\tB=2"),
+        {"section": "Service", "name": "ExecStartPre", "value": "/bin/echo a\\ b"},
+        {"section": "Unit", "name": "Documentation", "value": "caf\u00e9 \U0001f680"},
+    ]
+    assert (await put(client, "kept.service", desiredState="inactive", options=options)).status == 201
+    got = await (await client.get("/fleet/v1/units/kept.service")).json()
+    assert got["options"] == UnitFile.from_options(options).to_options()
+
+
+async def test_status_and_journal_refuse_bad_unit_names(registry: Registry) -> None:
+    asked: list[str] = []
+
+    async def status(unit: str) -> str:
+        asked.append(unit)
+        return f"* {unit}\n"
+
+    async def journal(unit: str, lines: int, follow: bool, output: str) -> AsyncIterator[str]:
+        asked.append(unit)
+        yield unit
+
+    client = await _client(registry, Node(LOCAL, journal_source=journal, status_source=status))
+    try:
+        base = f"/fleet/v1/machines/{LOCAL}"
+        for name in ("-Hroot@somehost.service", "--help.service", "dbus.service", "x" * 243 + ".service"):
+            for route in ("status", "journal"):
+                message = await error_of(await client.get(f"{base}/{route}/{name}"), 400)
+                assert "invalid unit name" in message
+        assert asked == []
+        assert (await client.get(f"{base}/status/web.service")).status == 200
+        assert asked == ["web.service"]
+        await _still_accepts_a_new_unit(client, registry, 2)
+    finally:
+        await client.close()
+
+
+async def test_a_stored_unit_breaking_the_contract_can_be_stopped_and_destroyed_not_started(
+    client: TestClient, registry: Registry
+) -> None:
+    # what an old client could have written straight to etcd
+    bad = UnitFile((UnitOption("Service", "ExecStart", "/bin/sleep 1000 \\"), UnitOption("Service", "User", "nobody")))
+    await registry.create_unit(StoredUnit("old.service", bad, DesiredState.LOADED), False)
+    message = await error_of(await put(client, "old.service", desiredState="launched"), 400)
+    assert "as stored cannot run" in message and "ends with a backslash" in message
+    assert (await registry.get_unit("old.service")).desired is DesiredState.LOADED  # type: ignore[union-attr]
+    assert (await put(client, "old.service", desiredState="inactive")).status == 204
+    assert (await client.delete("/fleet/v1/units/old.service")).status == 204
+    assert await registry.get_unit("old.service") is None
+    await _still_accepts_a_new_unit(client, registry, 3)
