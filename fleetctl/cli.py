@@ -177,11 +177,13 @@ def config_from(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config
     """defaults < ``FLEETCTL_*`` environment < command line (``values``: flags given)."""
     config = Config()
     known = {f.name for f in fields(Config)}
+    level: dict[str, int] = {}  # where each option came from: 1 environment, 2 command line
     for flag in GLOBAL_FLAGS:
         attr = flag.attr
         assert attr in known, attr
         if attr in values:
             setattr(config, attr, values[attr])
+            level[attr] = 2
             if attr == "endpoint":
                 config.endpoint_given = True
             continue
@@ -189,14 +191,34 @@ def config_from(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config
         if not raw:
             continue  # unset or empty: not given (as fleet read its environment)
         setattr(config, attr, flag.convert(raw, f"environment variable {flag.env}"))
+        level[attr] = 1
         if attr == "endpoint":
             config.endpoint_given = True
-    for attr in ("ca_file", "cert_file", "key_file", "tunnel", "api_token"):
+    for attr in ("ca_file", "cert_file", "key_file", "tunnel", "api_token", "api_token_file"):
         if getattr(config, attr) == "":
             setattr(config, attr, None)
+            level.pop(attr, None)
+    _one_token(config, level)
     if config.driver not in DRIVERS:
         raise UsageError(f'invalid driver "{config.driver}": one of {", ".join(DRIVERS)}')
     return config
+
+
+def _one_token(config: Config, level: Mapping[str, int]) -> None:
+    """The token and the token file are one option: the command line wins over the
+    environment; both from the same place is refused (neither is obviously meant)."""
+    token, token_file = level.get("api_token", 0), level.get("api_token_file", 0)
+    if not token or not token_file:
+        return
+    if token == token_file:
+        where = (
+            "on the command line" if token == 2 else "in the environment (FLEETCTL_API_TOKEN, FLEETCTL_API_TOKEN_FILE)"
+        )
+        raise UsageError(f"both --api-token and --api-token-file given {where}; give only one")
+    if token > token_file:
+        config.api_token_file = None
+    else:
+        config.api_token = None
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invocation:

@@ -29,6 +29,7 @@ from fleetctl.transport import (
     check,
     error_message,
     iter_lines,
+    learnt_transport,
     ssl_context,
     tcp_dialer,
     unix_dialer,
@@ -94,14 +95,22 @@ class ApiClient:
         self._lock = threading.Lock()
 
     def _transport(self, endpoint: Endpoint, context: ssl.SSLContext | None) -> Transport:
+        """A transport to an endpoint the user gave (or the default socket): with the token."""
         return Transport(
             endpoint,
             timeout=self.config.request_timeout or None,
             context=context,
-            token=self.config.api_token,
+            token=self._token(endpoint),
             dial=self._dialers(endpoint),
             debug=self.config.debug,
         )
+
+    def _token(self, endpoint: Endpoint) -> str | None:
+        # A unix socket never needs one: do not make a token file a requirement there.
+        return None if endpoint.is_unix else self.config.bearer_token()
+
+    def _check(self, response: Response, *ok: int) -> Response:
+        return check(response, *ok, transport=self.transport)
 
     @property
     def transport(self) -> Transport:
@@ -143,7 +152,7 @@ class ApiClient:
         params = dict(query or {})
         params["pageSize"] = str(PAGE_SIZE)
         while True:
-            response = check(self.request("GET", f"{path}?{urlencode(params)}"), 200)
+            response = self._check(self.request("GET", f"{path}?{urlencode(params)}"), 200)
             data = response.json() or {}
             items.extend(data.get(field) or [])
             token = data.get("nextPageToken")
@@ -161,7 +170,7 @@ class ApiClient:
         response = self.request("GET", f"/units/{_quote(name)}")
         if response.status == 404:
             return None
-        return check(response, 200).json()
+        return self._check(response, 200).json()
 
     def states(self, unit: str | None = None, machine: str | None = None) -> list[Record]:
         query = {}
@@ -175,25 +184,25 @@ class ApiClient:
         response = self.request("GET", "/unplaceable")
         if response.status == 404:
             return {}  # a fleetd without the endpoint: no reasons to show
-        return dict((check(response, 200).json() or {}).get("units") or {})
+        return dict((self._check(response, 200).json() or {}).get("units") or {})
 
     def create_unit(self, name: str, options: list[Record], desired: str) -> None:
         body = {"name": name, "desiredState": desired, "options": options}
-        check(self.request("PUT", f"/units/{_quote(name)}", body), 201, 204)
+        self._check(self.request("PUT", f"/units/{_quote(name)}", body), 201, 204)
 
     def set_desired(self, name: str, desired: str) -> None:
         body = {"name": name, "desiredState": desired}
-        check(self.request("PUT", f"/units/{_quote(name)}", body), 201, 204)
+        self._check(self.request("PUT", f"/units/{_quote(name)}", body), 201, 204)
 
     def replace_unit(self, name: str, options: list[Record], desired: str) -> None:
         body = {"name": name, "desiredState": desired, "options": options}
-        check(self.request("PUT", f"/units/{_quote(name)}?replace=true", body), 201, 204)
+        self._check(self.request("PUT", f"/units/{_quote(name)}?replace=true", body), 201, 204)
 
     def destroy_unit(self, name: str) -> bool:
         response = self.request("DELETE", f"/units/{_quote(name)}")
         if response.status == 404:
             return False
-        check(response, 200, 204)
+        self._check(response, 200, 204)
         return True
 
     def bulk(self, calls: Sequence[Callable[[], T]]) -> list[T | BaseException]:
@@ -225,8 +234,17 @@ class ApiClient:
             context = self._context
             if endpoint.is_tls and context is None:
                 context = ssl_context(self.config)
-            transport = self._transport(endpoint, context)
-            transport.timeout = self.config.request_timeout or None
+            # learnt from the cluster: the token only over TLS or to an address the user gave
+            given = self.endpoints if self.config.endpoint_given else []
+            transport = learnt_transport(
+                endpoint,
+                given,
+                self._token(endpoint),
+                timeout=self.config.request_timeout or None,
+                context=context,
+                dial=self._dialers(endpoint),
+                debug=self.config.debug,
+            )
             result.append(transport)
         elif not current.is_unix:
             result.append(self.transport)

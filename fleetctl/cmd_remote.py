@@ -3,7 +3,8 @@
 fleet ran ``systemctl status`` and ``journalctl`` over SSH. Here status and journal come
 from the fleetd API *of that machine* (``/fleet/v1/machines/<id>/status|journal/<unit>``,
 at ``http(s)://<machine IP>:<port>``: the port of a TCP endpoint, else 54728; with the same
-TLS files and token), so no SSH access is needed. ``ssh`` still runs the system ``ssh``.
+TLS files, and the token only over https or to an address given with --endpoint: see
+``fleetctl.transport.token_allowed``), so no SSH access is needed. ``ssh`` still runs the system ``ssh``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fleetctl.cmd_units import Units, report, resolve_names
 from fleetctl.context import Context
 from fleetctl.errors import ApiError, FleetctlError, NotReachable, UsageError
 from fleetctl.output import is_global, machine_legend
-from fleetctl.transport import API, ConnectFailed, Transport, error_message
+from fleetctl.transport import API, ConnectFailed, Transport, error_message, unauthorized_hint
 from fleetctl.tunnel import ensure_known_hosts_dir, jump_spec, ssh_options
 from fleetd.model.state import short_id
 
@@ -98,7 +99,7 @@ def open_on_machine(ctx: Context, machine: Record, path: str, stream: bool = Fal
                 "machine's fleetd"
             )
         if response.status == 401:
-            message += "; pass the API token with --api-token or FLEETCTL_API_TOKEN"
+            message += unauthorized_hint(transport)  # says so when the token was withheld
         raise ApiError(response.status, f"fleetd on {legend}: {message}", headers)
     raise NotReachable(
         f"cannot reach the fleetd of machine {legend}: tried {'; '.join(tried)}. Journal and status are "

@@ -96,7 +96,14 @@ GLOBAL_FLAGS: tuple[Flag, ...] = (
     Flag("ca-file", "str", "CA bundle to verify the fleet API's (or etcd's) TLS certificate.", ""),
     Flag("cert-file", "str", "Client certificate for TLS (PEM).", ""),
     Flag("key-file", "str", "Key of the client certificate (PEM).", ""),
-    Flag("api-token", "str", "Bearer token for fleetd's TCP API (not needed on the unix socket).", ""),
+    Flag(
+        "api-token",
+        "str",
+        "Bearer token for fleetd's TCP API (not needed on the unix socket). Sent only over TLS or to "
+        "an --endpoint given, never in clear text to a machine address learnt from the cluster.",
+        "",
+    ),
+    Flag("api-token-file", "str", "File holding the bearer token (keeps it off the command line).", ""),
     Flag("request-timeout", "float", "Seconds to allow a single request before considering it failed.", 3.0),
     Flag("tunnel", "str", "Reach the cluster through an SSH tunnel via this host[:port] (also used by ssh).", ""),
     Flag("ssh-username", "str", "Username to use when connecting over SSH.", "core"),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from fleetctl.errors import UsageError
+from fleetctl.errors import FleetctlError, UsageError
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
 DEFAULT_ETCD_ENDPOINT = "http://127.0.0.1:2379"
@@ -37,7 +37,32 @@ class Config:
     strict_host_key_checking: bool = True
     ssh_timeout: float = 10.0
     debug: bool = False
-    api_token: str | None = None
+    # The secret stays out of repr(): a printed Config must not leak it.
+    api_token: str | None = field(default=None, repr=False)
+    # The token read from a file (--api-token-file, FLEETCTL_API_TOKEN_FILE) when it is needed,
+    # so the secret need not be on the command line, where every user can read it.
+    api_token_file: str | None = None
+    _file_token: str | None = field(default=None, repr=False, compare=False)
+
+    def bearer_token(self) -> str | None:
+        """The API token: ``api_token``, else the content of ``api_token_file`` (minus
+        one trailing newline). A file that cannot be read is an error, never "no token"."""
+        if self.api_token or not self.api_token_file:
+            return self.api_token or None
+        if self._file_token is None:
+            path = expand_path(self.api_token_file)
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise FleetctlError(f"cannot read the API token from --api-token-file {path}: {reason}") from None
+            text = text[:-1] if text.endswith("\n") else text
+            text = text[:-1] if text.endswith("\r") else text
+            if not text.strip():
+                raise FleetctlError(f"--api-token-file {path} is empty")
+            self._file_token = text
+        return self._file_token
 
     def endpoints(self) -> list[str]:
         """The endpoint list (comma separated, tried in order). With ``--driver etcd`` and
@@ -77,6 +102,12 @@ class Endpoint:
             return self.path
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    def same_address(self, other: Endpoint) -> bool:
+        """Whether ``other`` is this endpoint: same scheme, host and port (or socket path)."""
+        if self.is_unix or other.is_unix:
+            return self.is_unix and other.is_unix and self.path == other.path
+        return (self.scheme, self.host.lower(), self.port) == (other.scheme, other.host.lower(), other.port)
 
     def on_host(self, host: str, port: int | None = None) -> Endpoint:
         """The same kind of TCP endpoint on another host (a machine's own API)."""

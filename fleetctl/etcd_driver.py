@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from fleetctl.client import Record
 from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
-from fleetctl.transport import Transport
+from fleetctl.transport import Transport, learnt_transport
 from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.submit import SubmitError, desired_state, submission
 from fleetd.model.wire import machine_json, select_states, state_json, units_json, unreadable_unit_json
@@ -147,7 +147,9 @@ class EtcdClient:
             return []
         endpoint: Endpoint = parse_endpoint(DEFAULT_ENDPOINT).on_host(ip)
         timeout = self.config.request_timeout or None
-        return [Transport(endpoint, timeout=timeout, token=self.config.api_token, debug=self.config.debug)]
+        # learnt from etcd, and no API endpoint was given: the token only over TLS
+        token = self.config.bearer_token()
+        return [learnt_transport(endpoint, [], token, timeout=timeout, debug=self.config.debug)]
 
     def close(self) -> None:
         try:

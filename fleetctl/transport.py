@@ -115,8 +115,24 @@ def error_message(status: int, body: bytes) -> str:
     return text or f"HTTP {status}"
 
 
+def token_allowed(endpoint: Endpoint, given: Sequence[Endpoint]) -> bool:
+    """Whether the bearer token may go to ``endpoint``.
+
+    Only where nobody on the way can read it, or where the user said to send it: over TLS,
+    on a unix socket, or to an endpoint the user gave (``given``: --endpoint or
+    FLEETCTL_ENDPOINT). A machine's address learnt from the cluster (etcd or the API, for
+    journal and status) over plain http gets no token: whoever can write a machine entry
+    could otherwise collect the cluster's token, and it would cross the network in clear.
+    """
+    return endpoint.is_tls or endpoint.is_unix or any(endpoint.same_address(g) for g in given)
+
+
 class Transport:
-    """HTTP to one API endpoint; one keep-alive connection per thread."""
+    """HTTP to one API endpoint; one keep-alive connection per thread.
+
+    ``token_withheld`` records that a token was configured but not given to this
+    transport (see :func:`token_allowed`), so a 401 can say why.
+    """
 
     def __init__(
         self,
@@ -127,11 +143,13 @@ class Transport:
         token: str | None = None,
         dial: Dialer | None = None,
         debug: bool = False,
+        token_withheld: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.context = context if endpoint.is_tls else None
         self.token = token if not endpoint.is_unix else None
+        self.token_withheld = token_withheld
         if dial is None:
             dial = unix_dialer(endpoint.path) if endpoint.is_unix else tcp_dialer(endpoint.host, endpoint.port)
         self.dial = dial
@@ -205,12 +223,38 @@ class Transport:
             self._local.conn = None
 
 
-def check(response: Response, *ok: int) -> Response:
+def learnt_transport(endpoint: Endpoint, given: Sequence[Endpoint], token: str | None, **kwargs: Any) -> Transport:
+    """A transport to a machine address learnt from the cluster, with the token only if
+    :func:`token_allowed` says so."""
+    allowed = token_allowed(endpoint, given)
+    if token and not allowed and kwargs.get("debug"):
+        print(
+            f"DEBUG: not sending the API token to {endpoint.url} (plain http, learnt from the cluster)", file=sys.stderr
+        )
+    return Transport(endpoint, token=token if allowed else None, token_withheld=bool(token) and not allowed, **kwargs)
+
+
+def unauthorized_hint(transport: Transport | None) -> str:
+    """What to add to a 401: why no token was sent, or how to send one."""
+    if transport is not None and transport.token_withheld:
+        url = transport.endpoint.url
+        return (
+            f"; fleetctl did not send its API token to {url}: that address was learnt from the cluster and "
+            "the connection is plain http, where the token would travel in clear text. To allow it, serve "
+            "fleetd's API over TLS (api_certfile/api_keyfile, and https endpoints), or name that address "
+            f"yourself: --endpoint <your endpoint>,{url}"
+        )
+    if transport is not None and transport.token:
+        return "; the API token was refused: check --api-token-file or --api-token (FLEETCTL_API_TOKEN_FILE/_TOKEN)"
+    return "; pass the API token with --api-token-file or FLEETCTL_API_TOKEN_FILE (or --api-token, FLEETCTL_API_TOKEN)"
+
+
+def check(response: Response, *ok: int, transport: Transport | None = None) -> Response:
     if response.status in ok:
         return response
     message = error_message(response.status, response.body)
     if response.status == 401:
-        message += "; pass the API token with --api-token or FLEETCTL_API_TOKEN"
+        message += unauthorized_hint(transport)
     raise ApiError(response.status, message, response.headers)
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -347,6 +349,81 @@ def test_tcp_endpoint_needs_the_token(api) -> None:  # type: ignore[no-untyped-d
     assert fleetctl("list-units", env={"FLEETCTL_ENDPOINT": api.tcp, "FLEETCTL_API_TOKEN": TOKEN}).code == 0
 
 
+def test_api_token_from_a_file(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    assert fleetctl("list-units", "--endpoint", api.tcp, "--api-token-file", str(tmp_path / "token")).code == 0
+    env = {"FLEETCTL_ENDPOINT": api.tcp, "FLEETCTL_API_TOKEN_FILE": str(tmp_path / "token")}
+    assert fleetctl("list-units", env=env).code == 0
+    (tmp_path / "token").write_text("wrong\n")
+    result = fleetctl("list-units", env=env)
+    assert result.code == 1 and "the API token was refused: check --api-token-file" in result.err, result.err
+    result = fleetctl("list-units", env={**env, "FLEETCTL_API_TOKEN_FILE": str(tmp_path / "none")})
+    assert result.code == 1
+    assert (
+        result.err
+        == f"Error: cannot read the API token from --api-token-file {tmp_path / 'none'}: No such file or directory\n"
+    )
+
+
+class Spy:
+    """A TCP listener that records the requests it gets and answers each with a 401."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.server = socket.create_server((host, port))
+        self.requests: list[str] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        body = b'{"error":{"code":401,"message":"missing or wrong bearer token"}}'
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data.decode("latin-1"))
+                conn.sendall(
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_token_is_withheld_from_a_learnt_plain_http_address(fleet: Fleet, tmp_path: Path) -> None:
+    first = fleet.add_api(M1, host="127.0.0.1")
+    spy = Spy("127.0.0.2", first.port)  # what M2's address (learnt from the cluster) receives
+    try:
+        fleet.add_machine(M1, "127.0.0.1")
+        fleet.add_machine(M2, "127.0.0.2")
+        write_units(tmp_path, {"hello.service": HELLO})
+        env = {"FLEETCTL_ENDPOINT": first.tcp, "FLEETCTL_API_TOKEN": TOKEN}
+        assert fleetctl("submit", "hello.service", env=env, cwd=tmp_path).code == 0
+        fleet.place(M2, "hello.service")
+        for command in (["journal", "hello"], ["status", "hello"]):
+            result = fleetctl(*command, env=env)
+            assert result.code == 1
+            assert "fleetctl did not send its API token to http://127.0.0.2:" in result.err, result.err
+        assert len(spy.requests) == 2
+        assert all("authorization" not in r.lower() and TOKEN not in r for r in spy.requests), spy.requests
+        # the same address named by the user: the token goes there
+        named = {**env, "FLEETCTL_ENDPOINT": f"{first.tcp},http://127.0.0.2:{first.port}"}
+        result = fleetctl("journal", "hello", env=named)
+        assert result.code == 1 and "the API token was refused" in result.err, result.err
+        assert f"Authorization: Bearer {TOKEN}" in spy.requests[-1]
+    finally:
+        spy.close()
+
+
 def test_https_endpoint_with_client_certificate_and_token(fleet: Fleet, tmp_path: Path) -> None:
     from fleetd.api import make_ssl_context
     from fleetlab.etcd import make_test_pki
@@ -449,6 +526,17 @@ def test_journal_and_status_come_from_the_units_machine(fleet: Fleet, tmp_path: 
     fleet.place(M2, "hello.service")
     fleet.publish(*(state("global.service", api.machine_id) for api in [first, *others]))
 
+    # the unit's machine is at an address learnt from the cluster, over plain http: the
+    # token is not sent there, and the error says why and what to do
+    result = fleetctl("journal", "hello", "-n", "3", env=tcp)
+    assert result.code == 1 and others[0].journal.calls == []
+    assert (
+        f"fleetd on 22aa33bb.../127.0.0.2: missing or wrong bearer token (send Authorization: Bearer <token>); "
+        f"fleetctl did not send its API token to {others[0].tcp}: that address was learnt from the cluster"
+    ) in result.err
+    assert f"--endpoint <your endpoint>,{others[0].tcp}" in result.err
+    # ... named by the user, it gets the token
+    tcp["FLEETCTL_ENDPOINT"] = ",".join(api.tcp for api in [first, *others])
     result = fleetctl("journal", "hello", "-n", "3", env=tcp)
     assert result.code == 0, result.err
     assert result.out == "".join(f"hello.service line {i} on 22aa\n" for i in range(3))
@@ -494,7 +582,8 @@ def test_journal_follow_of_a_global_unit_follows_every_machine(fleet: Fleet, tmp
     for api in (first, second):
         fleet.add_machine(api.machine_id, api.host)
     write_units(tmp_path, {"global.service": GLOBAL})
-    env = {"FLEETCTL_ENDPOINT": first.tcp, "FLEETCTL_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    both = f"{first.tcp},{second.tcp}"  # the token goes only to addresses named (or over TLS)
+    env = {"FLEETCTL_ENDPOINT": both, "FLEETCTL_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     assert (
         fleetctl(
             "submit", "global.service", env={k: v for k, v in env.items() if k.startswith("FLEETCTL")}, cwd=tmp_path

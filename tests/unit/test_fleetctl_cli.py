@@ -40,7 +40,7 @@ def test_every_global_flag_has_an_environment_variable() -> None:
         "FLEETCTL_CA_FILE": "/ca.pem",
         "FLEETCTL_CERT_FILE": "/cert.pem",
         "FLEETCTL_KEY_FILE": "/key.pem",
-        "FLEETCTL_API_TOKEN": "tok",
+        "FLEETCTL_API_TOKEN_FILE": "/token",
         "FLEETCTL_REQUEST_TIMEOUT": "7.5",
         "FLEETCTL_TUNNEL": "bastion:22",
         "FLEETCTL_SSH_USERNAME": "admin",
@@ -49,7 +49,8 @@ def test_every_global_flag_has_an_environment_variable() -> None:
         "FLEETCTL_SSH_TIMEOUT": "2",
         "FLEETCTL_DEBUG": "1",
     }
-    assert {f.env for f in GLOBAL_FLAGS} == set(environ)
+    # FLEETCTL_API_TOKEN too, but not with FLEETCTL_API_TOKEN_FILE (one of the two)
+    assert {f.env for f in GLOBAL_FLAGS} == {*environ, "FLEETCTL_API_TOKEN"}
     config = parse(["list-units"], environ=environ).config
     assert config == Config(
         endpoint="http://10.0.0.1:4001",
@@ -66,7 +67,7 @@ def test_every_global_flag_has_an_environment_variable() -> None:
         strict_host_key_checking=False,
         ssh_timeout=2.0,
         debug=True,
-        api_token="tok",
+        api_token_file="/token",
     )
 
 
@@ -232,3 +233,102 @@ def test_import_time_of_the_entry_point() -> None:
     modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "fleetctl.main" in modules
     assert not {m for m in modules if m.split(".")[0] in {"aiohttp", "aetcd", "grpc", "dbus_fast", "click"}}
+
+
+# -- the API token: from a file, and never in clear text to a learnt address -----------------
+
+
+def test_api_token_from_a_file_loses_one_trailing_newline(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    config = parse(["--api-token-file", str(tmp_path / "token"), "list-units"], environ={}).config
+    assert config.api_token is None and config.bearer_token() == "s3cret"
+    config = parse(["list-units"], environ={"FLEETCTL_API_TOKEN_FILE": str(tmp_path / "token")}).config
+    assert config.bearer_token() == "s3cret"
+    assert "s3cret" not in repr(config)
+    config = parse(["list-units"], environ={"FLEETCTL_API_TOKEN": "Zq7tok"}).config
+    assert config.bearer_token() == "Zq7tok" and "Zq7tok" not in repr(config)
+
+
+def test_api_token_and_its_file_the_command_line_wins(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("from-file")
+    path = str(tmp_path / "token")
+    config = parse(["--api-token", "from-flag", "list-units"], environ={"FLEETCTL_API_TOKEN_FILE": path}).config
+    assert (config.api_token_file, config.bearer_token()) == (None, "from-flag")
+    config = parse(["--api-token-file", path, "list-units"], environ={"FLEETCTL_API_TOKEN": "from-env"}).config
+    assert (config.api_token, config.bearer_token()) == (None, "from-file")
+    with pytest.raises(UsageError, match="both --api-token and --api-token-file given on the command line"):
+        parse(["--api-token", "a", "--api-token-file", path, "list-units"], environ={})
+    with pytest.raises(UsageError, match="both --api-token and --api-token-file given in the environment"):
+        parse(["list-units"], environ={"FLEETCTL_API_TOKEN": "a", "FLEETCTL_API_TOKEN_FILE": path})
+
+
+def test_unreadable_or_empty_token_file_is_an_error_when_the_token_is_needed(tmp_path: Path) -> None:
+    from fleetctl.errors import FleetctlError
+
+    config = parse(["--api-token-file", str(tmp_path / "none"), "list-units"], environ={}).config
+    with pytest.raises(FleetctlError, match=r"cannot read the API token from --api-token-file .*none: No such file"):
+        config.bearer_token()
+    (tmp_path / "empty").write_text("\n")
+    config = parse(["--api-token-file", str(tmp_path / "empty"), "list-units"], environ={}).config
+    with pytest.raises(FleetctlError, match="is empty"):
+        config.bearer_token()
+    # on the unix socket no token is needed, so the file is not even read
+    from fleetctl.client import ApiClient
+
+    config = parse(["--api-token-file", str(tmp_path / "none"), "list-units"], environ={}).config
+    assert ApiClient(config).transport.token is None
+    result = run(
+        ["--endpoint", "http://127.0.0.1:1", "--api-token-file", str(tmp_path / "none"), "list-units"],
+        io.StringIO(),
+        err := io.StringIO(),
+    )
+    assert result == 1 and err.getvalue().startswith("Error: cannot read the API token from --api-token-file")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "given", "allowed"),
+    [
+        ("https://10.0.0.2:54728", [], True),  # TLS: nobody on the way reads it
+        ("unix:///var/run/fleet.sock", [], True),
+        ("http://10.0.0.2:54728", [], False),  # learnt, plain http
+        ("http://10.0.0.2:54728", ["http://10.0.0.1:54728"], False),
+        ("http://10.0.0.2:54728", ["http://10.0.0.1:54728", "10.0.0.2"], True),  # the user named it
+        ("http://10.0.0.2:54728", ["http://10.0.0.2:9999"], False),  # another port is another endpoint
+        ("http://10.0.0.2:54728", ["https://10.0.0.2:54728"], False),  # given for TLS only
+    ],
+)
+def test_token_rule(endpoint: str, given: list[str], allowed: bool) -> None:
+    from fleetctl.transport import token_allowed
+
+    assert token_allowed(parse_endpoint(endpoint), [parse_endpoint(g) for g in given]) is allowed
+
+
+def test_node_transports_withhold_the_token_from_learnt_http_addresses() -> None:
+    from fleetctl.client import ApiClient
+    from fleetctl.transport import unauthorized_hint
+
+    machine = {"id": "a" * 32, "primaryIP": "10.0.0.2", "metadata": {}}
+    given = parse(["--endpoint", "http://10.0.0.1:54728", "--api-token", "tok", "list-units"], environ={}).config
+    [learnt] = ApiClient(given).node_transports(machine)
+    assert (learnt.endpoint.url, learnt.token, learnt.token_withheld) == ("http://10.0.0.2:54728", None, True)
+    hint = unauthorized_hint(learnt)
+    assert "did not send its API token to http://10.0.0.2:54728" in hint
+    assert "--endpoint <your endpoint>,http://10.0.0.2:54728" in hint and "TLS" in hint
+    # named by the user: sent
+    both = parse(
+        ["--endpoint", "http://10.0.0.1:54728,http://10.0.0.2:54728", "--api-token", "tok", "status", "x"], environ={}
+    )
+    [named] = ApiClient(both.config).node_transports(machine)
+    assert (named.token, named.token_withheld) == ("tok", False)
+    # https: sent, to the same port
+    tls = parse(["--endpoint", "https://10.0.0.1:4443", "--api-token", "tok", "list-units"], environ={}).config
+    [secure] = ApiClient(tls).node_transports(machine)
+    assert (secure.endpoint.url, secure.token) == ("https://10.0.0.2:4443", "tok")
+    # through the unix socket: the machine's port 54728 over http, no token
+    local = parse(["--api-token", "tok", "list-units"], environ={}).config
+    socket_transport, machine_transport = ApiClient(local).node_transports(machine)
+    assert socket_transport.endpoint.is_unix and machine_transport.token is None and machine_transport.token_withheld
+    # no token configured: nothing withheld, the usual hint
+    plain = parse(["--endpoint", "http://10.0.0.1:54728", "list-units"], environ={}).config
+    [learnt] = ApiClient(plain).node_transports(machine)
+    assert not learnt.token_withheld and "pass the API token with --api-token-file" in unauthorized_hint(learnt)
