@@ -21,7 +21,7 @@ from fleetd.agent.actions import Executor
 from fleetd.agent.manager import UnitManager
 from fleetd.agent.plan import AgentTask, Current, Desired, Load, Unload, agent_plan
 from fleetd.agent.states import StatePublisher
-from fleetd.aio import cancel_and_wait
+from fleetd.aio import Supervisor, cancel_and_wait
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit
 from fleetd.model.unit import DesiredState, build_unit
 from fleetd.registry.registry import MachineIdInUse, PlacementEvent, Registry, Resync, UnitEvent
@@ -49,6 +49,8 @@ class Agent:
     machine: MachineState
     settings: Settings = field(default_factory=Settings)
     status: AgentStatus = field(default_factory=AgentStatus)
+    # Runs the agent's long-lived tasks (the daemon runs the engine under it too).
+    supervisor: Supervisor = field(default_factory=Supervisor)
     # Where the lease id is kept across restarts, so a restarted fleetd adopts its own
     # registration (and its running units) instead of waiting for it to expire.
     lease_file: str | None = None
@@ -353,36 +355,47 @@ class Agent:
 
     async def run(self) -> None:
         """Run until stopped. etcd trouble never stops local units; watches resume, and a
-        compacted watch or a failed read leads to a fresh load."""
-        lease_tasks: list[asyncio.Task[None]] = []
+        compacted watch leads to a fresh load. Each long-lived task runs under the
+        supervisor, which restarts it with backoff when it fails (see :meth:`health_error`)."""
         try:
             await self._retry("registering the machine", self._register)
-            lease_tasks = [
-                asyncio.create_task(self._keepalive()),
-                asyncio.create_task(self.states.run()),
-                asyncio.create_task(self._follow_metadata()),
-            ]
-            while not self._stopping.is_set():
-                rev_schedule, rev_globals = await self._retry("loading the schedule", self._load)
-                tasks = [
-                    asyncio.create_task(self._follow_schedule(rev_schedule + 1)),
-                    asyncio.create_task(self._follow_globals(rev_globals + 1)),
-                    asyncio.create_task(self._loop()),
-                ]
-                stopper = asyncio.create_task(self._stopping.wait())
-                done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-                await cancel_and_wait([*tasks, stopper])
-                for task in done:
-                    if task is stopper or task.cancelled() or task.exception() is None:
-                        continue
-                    exc = task.exception()
-                    if isinstance(exc, Resync):
-                        log.warning("agent watch compacted; reloading")
-                    else:
-                        log.warning("agent: %r; reloading", exc)
-                        await asyncio.sleep(0.5)
+            self.supervisor.start("agent.keepalive", self._keepalive)
+            self.supervisor.start("agent.states", self.states.run)
+            self.supervisor.start("agent.metadata", self._follow_metadata)
+            self.supervisor.start("agent.schedule", self._follow_and_act)
+            await self._stopping.wait()
         finally:
-            await cancel_and_wait(lease_tasks)
+            await self.supervisor.stop()
+
+    async def _follow_and_act(self) -> None:
+        """Load the schedule, then follow it and act on it until something fails: a
+        compacted watch reloads at once, any other failure goes to the supervisor."""
+        while True:
+            rev_schedule, rev_globals = await self._load()
+            tasks = [
+                asyncio.create_task(self._follow_schedule(rev_schedule + 1), name="schedule watch"),
+                asyncio.create_task(self._follow_globals(rev_globals + 1), name="global units watch"),
+                asyncio.create_task(self._loop(), name="reconcile loop"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_and_wait(tasks)
+            task = next(iter(done))
+            exc = task.exception()
+            if isinstance(exc, Resync):
+                log.warning("agent watch compacted; reloading")
+                continue
+            if exc is not None:
+                raise exc
+            raise RuntimeError(f"the agent's {task.get_name()} ended")
+
+    def health_error(self) -> str | None:
+        """Why this node is not healthy, for the API's 503 and ``/metrics``: not registered
+        (and why), or a supervised task waiting to restart; None when all is well."""
+        if not self.status.registered:
+            return self.status.error or "not registered in the cluster yet"
+        return self.supervisor.problem()
 
     async def leave(self, unload_units: bool = True) -> None:
         """Graceful exit: optionally unload every local unit, then drop the lease.

@@ -18,7 +18,7 @@ from fleetd.agent.agent import Agent
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile, parse_unit_file
-from fleetd.registry import Leadership, MemoryRegistry
+from fleetd.registry import Leadership, MemoryRegistry, PlacementEvent
 from fleetd.settings import Settings
 from fleetlab.simulated import SimulatedManager
 from fleetlab.wait import eventually, wait_until_async
@@ -291,3 +291,41 @@ async def test_a_start_the_service_manager_refuses_shows_in_the_units_state(
         "bad.service": "Unit bad.service has a bad unit file setting.",
         "good.service": "",
     }
+
+
+# -- supervision ----------------------------------------------------------------------------------
+
+
+class WatchFailsTwice(MemoryRegistry):
+    """A registry whose first two schedule watches die of an unexpected error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def watch_machine_schedule(self, machine_id: str, revision: int) -> AsyncIterator[list[PlacementEvent]]:
+        if self.failures < 2:
+            self.failures += 1
+            raise RuntimeError("watch stream broke")
+        async for batch in super().watch_machine_schedule(machine_id, revision):
+            yield batch
+
+
+async def test_a_dead_task_is_restarted_and_shows_in_the_nodes_health_meanwhile(
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    registry = WatchFailsTwice()
+    term = await engine_term(registry)
+    manager = SimulatedManager()
+    agent = Agent(registry, manager, MachineState(ME), FAST)
+    agent.supervisor.min_delay = 0.1
+    tasks.append(asyncio.create_task(agent.run()))
+    problem = await wait_until_async(
+        lambda: (agent.health_error() or "").startswith("task "), 5, "the failure in the node's health"
+    )
+    assert agent.health_error() == "task agent.schedule is restarting after: RuntimeError: watch stream broke"
+    assert problem
+    await wait_until_async(lambda: agent.health_error() is None and registry.failures == 2, 5, "the task back")
+    await registry.apply_schedule(term, [(ME, scheduled("late.service"))], [])
+    await wait_until_async(lambda: "late.service" in manager.starts, 5, "late.service started by the restarted task")
+    assert agent.supervisor.tasks["agent.schedule"].restarts == 2

@@ -1,0 +1,80 @@
+"""The supervisor of long-lived tasks: a failed or ended task comes back, with backoff,
+and is reported as a problem while it waits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from fleetd.aio import Supervisor
+from fleetlab.wait import wait_until_async
+
+
+async def test_a_failing_task_is_restarted_with_growing_delays_and_reported_meanwhile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    supervisor = Supervisor(min_delay=0.05, max_delay=0.2)
+    runs: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def flaky() -> None:
+        runs.append(loop.time())
+        raise RuntimeError("boom")
+
+    caplog.set_level(logging.WARNING, logger="fleetd.aio")
+    supervisor.start("flaky", flaky)
+    try:
+        problem = await wait_until_async(supervisor.problem, 2, "the failure to be reported")
+        assert problem == "task flaky is restarting after: RuntimeError: boom"
+        await wait_until_async(lambda: len(runs) >= 5, 5, "five runs")
+        gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+        assert gaps[0] >= 0.04 and gaps[2] >= 0.15  # 0.05, 0.1, 0.2, 0.2 ...
+        health = supervisor.tasks["flaky"]
+        assert health.restarts >= 4 and health.last_error == "RuntimeError: boom"
+        tracebacks = [r for r in caplog.records if r.exc_info]
+        assert len(tracebacks) == 1  # the same error is not dumped again on every restart
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_task_that_ends_is_restarted_and_a_healthy_one_is_no_problem() -> None:
+    supervisor = Supervisor(min_delay=0.01)
+    runs = 0
+    forever = asyncio.Event()
+
+    async def short() -> None:
+        nonlocal runs
+        runs += 1
+
+    async def steady() -> None:
+        await forever.wait()
+
+    supervisor.start("short", short)
+    supervisor.start("steady", steady)
+    try:
+        await wait_until_async(lambda: runs >= 3, 2, "three runs of a task that ends")
+        assert supervisor.tasks["short"].last_error == "ended unexpectedly"
+        assert supervisor.tasks["steady"].running and supervisor.tasks["steady"].restarts == 0
+    finally:
+        await supervisor.stop()
+    assert not supervisor.tasks["steady"].running
+
+
+async def test_stopping_cancels_and_does_not_restart() -> None:
+    supervisor = Supervisor(min_delay=0.01)
+    started = 0
+    stop_now = asyncio.Event()
+
+    async def ends_when_told() -> None:
+        nonlocal started
+        started += 1
+        await stop_now.wait()
+
+    supervisor.start("t", ends_when_told)
+    await wait_until_async(lambda: started == 1, 2, "the task to start")
+    await supervisor.stop()
+    stop_now.set()
+    await asyncio.sleep(0.05)
+    assert started == 1 and supervisor.problem() is None
