@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from fleetd import __version__
 from fleetd.agent.agent import Agent
-from fleetd.aio import cancel_and_wait
+from fleetd.aio import TaskHealth, cancel_and_wait
 from fleetd.config import Config
 from fleetd.engine.engine import Engine
 from fleetd.model.state import MachineState
@@ -130,9 +130,15 @@ class NodeState:
     user: bool = False
 
     def error(self) -> str | None:
+        """Why the API must answer 503: starting, not registered, or a supervised task
+        (the agent's or the engine's) waiting to restart."""
         if self.agent is None:
             return "fleetd is starting"
-        return self.agent.status.error if not self.agent.status.registered else None
+        return self.agent.health_error()
+
+    def tasks(self) -> list[TaskHealth]:
+        """The supervised tasks, for ``/metrics``."""
+        return [] if self.agent is None else list(self.agent.supervisor.tasks.values())
 
     def journal(self, unit: str, lines: int, follow: bool, output: str) -> AsyncIterator[str]:
         from fleetd.systemd.journal import read_journal
@@ -220,7 +226,7 @@ class Daemon:
         engine: Engine | None = None
         if not self.config.disable_engine:
             engine = Engine(registry, self.machine_id, settings)
-            tasks.append(asyncio.create_task(engine.run(), name="engine"))
+            agent.supervisor.start("engine", engine.run)
         self.started = True
         log.info("fleetd %s started on machine %s (%s)", __version__, self.machine_id, self.public_ip or "no public IP")
         try:
@@ -237,6 +243,9 @@ class Daemon:
                     await self.reload(agent)
         finally:
             log.info("fleetd stopping (%s local units)", "unloading" if self.config.stop_units_on_exit else "keeping")
+            # the engine and the agent's tasks end first (the engine revokes its lease, so a
+            # standby takes over at once), without being taken for failures to restart
+            await agent.supervisor.stop()
             if engine is not None:
                 engine.stop()
             agent.stop()

@@ -69,6 +69,19 @@ async def metrics(request: web.Request) -> web.Response:
         "1 when this fleetd serves the API, 0 while it answers 503 (see its error).",
         [({}, 0 if state.node.error() else 1)],
     )
+    tasks = getattr(state.node, "tasks", lambda: [])()  # the daemon's node has them; test nodes need not
+    metric(
+        "fleet_task_up",
+        "gauge",
+        "1 while a supervised task of this fleetd runs, 0 while it waits to restart after a failure.",
+        [({"task": t.name}, 0 if t.restart_at is not None else 1) for t in tasks],
+    )
+    metric(
+        "fleet_task_restarts_total",
+        "counter",
+        "Restarts of each supervised task of this fleetd after it failed or ended.",
+        [({"task": t.name}, t.restarts) for t in tasks],
+    )
     metric(
         "fleet_api_requests_total",
         "counter",
