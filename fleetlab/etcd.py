@@ -384,6 +384,46 @@ class EtcdCluster:
                 process.wait(timeout=10)
         member.process = None
 
+    def pause_member(self, member: EtcdMember) -> None:
+        """SIGSTOP one member (ours by construction): it keeps its sockets but answers
+        nothing, like a machine that hangs, which is harder on clients than a clean death."""
+        if member.process is not None and member.process.poll() is None:
+            member.process.send_signal(signal.SIGSTOP)
+
+    def resume_member(self, member: EtcdMember) -> None:
+        """SIGCONT a member paused by :meth:`pause_member` (harmless when it runs)."""
+        if member.process is not None and member.process.poll() is None:
+            member.process.send_signal(signal.SIGCONT)
+
+    def restart_member(self, member: EtcdMember, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Stop one member with ``sig`` and start it again on its data; wait until healthy.
+
+        Call from the thread that started the cluster: members die with their parent
+        thread (PR_SET_PDEATHSIG), so one started from a short-lived thread would not last.
+        """
+        self.stop_member(member, sig)
+        self.start_member(member)
+        wait_until(
+            lambda: member_healthy(member.client_url, tls=self.tls),
+            timeout,
+            f"etcd member {member.name} healthy after its restart",
+            0.05,
+            on_timeout=lambda: TimeoutError(
+                f"etcd member {member.name} not healthy {timeout} s after its restart:\n" + self.log_tail(member)
+            ),
+        )
+
+    def leader(self, timeout: float = 1.0) -> EtcdMember | None:
+        """The member that says it leads (``etcd_server_is_leader 1`` in its metrics), or
+        None while no running member does (an election in progress). Paused members are
+        asked too and simply time out."""
+        for member in self.members:
+            if member.process is None or member.process.poll() is not None:
+                continue
+            if member_is_leader(member.client_url, timeout, self.tls):
+                return member
+        return None
+
     def stop(self) -> None:
         """Take every member down, keeping data and ports so ``start()`` brings it back."""
         for member in self.members:
@@ -430,3 +470,14 @@ def member_healthy(client_url: str, timeout: float = 1.0, tls: TlsFiles | None =
     except (OSError, urllib.error.URLError, ValueError):
         return False
     return str(body.get("health")).lower() == "true"
+
+
+def member_is_leader(client_url: str, timeout: float = 1.0, tls: TlsFiles | None = None) -> bool:
+    """True when the member's ``/metrics`` report ``etcd_server_is_leader 1``."""
+    context = tls.ssl_context() if tls is not None else None
+    try:
+        with urllib.request.urlopen(f"{client_url}/metrics", timeout=timeout, context=context) as response:
+            text = response.read().decode(errors="replace")
+    except (OSError, urllib.error.URLError):
+        return False
+    return any(line.split()[-1] == "1" for line in text.splitlines() if line.startswith("etcd_server_is_leader "))

@@ -12,6 +12,7 @@ lab bridge so that hosts can reach it.
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import sys
@@ -112,6 +113,8 @@ class FleetCluster:
 
     size: int = 3
     lab_prefix: str = "fleet"
+    #: etcd members: 3 lets a chaos run stop or restart one (even the leader) with quorum kept
+    etcd_size: int = 1
     agent_ttl: str = "3s"
     metadata: list[dict[str, str]] = field(default_factory=list)
     extra_config: dict[str, str] = field(default_factory=dict)
@@ -124,7 +127,7 @@ class FleetCluster:
     def start(self, timeout: float = 60.0) -> FleetCluster:
         try:
             self.lab = open_lab(self.lab_prefix, binds=default_binds())
-            self.etcd = EtcdCluster(listen_hosts=("127.0.0.1", self.lab.bridge_ip))
+            self.etcd = EtcdCluster(size=self.etcd_size, listen_hosts=("127.0.0.1", self.lab.bridge_ip))
             self.etcd.start()
             for index in range(self.size):
                 self.add_host(f"h{index + 1}", self._metadata_for(index), wait=False)
@@ -225,6 +228,23 @@ class FleetCluster:
     def where(self, unit: str, hosts: Iterable[FleetHost] | None = None) -> list[str]:
         """Names of the hosts whose systemd runs ``unit`` now (asked from inside each host)."""
         return [h.name for h in (hosts or self.live_hosts()) if h.running(unit)]
+
+    def engine_leader(self, timeout: float = 1.0) -> str | None:
+        """The machine id in ``engine/leader`` (None: no engine leads), read through etcd's
+        JSON gateway so that a caller in any thread needs no etcd client of its own."""
+        assert self.etcd is not None
+        key = base64.b64encode(f"{PREFIX}engine/leader".encode()).decode()
+        for endpoint in self.etcd.endpoints:
+            request = urllib.request.Request(
+                f"{endpoint}/v3/kv/range", data=json.dumps({"key": key}).encode(), method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    kvs = json.loads(response.read() or b"{}").get("kvs", [])
+            except (OSError, ValueError):
+                continue  # that member is down or paused: ask the next
+            return base64.b64decode(kvs[0]["value"]).decode(errors="replace") if kvs else None
+        return None
 
     def etcd_endpoints(self) -> list[str]:
         assert self.etcd is not None
