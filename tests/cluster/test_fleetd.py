@@ -307,3 +307,21 @@ def test_crashed_host_units_move_within_ttl_and_nothing_else_moves(cluster: Flee
     assert took < TTL + 2, f"failover took {took:.2f} s"
     for name in names:
         destroy(cluster, name)
+
+
+def test_every_fleetd_reports_its_supervised_tasks_running(cluster: FleetCluster) -> None:
+    """On real hosts: each fleetd's /metrics lists the agent's tasks and the engine, all up."""
+
+    def task_lines(host: FleetHost) -> dict[str, str]:
+        with urllib.request.urlopen(f"{host.endpoint}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {
+            line.split('task="')[1].split('"')[0]: line.rsplit(" ", 1)[1]
+            for line in text.splitlines()
+            if line.startswith("fleet_task_up{")
+        }
+
+    for host in cluster.live_hosts():
+        up = wait_until(lambda h=host: task_lines(h), 20, f"fleetd on {host.name} to report its tasks")
+        assert set(up) == {"agent.keepalive", "agent.states", "agent.metadata", "agent.schedule", "engine"}, up
+        assert set(up.values()) == {"1"}, up
