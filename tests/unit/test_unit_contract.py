@@ -181,7 +181,7 @@ _OPTIONS = st.lists(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_OPTIONS)
 def test_accepted_options_always_round_trip_with_a_stable_hash(triples: list[tuple[str, str, str]]) -> None:
     try:
@@ -200,7 +200,7 @@ def test_accepted_options_always_round_trip_with_a_stable_hash(triples: list[tup
     text.encode("utf-8")  # the file an agent writes is UTF-8
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_OPTIONS)
 def test_problem_is_none_exactly_when_the_file_reads_back(triples: list[tuple[str, str, str]]) -> None:
     file = unit_of(*triples)
