@@ -21,11 +21,10 @@ from fleetd.agent.actions import Executor
 from fleetd.agent.manager import UnitManager
 from fleetd.agent.plan import AgentTask, Current, Desired, Load, Unload, agent_plan
 from fleetd.agent.states import StatePublisher
+from fleetd.agent.wanted import Wanted, apply_event
 from fleetd.aio import Supervisor, cancel_and_wait
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit
-from fleetd.model.unit import DesiredState, build_unit
-from fleetd.registry.registry import MachineIdInUse, PlacementEvent, Registry, Resync, UnitEvent
-from fleetd.scheduler import JobInfo, MachineInfo, Snapshot, global_placements
+from fleetd.registry.registry import MachineIdInUse, Registry, Resync
 from fleetd.settings import Settings
 
 T = TypeVar("T")
@@ -56,12 +55,10 @@ class Agent:
     lease_file: str | None = None
 
     def __post_init__(self) -> None:
-        self.schedule: dict[str, ScheduledUnit] = {}
-        self.globals: dict[str, StoredUnit] = {}
+        self.wanted = Wanted()
         self._dirty = asyncio.Event()
         # units whose desired state changed since the last pass; None means "all of them"
         self._dirty_names: set[str] | None = None
-        self._jobs: dict[tuple[str, str], JobInfo | None] = {}
         self.states = StatePublisher(
             self.registry, self.manager, self.machine.id, self.settings, self._lease, self._unit_errors
         )
@@ -158,8 +155,8 @@ class Agent:
     async def _load(self) -> tuple[int, int]:
         schedule, rev_schedule = await self.registry.machine_schedule(self.machine_id)
         globals_, rev_globals = await self.registry.global_units()
-        self.schedule = schedule
-        self.globals = globals_
+        self.wanted.schedule = schedule
+        self.wanted.globals = globals_
         self._dirty_names = None
         self._dirty.set()
         return rev_schedule, rev_globals
@@ -167,81 +164,35 @@ class Agent:
     async def _follow_schedule(self, revision: int) -> None:
         async for batch in self.registry.watch_machine_schedule(self.machine_id, revision):
             for event in batch:
-                self._apply_event(self.schedule, event)
+                apply_event(self.wanted.schedule, event)
                 self._mark(event.name)
             self._dirty.set()
 
     async def _follow_globals(self, revision: int) -> None:
         async for batch in self.registry.watch_global_units(revision):
             for event in batch:
-                self._apply_event(self.globals, event)
+                apply_event(self.wanted.globals, event)
             self._dirty_names = None  # a global unit can change what else may run here
             self._dirty.set()
-
-    @staticmethod
-    def _apply_event(table: dict[str, StoredUnit], event: PlacementEvent | UnitEvent) -> None:
-        """A record that cannot be read counts as absent (the registry has logged it): this
-        machine cannot run what it cannot read, and the rest of its schedule goes on."""
-        if event.unit is None:
-            table.pop(event.name, None)
-        else:
-            table[event.name] = event.unit
 
     def _mark(self, name: str) -> None:
         if self._dirty_names is not None:
             self._dirty_names.add(name)
 
     def desired(self, names: set[str] | None = None) -> dict[str, Desired]:
-        """What should be on this machine (all of it, or just ``names``): its schedule
-        plus the global units meant for it."""
-        candidates = set(self.schedule) | set(self.globals) if names is None else names
-        result: dict[str, Desired] = {}
-        globals_here: set[str] | None = None
-        for name in candidates:
-            scheduled = self.schedule.get(name)
-            if scheduled is not None:
-                if scheduled.desired is not DesiredState.INACTIVE:
-                    result[name] = Desired(scheduled.desired, scheduled.hash)
-                continue
-            unit = self.globals.get(name)
-            if unit is None or unit.desired is DesiredState.INACTIVE:
-                continue
-            if globals_here is None:
-                globals_here = self._globals_here()
-            if name in globals_here:
-                result[name] = Desired(unit.desired, unit.hash)
-        return result
-
-    def _job(self, name: str, unit: ScheduledUnit | StoredUnit) -> JobInfo | None:
-        """The unit's scheduling view, parsed once per (name, body)."""
-        key = (name, unit.hash)
-        if len(self._jobs) > 4 * (len(self.schedule) + len(self.globals)) + 64:
-            self._jobs.clear()  # forget bodies that were replaced or removed
-        if key not in self._jobs:
-            try:
-                parsed, _ = build_unit(name, unit.file)
-            except ValueError:
-                self._jobs[key] = None
-            else:
-                self._jobs[key] = JobInfo(name, parsed.requirements, unit.desired)
-        job = self._jobs[key]
-        return None if job is None else replace(job, desired=unit.desired)
-
-    def _globals_here(self) -> set[str]:
-        """Global units that run on this machine, decided by the same pure rule the engine
-        uses, over a snapshot of just this machine (the answer depends on nothing else)."""
-        jobs: dict[str, JobInfo] = {}
-        for table in (self.globals, self.schedule):
-            for name, unit in table.items():
-                job = self._job(name, unit)
-                if job is not None:
-                    jobs[name] = job
-        me = MachineInfo(self.machine_id, dict(self.machine.metadata), self.machine.public_ip)
-        snapshot = Snapshot({self.machine_id: me}, jobs, dict.fromkeys(self.schedule, self.machine_id))
-        return {name for name, machines in global_placements(snapshot).items() if self.machine_id in machines}
+        """What should be on this machine (all of it, or just ``names``)."""
+        return self.wanted.desired(self.machine, names)
 
     def _file_of(self, name: str) -> ScheduledUnit | StoredUnit:
-        return self.schedule.get(name) or self.globals[name]
+        return self.wanted.file_of(name)
+
+    @property
+    def schedule(self) -> dict[str, ScheduledUnit]:
+        return self.wanted.schedule
+
+    @property
+    def globals(self) -> dict[str, StoredUnit]:
+        return self.wanted.globals
 
     # -- acting ------------------------------------------------------------------------------
 
