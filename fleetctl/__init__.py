@@ -41,7 +41,8 @@ Where fleetctl differs from fleet's (all deliberate)
 - ``ssh`` runs the system ``ssh`` (``--tunnel`` becomes ``-J``; strict host key checking
   maps to ``StrictHostKeyChecking=ask`` with the known-hosts file, off to ``no`` with
   ``/dev/null``); ``--tunnel`` for the API itself is an ``ssh -N -L`` forward.
-- Beyond fleet: ``--output json`` for the list commands, ``--api-token`` for the TCP API,
+- Beyond fleet: ``--output json`` for the list commands, ``--api-token`` (or
+  ``--api-token-file``) for the TCP API, sent only over TLS or to an endpoint given,
   ``http://host`` without a port means fleetd's port 54728, and with ``--driver etcd`` and
   no endpoint given the endpoint is ``http://127.0.0.1:2379``.
 """
