@@ -13,7 +13,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from fleetd.model.errors import UnitFileError
 
@@ -207,21 +207,7 @@ class UnitFile:
 
     @cached_property
     def _problem(self) -> str | None:
-        for opt in self.options:
-            problem = option_problem(opt.section, opt.name, opt.value)
-            if problem:
-                return problem
-        try:
-            again = parse_unit_file(self._serialised)
-        except UnitFileError as exc:
-            return f"the unit file would not parse back: {exc}"
-        if again != self:
-            diff = next(
-                (f"[{a.section}] {a.name}" for a, b in zip(self.options, again.options, strict=False) if a != b),
-                f"{len(self.options)} options became {len(again.options)}",
-            )
-            return f"the unit file would not read back as sent ({diff})"
-        return None
+        return _options_problem(self.options)
 
     def problem(self) -> str | None:
         """Why this file breaks the unit-file contract, or ``None``: every option passes
@@ -301,3 +287,27 @@ def parse_unit_file(text: str, filename: str | None = None) -> UnitFile:
             raise UnitFileError(f"empty option name in {line!r}", filename, number)
         options.append(UnitOption(section, key, value.strip(), number))
     return UnitFile(tuple(options))
+
+
+@lru_cache(maxsize=8192)
+def _options_problem(options: tuple[UnitOption, ...]) -> str | None:
+    """:meth:`UnitFile.problem`, remembered by the options themselves: a cluster holds many
+    units with the same body (a template's instances), and the engine, the agents and
+    every submit check each one. Re-parsing costs tens of microseconds a unit; a burst of
+    ten thousand units would otherwise pay it ten thousand times."""
+    for opt in options:
+        problem = option_problem(opt.section, opt.name, opt.value)
+        if problem:
+            return problem
+    file = UnitFile(options)
+    try:
+        again = parse_unit_file(file._serialised)
+    except UnitFileError as exc:
+        return f"the unit file would not parse back: {exc}"
+    if again != file:
+        diff = next(
+            (f"[{a.section}] {a.name}" for a, b in zip(options, again.options, strict=False) if a != b),
+            f"{len(options)} options became {len(again.options)}",
+        )
+        return f"the unit file would not read back as sent ({diff})"
+    return None
