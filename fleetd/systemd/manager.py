@@ -71,7 +71,7 @@ from fleetd.systemd.bus import (
     SystemdUnavailable,
     default_bus_address,
 )
-from fleetd.systemd.files import UnitFiles, file_hash, runtime_dir
+from fleetd.systemd.files import UnitFiles, file_hash, refusal, runtime_dir
 from fleetd.systemd.states import JobResults, UnitStates
 
 log = logging.getLogger(__name__)
@@ -332,8 +332,13 @@ class SystemdManager:
     async def load(self, units: Mapping[str, UnitFile]) -> None:
         """Write the unit files and make systemd see them: link, enable, ONE reload.
         A unit that breaks the unit contract (``files.refusal``) is logged once and left
-        out; the rest of the batch goes on."""
-        units = self._files.acceptable(units)
+        out (its reason kept in ``errors``, so the agent publishes it with the unit's
+        state); the rest of the batch goes on."""
+        accepted = self._files.acceptable(units)
+        for name, file in units.items():
+            if name not in accepted:
+                self.errors[name] = f"refused here: {refusal(name, file)}"
+        units = accepted
         if not units:
             return
         changed, disable = await asyncio.to_thread(self._files.write, units)

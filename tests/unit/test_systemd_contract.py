@@ -96,6 +96,10 @@ async def test_load_leaves_out_bad_units_and_goes_on_with_the_batch(
     assert set((await mgr.units()).keys()) == {"web.service"}
     refused = [r for r in caplog.records if "refusing unit" in r.getMessage()]
     assert len(refused) == len(batch) - 1
+    # the reasons are kept for the agent to publish with each unit's state
+    failures = mgr.failures()
+    assert set(failures) == set(batch) - {"web.service"}
+    assert "backslash" in failures["joined.service"] and failures["joined.service"].startswith("refused here: ")
     # every reconcile pass asks again: the refusal is logged once
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fleetd.systemd"):
