@@ -22,6 +22,7 @@ from fleetd.api.extensions import JOURNAL_FOLLOWS, FollowSlots, journal, list_un
 from fleetd.api.machines import list_machines, patch_machines
 from fleetd.api.metrics import metrics
 from fleetd.api.middleware import fleet_middleware
+from fleetd.api.openapi import openapi_document
 from fleetd.api.state import list_states
 from fleetd.api.units import delete_unit, get_unit, list_units, put_unit
 from fleetd.model.limits import MAX_REQUEST_BYTES
@@ -34,6 +35,10 @@ MAX_BODY = MAX_REQUEST_BYTES
 
 async def discovery(request: web.Request) -> web.Response:
     return web.json_response(discovery_document())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
 def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_TOKEN_LIMIT) -> web.Application:
@@ -59,8 +64,9 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
     app.router.add_get(f"{PREFIX}/machines/{{machine}}/status/{{name}}", status)
     app.router.add_get(f"{PREFIX}/unplaceable", list_unplaceable)
     app.router.add_get(f"{PREFIX}/discovery", discovery)
+    app.router.add_get(f"{PREFIX}/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     return app
 
 
-__all__ = ["MAX_BODY", "PREFIX", "discovery", "make_app"]
+__all__ = ["MAX_BODY", "PREFIX", "discovery", "make_app", "openapi"]

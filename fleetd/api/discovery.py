@@ -183,6 +183,11 @@ RESOURCES: dict[str, Any] = {
     },
     "Unplaceable": {"methods": {"List": {"httpMethod": "GET", "path": "unplaceable", "response": _ref("Unplaceable")}}},
     "Discovery": {"methods": {"Get": {"httpMethod": "GET", "path": "discovery"}}},
+    "OpenAPI": {
+        "methods": {
+            "Get": {"httpMethod": "GET", "path": "openapi.json", "description": "this API as an OpenAPI 3.1 document"}
+        }
+    },
 }
 
 

@@ -26,8 +26,11 @@ from fleetd.model.limits import MAX_PATCH_MACHINES, MAX_PATCH_OPERATIONS
 from fleetd.model.wire import machine_json
 from fleetd.registry.errors import MachineNotFound
 
-_MACHINE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_.:-]{1,253}")
+# what a machine id and a metadata key may be; the OpenAPI document quotes these patterns
+MACHINE_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
+METADATA_KEY_PATTERN = r"[A-Za-z0-9_.:-]{1,253}"
+MACHINE_ID_RE = re.compile(MACHINE_ID_PATTERN)
+_METADATA_KEY_RE = re.compile(METADATA_KEY_PATTERN)
 _PATCH_PATH_RE = re.compile(r"/([^/]+)/metadata/([^/]+)")
 
 
@@ -83,7 +86,7 @@ def parse_metadata_patch(body: Any) -> list[MetadataOp]:
         if match is None:
             raise ApiError(400, f'{where}: invalid path {path!r}: expected "/<machineID>/metadata/<key>"')
         machine_id, key = match.groups()
-        if not _MACHINE_ID_RE.fullmatch(machine_id):
+        if not MACHINE_ID_RE.fullmatch(machine_id):
             raise ApiError(400, f"{where}: invalid machine ID {machine_id!r}")
         if not _METADATA_KEY_RE.fullmatch(key):
             raise ApiError(400, f"{where}: invalid metadata key {key!r} (allowed: A-Z a-z 0-9 _ . : -)")
@@ -122,4 +125,13 @@ async def patch_machines(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-__all__ = ["MetadataOp", "fold_operations", "list_machines", "parse_metadata_patch", "patch_machines"]
+__all__ = [
+    "MACHINE_ID_PATTERN",
+    "MACHINE_ID_RE",
+    "METADATA_KEY_PATTERN",
+    "MetadataOp",
+    "fold_operations",
+    "list_machines",
+    "parse_metadata_patch",
+    "patch_machines",
+]

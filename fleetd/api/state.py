@@ -9,6 +9,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from fleetd.api.context import api_state
+from fleetd.api.errors import ApiError
+from fleetd.api.machines import MACHINE_ID_RE
 from fleetd.api.params import listing, page, unit_name
 from fleetd.model.wire import select_states, state_json
 
@@ -18,6 +20,8 @@ async def list_states(request: web.Request) -> web.Response:
     machine_id = request.query.get("machineID") or None
     if name:
         unit_name(name)
+    if machine_id and not MACHINE_ID_RE.fullmatch(machine_id):
+        raise ApiError(400, f"invalid machineID {machine_id[:64]!r}")
     states = select_states(await api_state(request).registry.unit_states(name), name, machine_id)
     items, token = page(request, states, lambda s: (s.name, s.machine_id), "state")
     return listing("states", [state_json(s) for s in items], token)

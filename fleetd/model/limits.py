@@ -42,7 +42,7 @@ MAX_PAGE_SIZE = 10_000
 
 #: The longest ``nextPageToken`` accepted: tokens this server issues hold one sort key (a
 #: unit name and a machine id at most) and stay far below it.
-MAX_PAGE_TOKEN_LENGTH = 2048
+MAX_PAGE_TOKEN_LENGTH = 1024
 
 #: How many machines one ``PATCH /machines`` may change: it is one etcd transaction of two
 #: operations per machine, and etcd allows 128 operations in a transaction.

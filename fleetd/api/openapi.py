@@ -1,0 +1,587 @@
+"""The OpenAPI 3.1 description of the whole API, served at ``GET /fleet/v1/openapi.json``.
+
+fleet described its API with a Google discovery document (still served, see
+:mod:`fleetd.api.discovery`); OpenAPI is what today's clients, generators and API fuzzers
+read. This one is written to be checked, not only read: every route, method, parameter and
+request body, and every status a route can answer with its body (errors always in fleet's
+shape ``{"error": {"code", "message"}}``). ``tests/integration/test_api_schema.py`` runs
+schemathesis over it against a live fleetd and fails on any answer the document does not
+describe, so the document cannot drift from the code.
+
+The numbers in it (sizes, page and follow limits, journal defaults) come from the modules
+that enforce them, never from a copy. Which statuses each route answers, and why:
+
+- every route: 401 without the bearer token a TCP listener requires; 503 while this
+  fleetd must not serve (its machine id is held by another fleetd) or etcd is unreachable;
+- any body or query value that is malformed: 400; a body over MAX_REQUEST_BYTES: 413;
+- a method a path does not have: 405 with ``Allow``; a path that does not exist: 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleetd.api.extensions import FOLLOW_RETRY_AFTER
+from fleetd.api.machines import MACHINE_ID_PATTERN, METADATA_KEY_PATTERN
+from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS, MAX_JOURNAL_LINES
+from fleetd.model.limits import (
+    MAX_JOURNAL_FOLLOWS,
+    MAX_PAGE_SIZE,
+    MAX_PAGE_TOKEN_LENGTH,
+    MAX_PATCH_MACHINES,
+    MAX_PATCH_OPERATIONS,
+    MAX_REQUEST_BYTES,
+    MAX_UNIT_BYTES,
+    OPTION_OVERHEAD_BYTES,
+)
+from fleetd.model.names import MAX_NAME_LENGTH, UNIT_SUFFIXES
+from fleetd.model.unit import DesiredState
+
+OPENAPI_VERSION = "3.1.0"
+JSON = "application/json"
+TEXT = "text/plain"
+
+_STATES = [str(state) for state in DesiredState]
+# A unit name as fleetd.model.names accepts it, as far as a pattern can say: the "@" rules
+# for templates are checked by the server (400), so the pattern is never stricter than it.
+UNIT_NAME_PATTERN = r"^[A-Za-z0-9:_.-][A-Za-z0-9:_.@-]*\.(" + "|".join(sorted(UNIT_SUFFIXES)) + ")$"
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> dict[str, str]:
+    return _ref("schemas", name)
+
+
+def _string(description: str = "", **extra: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", **extra}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "description": "Every error fleetd answers, whatever the route (fleet's shape).",
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": {"type": "integer", "description": "the HTTP status again"},
+                    "message": _string("what went wrong, for a person", minLength=1),
+                },
+            }
+        },
+    },
+    "UnitOption": {
+        "description": "One Name=Value line of a [Section] of the unit file.",
+        "type": "object",
+        "required": ["section", "name", "value"],
+        "properties": {"section": _string(), "name": _string(), "value": _string()},
+    },
+    "Unit": {
+        "type": "object",
+        "required": ["name", "options", "desiredState", "currentState", "machineID"],
+        "additionalProperties": False,
+        "properties": {
+            "name": _string(),
+            "options": {"type": "array", "items": _schema("UnitOption")},
+            "desiredState": _string(enum=_STATES),
+            "currentState": _string(
+                "launched when systemd has it active (or activating, reloading) on a machine it is placed "
+                "on, loaded when placed and reported otherwise, else inactive",
+                enum=_STATES,
+            ),
+            "machineID": _string("the machine it is placed on; empty when unplaced or global"),
+        },
+    },
+    "UnitRequest": {
+        "description": (
+            "The body of PUT /units/{unitName}. Other fields (currentState, machineID) are ignored. "
+            f"The unit may be at most {MAX_UNIT_BYTES} bytes, counted as each option's section, name "
+            f"and value in UTF-8 plus {OPTION_OVERHEAD_BYTES} bytes per option (413 beyond)."
+        ),
+        "type": "object",
+        "required": ["desiredState"],
+        "properties": {
+            "name": {
+                "type": ["string", "null"],
+                "description": "when given and not empty, must equal the name in the URL",
+            },
+            "desiredState": _string(enum=_STATES),
+            "options": {
+                "type": ["array", "null"],
+                "description": (
+                    "the unit file; absent, null or [] means no new contents (change the desired state "
+                    "only, or create an instance from its template)"
+                ),
+                "items": _schema("UnitOption"),
+            },
+        },
+    },
+    "UnitPage": {
+        "type": "object",
+        "required": ["units"],
+        "additionalProperties": False,
+        "properties": {
+            "units": {"type": "array", "items": _schema("Unit")},
+            "nextPageToken": _string("present when there are more; pass it back for the next page", minLength=1),
+        },
+    },
+    "UnitState": {
+        "type": "object",
+        "required": ["name", "hash", "machineID", "systemdLoadState", "systemdActiveState", "systemdSubState"],
+        "additionalProperties": False,
+        "properties": {
+            "name": _string(),
+            "hash": _string("SHA-1 of the unit file the machine runs"),
+            "machineID": _string(),
+            "systemdLoadState": _string(),
+            "systemdActiveState": _string(),
+            "systemdSubState": _string(),
+        },
+    },
+    "UnitStatePage": {
+        "type": "object",
+        "required": ["states"],
+        "additionalProperties": False,
+        "properties": {
+            "states": {"type": "array", "items": _schema("UnitState")},
+            "nextPageToken": _string(minLength=1),
+        },
+    },
+    "Machine": {
+        "type": "object",
+        "required": ["id", "primaryIP", "metadata"],
+        "additionalProperties": False,
+        "properties": {
+            "id": _string(),
+            "primaryIP": _string(),
+            "metadata": {"type": "object", "additionalProperties": _string()},
+        },
+    },
+    "MachinePage": {
+        "type": "object",
+        "required": ["machines"],
+        "additionalProperties": False,
+        "properties": {
+            "machines": {"type": "array", "items": _schema("Machine")},
+            "nextPageToken": _string(minLength=1),
+        },
+    },
+    "MetadataValue": {
+        "description": 'A metadata value: a string, or {"value": string} as fleet\'s own client sends it.',
+        "anyOf": [
+            _string(pattern='^[^\\x00-\\x1f,"]+$'),
+            {
+                "type": "object",
+                "required": ["value"],
+                "additionalProperties": False,
+                "properties": {"value": _string(pattern='^[^\\x00-\\x1f,"]+$')},
+            },
+        ],
+    },
+    "MetadataPatch": {
+        "description": (
+            "Operations on machines' dynamic metadata, applied all at once or not at all; a later "
+            f"operation on the same key wins. At most {MAX_PATCH_OPERATIONS} operations on at most "
+            f"{MAX_PATCH_MACHINES} machines (413 beyond)."
+        ),
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["op", "path"],
+            "properties": {
+                "op": _string(enum=["add", "replace", "remove"]),
+                "path": _string(
+                    "/<machineID>/metadata/<key>",
+                    pattern="^/" + MACHINE_ID_PATTERN + "/metadata/" + METADATA_KEY_PATTERN + "$",
+                ),
+            },
+            # add and replace need a value; remove ignores any
+            "if": {"properties": {"op": {"enum": ["add", "replace"]}}},
+            "then": {"required": ["value"], "properties": {"value": _schema("MetadataValue")}},
+        },
+    },
+    "Unplaceable": {
+        "type": "object",
+        "required": ["units"],
+        "additionalProperties": False,
+        "properties": {
+            "units": {
+                "type": "object",
+                "description": "unit name -> why the engine cannot place it",
+                "additionalProperties": _string(),
+            }
+        },
+    },
+}
+
+_ERROR_BODY = {JSON: {"schema": _schema("Error")}}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": _ERROR_BODY}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+RESPONSES: dict[str, Any] = {
+    "BadRequest": _error("a malformed parameter or body; the message names it"),
+    "Unauthorized": _error(
+        "on a TCP listener that requires a token: no or a wrong Authorization: Bearer <token>",
+        {"WWW-Authenticate": {"schema": _string()}},
+    ),
+    "NotFound": _error("the unit or machine does not exist"),
+    "Conflict": _error("the request conflicts with the current state (another writer got there first)"),
+    "PayloadTooLarge": _error(
+        f"the body is larger than {MAX_REQUEST_BYTES} bytes, or it asks for more than a limit allows; "
+        "the message names the limit"
+    ),
+    "Unavailable": _error("this fleetd must not serve now (the message says why), or etcd cannot be reached"),
+    "NotImplemented": _error("this fleetd cannot read journals or unit status"),
+}
+
+_COMMON_ERRORS = {"401": _ref("responses", "Unauthorized"), "503": _ref("responses", "Unavailable")}
+
+
+def _responses(ok: dict[str, Any], *errors: str) -> dict[str, Any]:
+    names = {
+        "400": "BadRequest",
+        "404": "NotFound",
+        "409": "Conflict",
+        "413": "PayloadTooLarge",
+        "501": "NotImplemented",
+    }
+    result = dict(ok)
+    for status in errors:
+        result[status] = _ref("responses", names[status])
+    result.update(_COMMON_ERRORS)
+    return result
+
+
+def _json(description: str, schema: dict[str, Any], links: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
+    if links:
+        response["links"] = links
+    return response
+
+
+def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link: which operation a response's values feed (clients and stateful
+    testers follow them, e.g. from a created unit to reading and destroying it)."""
+    return {"operationId": operation_id, "parameters": parameters}
+
+
+_UNIT_LINKS = {
+    "GetUnit": _link("Units.Get", unitName="$request.path.unitName"),
+    "DestroyUnit": _link("Units.Delete", unitName="$request.path.unitName"),
+    "UnitStates": _link("UnitState.List", unitName="$request.path.unitName"),
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "allowEmptyValue": True,  # empty is the same as absent
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
+_BOOL_WORDS = "true or false (also yes/no, 1/0, on/off, t/f, in any case; empty is false)"
+
+PARAMETERS: dict[str, Any] = {
+    "unitName": _path(
+        "unitName",
+        _string(pattern=UNIT_NAME_PATTERN, minLength=1, maxLength=MAX_NAME_LENGTH),
+        "a unit name with its type suffix, e.g. web@1.service",
+    ),
+    "machineID": _path(
+        "machineID",
+        _string(pattern=f"^{MACHINE_ID_PATTERN}$", maxLength=128),
+        "a machine's id (its /etc/machine-id); another id is a 404",
+    ),
+    "nextPageToken": _query(
+        "nextPageToken",
+        _string(pattern="^[A-Za-z0-9_=-]*$", maxLength=MAX_PAGE_TOKEN_LENGTH),
+        "the nextPageToken of the previous page, exactly as received",
+    ),
+    "pageSize": _query(
+        "pageSize",
+        {"type": "integer", "minimum": 1},
+        f"items per page (beyond fleet): default the server's token_limit (100), at most {MAX_PAGE_SIZE} "
+        "(a larger value is lowered to it)",
+    ),
+}
+
+
+def _param(name: str) -> dict[str, str]:
+    return _ref("parameters", name)
+
+
+_PAGING = [_param("nextPageToken"), _param("pageSize")]
+
+PATHS: dict[str, Any] = {
+    "/fleet/v1/units": {
+        "get": {
+            "operationId": "Units.List",
+            "summary": "all units, sorted by name, a page at a time",
+            "parameters": _PAGING,
+            "responses": _responses(
+                {
+                    "200": _json(
+                        "a page of units",
+                        _schema("UnitPage"),
+                        {"GetFirstUnit": _link("Units.Get", unitName="$response.body#/units/0/name")},
+                    )
+                },
+                "400",
+            ),
+        }
+    },
+    "/fleet/v1/units/{unitName}": {
+        "parameters": [_param("unitName")],
+        "get": {
+            "operationId": "Units.Get",
+            "summary": "one unit",
+            "responses": _responses({"200": _json("the unit", _schema("Unit"))}, "400", "404"),
+        },
+        "put": {
+            "operationId": "Units.Set",
+            "summary": "create a unit, replace its contents, or change its desired state",
+            "description": (
+                "Creates the unit (201) when it does not exist: from its options, or an instance sent "
+                "without options from its template (404 when neither exists). Otherwise changes its "
+                "desired state (204); different options are refused (409) unless replace=true. A "
+                "template can only be inactive. The body is read as JSON whatever its Content-Type."
+            ),
+            "parameters": [
+                _query("replace", {"type": "boolean"}, f"replace different contents: {_BOOL_WORDS}"),
+            ],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _schema("UnitRequest")}}},
+            "responses": _responses(
+                {
+                    "201": {"description": "created", "links": _UNIT_LINKS},
+                    "204": {"description": "changed, or already as asked", "links": _UNIT_LINKS},
+                },
+                "400",
+                "404",
+                "409",
+                "413",
+            ),
+        },
+        "delete": {
+            "operationId": "Units.Delete",
+            "summary": "destroy a unit",
+            "responses": _responses({"204": {"description": "destroyed"}}, "400", "404"),
+        },
+    },
+    "/fleet/v1/state": {
+        "get": {
+            "operationId": "UnitState.List",
+            "summary": "the systemd state machines report for their units, sorted by unit then machine",
+            "parameters": [
+                _query(
+                    "unitName",
+                    _string(pattern=UNIT_NAME_PATTERN, maxLength=MAX_NAME_LENGTH),
+                    "only this unit's states",
+                ),
+                _query(
+                    "machineID",
+                    _string(pattern=f"^{MACHINE_ID_PATTERN}$", maxLength=128),
+                    "only this machine's states",
+                ),
+                *_PAGING,
+            ],
+            "responses": _responses({"200": _json("a page of states", _schema("UnitStatePage"))}, "400"),
+        }
+    },
+    "/fleet/v1/machines": {
+        "get": {
+            "operationId": "Machines.List",
+            "summary": "the live machines, sorted by id",
+            "parameters": _PAGING,
+            "responses": _responses(
+                {
+                    "200": _json(
+                        "a page of machines",
+                        _schema("MachinePage"),
+                        {
+                            "Journal": _link("Machines.Journal", machineID="$response.body#/machines/0/id"),
+                            "Status": _link("Machines.Status", machineID="$response.body#/machines/0/id"),
+                        },
+                    )
+                },
+                "400",
+            ),
+        },
+        "patch": {
+            "operationId": "Machines.Patch",
+            "summary": "change machines' dynamic metadata, all at once or not at all",
+            "description": (
+                "Every named machine must be registered: an unknown machine is a 404 naming it, and then "
+                "nothing is changed on any machine. The metadata is kept across restarts of the machine's "
+                "fleetd. The body is read as JSON whatever its Content-Type."
+            ),
+            "requestBody": {"required": True, "content": {JSON: {"schema": _schema("MetadataPatch")}}},
+            "responses": _responses({"204": {"description": "changed"}}, "400", "404", "409", "413"),
+        },
+    },
+    "/fleet/v1/machines/{machineID}/journal/{unitName}": {
+        "parameters": [_param("machineID"), _param("unitName")],
+        "get": {
+            "operationId": "Machines.Journal",
+            "summary": "the unit's journal on that machine (beyond fleet), streamed as text",
+            "description": (
+                "Only the machine's own fleetd answers; another answers 404 saying where to ask "
+                "(X-Fleet-Machine-IP). With follow, the stream goes on until the client leaves; a fleetd "
+                f"streams at most {MAX_JOURNAL_FOLLOWS} follows at once (429 beyond). A failure after the "
+                "stream started is reported as its last line."
+            ),
+            "parameters": [
+                _query(
+                    "lines",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_JOURNAL_LINES},
+                    f"how many of the last lines to send first (default {DEFAULT_JOURNAL_LINES})",
+                ),
+                _query("follow", {"type": "boolean"}, f"keep streaming new lines: {_BOOL_WORDS}"),
+                _query(
+                    "output",
+                    _string(enum=list(JOURNAL_OUTPUTS)),
+                    f"journalctl's --output format (default {DEFAULT_JOURNAL_OUTPUT})",
+                ),
+            ],
+            "responses": _responses(
+                {
+                    "200": {
+                        "description": "the journal, one entry per line (chunked)",
+                        "content": {TEXT: {"schema": _string()}},
+                    },
+                    "404": _error(
+                        "the unit has no journal here, or the machine is not this fleetd's",
+                        {
+                            "X-Fleet-Machine-IP": {
+                                "schema": _string(),
+                                "description": "where the machine's own fleetd is, when known",
+                            }
+                        },
+                    ),
+                    "429": _error(
+                        f"this fleetd already streams {MAX_JOURNAL_FOLLOWS} journals with follow",
+                        {
+                            "Retry-After": {
+                                "schema": _string(pattern="^[0-9]+$"),
+                                "description": f"seconds to wait ({FOLLOW_RETRY_AFTER})",
+                            }
+                        },
+                    ),
+                },
+                "400",
+                "501",
+            ),
+        },
+    },
+    "/fleet/v1/machines/{machineID}/status/{unitName}": {
+        "parameters": [_param("machineID"), _param("unitName")],
+        "get": {
+            "operationId": "Machines.Status",
+            "summary": "systemctl status of the unit on that machine (beyond fleet)",
+            "description": "Only the machine's own fleetd answers; another answers 404 saying where to ask.",
+            "responses": _responses(
+                {
+                    "200": {"description": "systemctl status output", "content": {TEXT: {"schema": _string()}}},
+                    "404": _error(
+                        "the unit is not loaded here, or the machine is not this fleetd's",
+                        {"X-Fleet-Machine-IP": {"schema": _string()}},
+                    ),
+                },
+                "400",
+                "501",
+            ),
+        },
+    },
+    "/fleet/v1/unplaceable": {
+        "get": {
+            "operationId": "Unplaceable.List",
+            "summary": "the engine's reasons for the units it cannot place (beyond fleet)",
+            "responses": _responses({"200": _json("unit name -> reason", _schema("Unplaceable"))}),
+        }
+    },
+    "/fleet/v1/discovery": {
+        "get": {
+            "operationId": "Discovery.Get",
+            "summary": "fleet's Google discovery document of this API",
+            "responses": _responses({"200": _json("the discovery document", {"type": "object"})}),
+        }
+    },
+    "/fleet/v1/openapi.json": {
+        "get": {
+            "operationId": "OpenAPI.Get",
+            "summary": "this document",
+            "responses": _responses({"200": _json("the OpenAPI description", {"type": "object"})}),
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "Metrics.Get",
+            "summary": "Prometheus metrics of the cluster and of this fleetd's API (beyond fleet)",
+            "description": "Answers even while this fleetd must not serve, to show that state.",
+            "responses": {
+                "200": {"description": "Prometheus text format 0.0.4", "content": {TEXT: {"schema": _string()}}},
+                "401": _ref("responses", "Unauthorized"),
+            },
+        }
+    },
+}
+
+
+def openapi_document(server_url: str = "/") -> dict[str, Any]:
+    """The OpenAPI description; ``server_url`` is where it is served from (``/``: the same
+    origin as the request that asked for it)."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "fleet API",
+            "version": "v1",
+            "description": (
+                "fleet's HTTP API v1 (units, state, machines, discovery) as fleetd serves it, and what "
+                "it adds: unplaceable units, a unit's journal and status on its machine, metrics. "
+                f"Request bodies are at most {MAX_REQUEST_BYTES} bytes. Every error answers "
+                '{"error": {"code": N, "message": "..."}}; a path that does not exist answers 404, a '
+                "method a path does not have 405 with Allow."
+            ),
+        },
+        "servers": [{"url": server_url}],
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": RESPONSES,
+            "parameters": PARAMETERS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "required on TCP listeners configured with api_token; never on the unix socket",
+                }
+            },
+        },
+        "security": [{}, {"bearer": []}],
+    }
+
+
+__all__ = ["OPENAPI_VERSION", "UNIT_NAME_PATTERN", "openapi_document"]
