@@ -54,6 +54,9 @@ def print_report(report: ChaosReport) -> None:
         )
         for problem in fault.problems:
             print(f"  violation: {problem}")
+        persisting = max((len(c.persisting) for c in fault.checks), default=0)
+        if persisting:
+            print(f"  ({persisting} violations reported earlier still persist)")
         if fault.error:
             print(f"  error: {fault.error}")
     for label, check in (("baseline", report.baseline), ("final", report.final)):

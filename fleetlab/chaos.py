@@ -119,6 +119,8 @@ class ChaosConfig:
     #: the first faults are every kind once, in a seeded order, so that even a short run
     #: covers them all; later ones are drawn at random
     cover_all: bool = True
+    #: inject at least this many faults even if ``minutes`` ran out first (CI: one of each)
+    min_faults: int = 0
     lab_prefix: str = "chaos"
     #: when set, every host's fleetd journal and every etcd member's log are copied here
     #: before the cluster is removed: the evidence for whatever the run found
@@ -140,11 +142,17 @@ class ChaosConfig:
 
 @dataclass
 class Check:
-    """One wait for the invariants: how long they took, or what was still wrong."""
+    """One wait for the invariants: how long they took, or what was still wrong.
+
+    ``problems`` are the broken invariants first seen by this check (the violations);
+    ``persisting`` are ones an earlier check reported that were still broken: counted once,
+    where they appeared, and not waited for again (a lasting breakage would otherwise make
+    every later check wait out its deadline and hide how later faults recovered)."""
 
     label: str
     recovery_s: float
     problems: list[str] = field(default_factory=list)
+    persisting: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -331,14 +339,19 @@ def evaluate(
     live = sorted(v.machine_id for v in views)
     name_of = {v.machine_id: v.name for v in views}
 
-    def names(ids: Iterable[str]) -> list[str]:
-        return [name_of.get(i, i[:8]) for i in ids]
-
+    # one sentence per machine or unit, so a breakage that lasts reads the same at every
+    # check and is counted once (see Check.persisting)
+    listing = [v for v in views if not v.fleetd and v.machines is not None]
     for v in views:
         if v.fleetd:
             problems.append(f"fleetd on {v.name}: {v.fleetd}")
-        elif v.machines != live:
-            problems.append(f"fleetd on {v.name} lists machines {names(v.machines or [])}, live are {names(live)}")
+    for machine_id in live:
+        missing = [v.name for v in listing if machine_id not in (v.machines or [])]
+        if missing:
+            who = "" if len(missing) == len(listing) else f" (as seen from {missing})"
+            problems.append(f"not registered: {name_of[machine_id]} is live but not in the machine list{who}")
+    for machine_id in sorted({m for v in listing for m in v.machines or [] if m not in live}):
+        problems.append(f"the machine list has {machine_id[:8]}, which is not a live machine")
     running_on = {name: sorted(v.name for v in views if name in v.running) for name in model}
     files_on = {name: sorted(v.name for v in views if name in v.files) for name in model}
     all_live = sorted(v.name for v in views)
@@ -402,8 +415,14 @@ def evaluate(
         records = by_unit.get(name, [])
         seen = sorted((str(r.get("machineID")), str(r.get("systemdActiveState"))) for r in records)
         if exp.kind is Kind.GLOBAL:
-            want = sorted((machine_id, "active") for machine_id in live)
-        elif len(running_on[name]) == 1:
+            for machine_id in live:
+                if (machine_id, "active") not in seen:
+                    problems.append(f"fleet reports no active {name} on {name_of[machine_id]}")
+            for machine_id, state in seen:
+                if machine_id not in live or state != "active":
+                    problems.append(f"fleet reports {name} {state} on {name_of.get(machine_id, machine_id[:8])}")
+            continue
+        if len(running_on[name]) == 1:
             want = [(machine_of[running_on[name][0]], "active")]
         else:
             continue  # already reported as lost or duplicated
@@ -674,6 +693,7 @@ class ChaosRun:
             agent_ttl=f"{config.agent_ttl:g}s",
         )
         self.monitor = ColocationMonitor(self)
+        self.known: set[str] = set()  # problems already reported: counted once
         self.disturbed: set[str] = set()  # hosts under a fault: the workload avoids them
         self._t0 = time.monotonic()
         self.timeline: list[str] = []
@@ -738,10 +758,13 @@ class ChaosRun:
                 except Exception as exc:  # noqa: BLE001 - e.g. a host command timed out: poll again
                     problems = [f"observing the cluster failed: {exc!r}"]
                 now = time.monotonic()
-                if not problems:
-                    return Check(label, now - since)
+                new = [p for p in problems if p not in self.known]
+                old = [p for p in problems if p in self.known]
+                if not new:
+                    return Check(label, now - since, persisting=old)
                 if now > deadline:
-                    return Check(label, now - since, problems)
+                    self.known.update(new)
+                    return Check(label, now - since, new, old)
                 time.sleep(0.2)
 
     # faults ----------------------------------------------------------------------------
@@ -768,6 +791,7 @@ class ChaosRun:
             victim = self.pick_host()
             result.target = victim.name + (" (engine leader)" if victim.name == self.engine_leader_name() else "")
             self.disturbed.add(victim.name)
+            self.log(f"fault {index}: crash-host {result.target}")
             struck = time.monotonic()
             try:
                 victim.host.crash()
@@ -777,11 +801,13 @@ class ChaosRun:
             self._next_host += 1
             result.target += f", replaced by {name}"
             self.cluster.add_host(name, wait=False)
+            self.log(f"fault {index}: {name} booted")
             result.checks.append(self.check("after crash", struck))
         elif kind == "kill-fleetd":
             victim = self.pick_host()
             result.target = victim.name + (" (engine leader)" if victim.name == self.engine_leader_name() else "")
             self.disturbed.add(victim.name)
+            self.log(f"fault {index}: kill-fleetd {result.target}")
             struck = time.monotonic()
             try:
                 victim.kill_fleetd()
@@ -795,12 +821,14 @@ class ChaosRun:
             held = self.fault_rng.uniform(max(2.0, 0.5 * cfg.agent_ttl), max(3.0, 1.5 * cfg.agent_ttl))
             started = time.monotonic()
             self._paused = member
+            self.log(f"fault {index}: SIGSTOP {result.target} for {held:.1f}s")
             etcd.pause_member(member)
             try:
                 time.sleep(held)
             finally:
                 etcd.resume_member(member)
                 self._paused = None
+                self.log(f"fault {index}: SIGCONT {member.name}")
             result.held_s = time.monotonic() - started
             result.checks.append(self.check("after SIGCONT", time.monotonic()))
         elif kind == "restart-etcd":
@@ -809,6 +837,7 @@ class ChaosRun:
             result.target += f" by {signal.Signals(sig).name}"
             etcd = self.cluster.etcd
             assert etcd is not None
+            self.log(f"fault {index}: restart-etcd {result.target}")
             struck = time.monotonic()
             etcd.restart_member(member, sig)
             result.checks.append(self.check("after restart", struck))
@@ -819,6 +848,7 @@ class ChaosRun:
             self.disturbed.add(victim.name)
             started = time.monotonic()
             self._partitioned = victim
+            self.log(f"fault {index}: partition {result.target}")
             victim.host.partition()
             try:
                 # its lease runs out after agent_ttl: until then, the cut-off host still counts
@@ -830,6 +860,7 @@ class ChaosRun:
                 victim.host.heal()
                 self._partitioned = None
                 self.disturbed.discard(victim.name)
+                self.log(f"fault {index}: healed {victim.name}")
             result.held_s = time.monotonic() - started
             result.checks.append(self.check("after heal", time.monotonic()))
         else:
@@ -866,6 +897,9 @@ class ChaosRun:
             verdict = "VIOLATION " + "; ".join(result.problems)
         elif result.recovery_s > self.config.target:
             verdict = f"SLOW (target {self.config.target:g}s)"
+        persisting = max((len(c.persisting) for c in result.checks), default=0)
+        if persisting:
+            verdict += f" ({persisting} problems of earlier faults persist)"
         return (
             f"fault {result.index} {result.kind} {result.target}{held}: "
             f"recovery_s={result.recovery_s:.2f} [{checks}] {verdict}"
@@ -890,7 +924,7 @@ class ChaosRun:
             end = time.monotonic() + cfg.minutes * 60
             for index, kind in enumerate(self.kinds(), 1):
                 time.sleep(self.fault_rng.uniform(*cfg.quiet))
-                if time.monotonic() >= end:
+                if time.monotonic() >= end and index > cfg.min_faults:
                     break
                 try:
                     result = self.inject(index, kind)
