@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleetd.model.limits import MAX_PAGE_SIZE
+
 _STRING = {"type": "string"}
 _PAGE_TOKEN = {"type": "string", "location": "query", "description": "nextPageToken of the previous page"}
 _PAGE_SIZE = {
     "type": "integer",
     "location": "query",
-    "description": "items per page (default token_limit, at most 10000)",
+    "description": f"items per page (default token_limit, at most {MAX_PAGE_SIZE})",
 }
 
 

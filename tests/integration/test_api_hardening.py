@@ -24,10 +24,8 @@ from fleetd.model.limits import (
     MAX_UNIT_BYTES,
     OPTION_OVERHEAD_BYTES,
     options_size,
-    unit_size,
 )
 from fleetd.model.state import MachineState
-from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -66,16 +64,6 @@ async def _register(registry: Registry, *machines: str) -> None:
 
 
 # -- sizes ---------------------------------------------------------------------------------------
-
-
-def test_unit_size_counts_every_option_with_its_section() -> None:
-    file = parse_unit_file(SERVICE)
-    expected = sum(OPTION_OVERHEAD_BYTES + len(o.section) + len(o.name) + len(o.value.encode()) for o in file.options)
-    assert unit_size(file) == options_size(file.to_options()) == expected
-    # non-ASCII counts its UTF-8 bytes; a lone surrogate does not break the measure
-    assert options_size([{"section": "S", "name": "n", "value": "é\ud800"}]) == OPTION_OVERHEAD_BYTES + 2 + 2 + 3
-    # malformed options count only their overhead: validation names what is wrong with them
-    assert options_size([{"section": 1}, "x"]) == 2 * OPTION_OVERHEAD_BYTES  # type: ignore[list-item]
 
 
 async def test_a_unit_beyond_the_limit_is_413_and_not_stored(client: TestClient, registry: Registry) -> None:
