@@ -99,9 +99,11 @@ def desired_state(value: Any) -> DesiredState:
         raise SubmitError(Refusal.INVALID, "desiredState is required (inactive, loaded or launched)")
     try:
         return DesiredState(value)
-    except ValueError:
+    except (ValueError, TypeError):
+        shown = repr(value)
+        shown = shown if len(shown) <= 64 else shown[:61] + "..."  # a body may be a megabyte
         raise SubmitError(
-            Refusal.INVALID, f"invalid desiredState {value!r}: expected inactive, loaded or launched"
+            Refusal.INVALID, f"invalid desiredState {shown}: expected inactive, loaded or launched"
         ) from None
 
 
