@@ -63,6 +63,8 @@ def print_report(report: ChaosReport) -> None:
         if check is not None:
             for problem in check.problems:
                 print(f"  violation ({label}): {problem}")
+            for problem in check.persisting:
+                print(f"  still broken at the {label} check: {problem}")
     for problem in report.workload_errors + report.colocations:
         print(f"  violation: {problem}")
     for error in report.errors:

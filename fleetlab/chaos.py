@@ -298,6 +298,21 @@ def observe_host(fh: FleetHost, api_timeout: float = 3.0) -> HostView:
         view.fleetd = f"API answers HTTP {status}: {body}"  # 503: the node says it is unhealthy
         return view
     view.machines = sorted(m["id"] for m in body.get("machines", []))
+    # the node's own account of its tasks (fleetd's supervisor): a task that is down, or a
+    # node that says it does not serve, is a dead part of fleetd even if the API answers
+    try:
+        status, text = call(fh, "GET", "/metrics", timeout=api_timeout)
+    except Unreachable as exc:
+        view.fleetd = f"/metrics does not answer: {exc}"
+        return view
+    if status == 200 and isinstance(text, str):
+        down = [
+            line.split()[0] for line in text.splitlines() if line.startswith("fleet_task_up{") and line.endswith(" 0")
+        ]
+        if down:
+            view.fleetd = f"tasks down: {', '.join(sorted(down))}"
+        elif any(line.strip() == "fleet_node_serving 0" for line in text.splitlines()):
+            view.fleetd = "/metrics says fleet_node_serving 0 while its API answers 200"
     return view
 
 
@@ -824,7 +839,11 @@ class ChaosRun:
             self.log(f"fault {index}: SIGSTOP {result.target} for {held:.1f}s")
             etcd.pause_member(member)
             try:
-                time.sleep(held)
+                # two members of three keep quorum: fleet must carry on while one hangs,
+                # once its clients have given up on the hung one (etcd_request_timeout)
+                time.sleep(0.5)
+                result.checks.append(self.check("while stopped", started))
+                time.sleep(max(0.0, started + held - time.monotonic()))
             finally:
                 etcd.resume_member(member)
                 self._paused = None
