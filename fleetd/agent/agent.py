@@ -63,6 +63,8 @@ class Agent:
             self.registry, self.manager, self.machine.id, self.settings, self._lease, self._unit_errors
         )
         self.executor = Executor(self.manager, on_change=self.states.touch)
+        self._lease_lost = asyncio.Event()
+        self.states.on_lease_lost = self._on_lease_lost
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.static_metadata = dict(self.machine.metadata)
@@ -137,18 +139,42 @@ class Agent:
             await self.registry.register_machine(self.machine, self.status.lease)
 
     async def _keepalive(self) -> None:
+        """Keep the lease alive, and make sure it still carries this machine.
+
+        A keepalive answer alone is not trusted: after an etcd leader was stopped and
+        resumed, a machine's lease expired while keepalives kept succeeding, and the
+        machine stayed out of the cluster. So every ``agent_ttl`` the agent also reads its
+        own machine entry, and at once when a write met an expired lease; each call is
+        bounded, so a hung one costs one interval, not the lease.
+        """
         interval = self.settings.keepalive_interval(self.settings.agent_ttl)
+        verify_every = max(1, round(self.settings.agent_ttl / interval))
+        beats = 0
         while True:
-            await asyncio.sleep(interval)
             try:
-                ttl = await self.registry.keepalive(self.status.lease)
-            except Exception:
-                log.info("agent keepalive failed; retrying", exc_info=True)
+                async with asyncio.timeout(interval):
+                    await self._lease_lost.wait()
+            except TimeoutError:
+                pass
+            beats += 1
+            lease = self.status.lease
+            try:
+                async with asyncio.timeout(max(interval, 1.0)):
+                    alive = await self.registry.keepalive(lease) > 0
+                    if alive and (self._lease_lost.is_set() or beats % verify_every == 0):
+                        alive = await self.registry.machine_lease(self.machine_id) == lease
+            except Exception as exc:  # noqa: BLE001 - etcd away: keep units running, keep trying
+                log.info("agent keepalive failed (%s); retrying", exc or type(exc).__name__)
                 continue
-            if ttl <= 0:
-                log.warning("agent lease lost; registering again")
+            self._lease_lost.clear()
+            if not alive:
+                log.warning("agent lease %x lost (its machine entry is gone); registering again", lease)
                 self.status.registered = False
                 await self._register()
+
+    def _on_lease_lost(self) -> None:
+        """A write met an expired lease: check the registration now, not at the next beat."""
+        self._lease_lost.set()
 
     # -- following the schedule ------------------------------------------------------------
 

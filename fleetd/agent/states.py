@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from fleetd.agent.manager import LocalUnit, SystemdState, UnitManager
 from fleetd.model.state import UnitState
-from fleetd.registry.registry import Registry
+from fleetd.registry.registry import LeaseNotFound, Registry
 from fleetd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class StatePublisher:
         # latest state by unit; None: "look at the unit again" (its error changed)
         self._pending: dict[str, SystemdState | None] = {}
         self._dirty = asyncio.Event()
+        # called when a write meets an expired lease (the agent then registers again)
+        self.on_lease_lost: Callable[[], None] = lambda: None
 
     def changed(self, name: str, state: SystemdState) -> None:
         """The service manager's callback: remember the latest state, publish soon."""
@@ -99,8 +101,15 @@ class StatePublisher:
                 continue
             try:
                 await self.registry.publish_states(self.machine_id, lease, changed, gone)
-            except Exception:
-                log.info("publishing unit states failed; will retry", exc_info=True)
+            except LeaseNotFound:
+                log.info("publishing unit states: the lease expired; waiting for a new registration")
+                self.on_lease_lost()
+                self._keep(changed, gone)
+                await asyncio.sleep(RETRY_DELAY)
+                self._dirty.set()
+                continue
+            except Exception as exc:  # noqa: BLE001 - registry away: retry these later
+                log.info("publishing unit states failed (%s); will retry", exc or type(exc).__name__)
                 self._keep(changed, gone)
                 await asyncio.sleep(RETRY_DELAY)
                 self._dirty.set()

@@ -144,7 +144,8 @@ class Engine:
         while True:
             await asyncio.sleep(interval)
             try:
-                ttl = await self.registry.keepalive(lease)
+                async with asyncio.timeout(max(interval, 1.0)):  # a hung call costs one beat
+                    ttl = await self.registry.keepalive(lease)
             except Exception:
                 log.info("engine lease keepalive failed; retrying", exc_info=True)
                 continue

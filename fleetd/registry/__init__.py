@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleetd.registry.errors import (
+    LeaseNotFound,
     MachineIdInUse,
     MachineNotFound,
     NotLeader,
@@ -49,6 +50,7 @@ __all__ = [
     "EtcdConfig",
     "EtcdRegistry",
     "Leadership",
+    "LeaseNotFound",
     "MachineEvent",
     "MachineIdInUse",
     "MachineNotFound",

@@ -24,6 +24,11 @@ class UnreadableRecord(RegistryError):
     only be destroyed, or replaced."""
 
 
+class LeaseNotFound(RegistryError):
+    """A write on a lease that no longer exists (it expired): the writer must register
+    again under a new lease."""
+
+
 class MachineNotFound(RegistryError):
     """A request named machines that are not registered (nothing was changed)."""
 

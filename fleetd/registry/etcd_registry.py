@@ -8,6 +8,7 @@ transactions, leases and watches of :class:`~fleetd.registry.etcd.Etcd`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from fleetd.registry.codec import (
     encode_unit,
 )
 from fleetd.registry.errors import (
+    LeaseNotFound,
     MachineIdInUse,
     MachineNotFound,
     NotLeader,
@@ -34,7 +36,7 @@ from fleetd.registry.errors import (
     UnitNotFound,
     UnreadableRecord,
 )
-from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, KeyValue, chunks, op_size
+from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, EtcdError, KeyValue, chunks, op_size
 from fleetd.registry.keys import Keys
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
 
@@ -235,7 +237,8 @@ class EtcdRegistry(Registry):
         etcd = self._etcd
         key = self._keys.machine(machine.id)
         value = encode_machine(machine)
-        ok, _ = await etcd.txn([etcd.cmp_absent(key)], [etcd.op_put(key, value, lease=lease)])
+        async with _lease_checked(lease):
+            ok, _ = await etcd.txn([etcd.cmp_absent(key)], [etcd.op_put(key, value, lease=lease)])
         if ok:
             return
         existing = await etcd.get(key)
@@ -348,7 +351,8 @@ class EtcdRegistry(Registry):
             writer.put(self._keys.state(state.name, machine_id), encode_state(state), lease=lease)
         for name in removed:
             writer.delete(self._keys.state(name, machine_id))
-        await writer.commit()
+        async with _lease_checked(lease):
+            await writer.commit()
 
     async def unit_states(self, name: str | None = None) -> list[UnitState]:
         prefix = self._keys.unit_states(name) if name else self._keys.states
@@ -480,3 +484,15 @@ class EtcdRegistry(Registry):
 def connect(config: EtcdConfig, prefix: str | None = None) -> EtcdRegistry:
     """A registry on the etcd cluster ``config`` describes (connects on first use)."""
     return EtcdRegistry(Etcd(config), prefix)
+
+
+@contextlib.asynccontextmanager
+async def _lease_checked(lease: int) -> AsyncIterator[None]:
+    """etcd refuses a write on an expired lease with a generic error: name it, so the
+    agent registers again instead of retrying a write that can never succeed."""
+    try:
+        yield
+    except EtcdError as exc:
+        if "lease not found" in str(exc):
+            raise LeaseNotFound(f"lease {lease:x} not found (expired)") from exc
+        raise

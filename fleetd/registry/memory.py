@@ -27,10 +27,10 @@ from typing import Any
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.registry.errors import (
+    LeaseNotFound,
     MachineIdInUse,
     MachineNotFound,
     NotLeader,
-    RegistryError,
     Resync,
     UnitExists,
     UnitNotFound,
@@ -234,7 +234,7 @@ class MemoryRegistry(Registry):
 
     def _check_lease(self, lease: int) -> None:
         if lease and lease not in self._leases:
-            raise RegistryError(f"lease {lease:x} not found")
+            raise LeaseNotFound(f"lease {lease:x} not found (expired)")
 
     # -- machines -------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitStat
 from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Submission, decide, gave_up, template_to_read
 from fleetd.model.unit import DesiredState
 from fleetd.registry.errors import (
+    LeaseNotFound,
     MachineIdInUse,
     MachineNotFound,
     NotLeader,
@@ -44,6 +45,7 @@ from fleetd.registry.errors import (
 __all__ = [
     "ClusterRead",
     "Leadership",
+    "LeaseNotFound",
     "MachineEvent",
     "MachineIdInUse",
     "MachineNotFound",

@@ -19,6 +19,7 @@ from fleetd.model.submit import Action, SubmitError, submission
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry import (
+    LeaseNotFound,
     MachineIdInUse,
     MachineNotFound,
     MemoryRegistry,
@@ -193,6 +194,10 @@ async def test_a_lease_carries_its_machine_and_states_away(registry: Registry) -
     assert await registry.machines() == []
     assert await registry.unit_states() == []
     assert await registry.keepalive(lease) == 0
+    with pytest.raises(LeaseNotFound):  # a write on the ended lease says so, by its type
+        await registry.publish_states(M2, lease, states)
+    with pytest.raises(LeaseNotFound):
+        await registry.register_machine(MachineState(M2), lease)
     await registry.revoke_lease(lease)  # revoking twice is harmless
 
 

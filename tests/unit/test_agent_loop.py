@@ -329,3 +329,31 @@ async def test_a_dead_task_is_restarted_and_shows_in_the_nodes_health_meanwhile(
     await registry.apply_schedule(term, [(ME, scheduled("late.service"))], [])
     await wait_until_async(lambda: "late.service" in manager.starts, 5, "late.service started by the restarted task")
     assert agent.supervisor.tasks["agent.schedule"].restarts == 2
+
+
+class KeepaliveSaysAlive(MemoryRegistry):
+    """A registry whose keepalive claims every lease is alive (as a stale etcd member did
+    after a leader was stopped and resumed)."""
+
+    async def keepalive(self, lease: int) -> int:
+        await super().keepalive(lease)
+        return 30
+
+
+async def test_an_expired_lease_is_noticed_even_when_keepalives_claim_it_lives(
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    registry = KeepaliveSaysAlive()
+    term = await engine_term(registry)
+    settings = Settings(agent_ttl=0.6, agent_reconcile_interval=30, debounce=0.001)  # a check every 0.6 s
+    agent = await running(Agent(registry, SimulatedManager(), MachineState(ME), settings), tasks)
+    await registry.apply_schedule(term, [(ME, scheduled("mine.service"))], [])
+    await eventually(lambda: _states(registry), 5, "mine.service published")
+    old = agent.status.lease
+    registry.expire_lease(old)
+
+    async def back() -> bool:
+        return [m.id for m in await registry.machines()] == [ME] and await _states(registry) is not None
+
+    await eventually(back, 5, "the agent to register and publish again")
+    assert agent.status.lease != old
