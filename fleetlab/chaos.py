@@ -398,7 +398,7 @@ def evaluate(
             if len(instances) > 1:
                 problems.append(f"Conflicts broken: {instances} {what} together on {v.name}")
     for name, exp in sorted(model.items()):
-        if exp.kind is not Kind.FOLLOWER or exp.desired == "inactive":
+        if exp.kind is not Kind.FOLLOWER or exp.desired == "inactive" or exp.leader in skip:
             continue
         leader = model.get(exp.leader)
         lead_files = files_on.get(exp.leader, [])
@@ -674,7 +674,8 @@ class ColocationMonitor:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -963,18 +964,20 @@ class ChaosRun:
             self.log(f"run aborted: {exc!r}")
             self.dump_logs()
         finally:
-            self.undo_all()
-            self.workload.stop()
-            self.monitor.stop()
-            report.workload_errors = list(self.workload.errors)
-            report.colocations = list(self.monitor.incidents)
-            report.ops = self.workload.ops
-            if report.violations and self.verbose:
-                self.dump_logs()
-            if cfg.log_dir:
-                self.save_logs(cfg.log_dir)
-            report.duration_s = self.elapsed()
-            self.cluster.close()
+            try:
+                self.undo_all()
+                self.workload.stop()
+                self.monitor.stop()
+                report.workload_errors = list(self.workload.errors)
+                report.colocations = list(self.monitor.incidents)
+                report.ops = self.workload.ops
+                if report.violations and self.verbose:
+                    self.dump_logs()
+                if cfg.log_dir:
+                    self.save_logs(cfg.log_dir)
+                report.duration_s = self.elapsed()
+            finally:
+                self.cluster.close()  # whatever failed above, nothing of the run is left
         return report
 
     def dump_logs(self, lines: int = 60) -> None:
