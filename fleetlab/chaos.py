@@ -121,6 +121,9 @@ class ChaosConfig:
     cover_all: bool = True
     #: inject at least this many faults even if ``minutes`` ran out first (CI: one of each)
     min_faults: int = 0
+    #: no fault starts after this many seconds of faults, whatever ``min_faults`` says
+    #: (0: no limit), so that a broken cluster cannot stretch a CI run
+    hard_stop_s: float = 0.0
     lab_prefix: str = "chaos"
     #: when set, every host's fleetd journal and every etcd member's log are copied here
     #: before the cluster is removed: the evidence for whatever the run found
@@ -941,10 +944,14 @@ class ChaosRun:
             self.log(f"baseline: {verdict} after {report.baseline.recovery_s:.2f}s")
             self.workload.start()
             self.monitor.start()
-            end = time.monotonic() + cfg.minutes * 60
+            faults_start = time.monotonic()
+            end = faults_start + cfg.minutes * 60
             for index, kind in enumerate(self.kinds(), 1):
                 time.sleep(self.fault_rng.uniform(*cfg.quiet))
                 if time.monotonic() >= end and index > cfg.min_faults:
+                    break
+                if cfg.hard_stop_s and time.monotonic() >= faults_start + cfg.hard_stop_s:
+                    self.log(f"hard stop after {cfg.hard_stop_s:g}s of faults")
                     break
                 try:
                     result = self.inject(index, kind)

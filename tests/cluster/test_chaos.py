@@ -115,7 +115,8 @@ def test_short_chaos_run_keeps_every_invariant(hosts_supported: None) -> None:
         agent_ttl=TTL,
         recovery_margin=MARGIN,
         quiet=(2.0, 4.0),
-        check_timeout=30.0,
+        check_timeout=20.0,  # the target is 6 s: 20 s without recovery is a violation
+        hard_stop_s=110.0,  # a broken cluster must not stretch CI: no fault starts later
         lab_prefix="pytest-chaos",
         log=messages.append,
     )
