@@ -83,8 +83,14 @@ class Supervisor:
                     return
                 error = "ended unexpectedly"
             except asyncio.CancelledError:
-                health.running = False
-                raise
+                task = asyncio.current_task()
+                if self._stopping or task is None or task.cancelling() > 0:
+                    health.running = False
+                    raise
+                # nobody cancelled this task: a library (grpc, when a channel is closed
+                # under a call) raised it; ending here would leave the task dead unseen
+                error = "cancelled by something other than stop() (a library's CancelledError)"
+                log.error("task %s: %s; restarting it", name, error)
             except Exception as exc:  # whatever it was, the task comes back
                 error = f"{type(exc).__name__}: {exc}"
                 if error != last_logged:

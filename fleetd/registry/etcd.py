@@ -194,6 +194,15 @@ class Etcd:
             self.requests += 1
             try:
                 return await getattr(client, name)(*args, **kwargs)
+            except asyncio.CancelledError:
+                if cancelled_by_caller():
+                    raise
+                # grpc cancels the calls of a channel another task closed (a failover):
+                # a lost connection, not a cancellation of ours
+                failures += 1
+                if failures >= attempts:
+                    raise ChannelClosed(f"etcd {name}: the connection was closed during the call") from None
+                await self._drop_client(next_endpoint=True, only=client)
             except ConnectionLost:
                 failures += 1
                 if failures >= attempts:
@@ -314,7 +323,12 @@ class Etcd:
             try:
                 client = await self.client()
                 self.requests += 1
-                watch = await client.watch_prefix(prefix.encode(), start_revision=next_revision)
+                try:
+                    watch = await client.watch_prefix(prefix.encode(), start_revision=next_revision)
+                except asyncio.CancelledError:
+                    if cancelled_by_caller():
+                        raise
+                    raise ChannelClosed("the connection was closed while the watch was created") from None
                 pump = asyncio.ensure_future(_pump(watch, queue))
                 try:
                     while True:
@@ -357,6 +371,19 @@ class Etcd:
                         pass
 
 
+class ChannelClosed(ConnectionError):
+    """The connection a call or a watch used was closed under it by another task (a
+    failover): grpc then raises CancelledError in tasks that nobody cancelled, which,
+    taken at its word, silently ended the loops waiting on those calls."""
+
+
+def cancelled_by_caller() -> bool:
+    """Whether the current task was really asked to stop (a CancelledError it sees is then
+    genuine), as opposed to grpc cancelling a call whose channel was closed."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 class _StreamEnded(Exception):
     """The watch stream closed without an error; treated like a lost connection."""
 
@@ -377,7 +404,10 @@ async def _pump(watch: Any, queue: asyncio.Queue[Any]) -> None:
             )
         queue.put_nowait(_StreamEnded("watch stream ended"))
     except asyncio.CancelledError:
-        raise
+        if cancelled_by_caller():
+            raise
+        # not us: grpc cancels the streams of a channel another task closed (a failover)
+        queue.put_nowait(_StreamEnded("watch stream closed with its connection"))
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer to decide
         queue.put_nowait(exc)
 

@@ -152,3 +152,41 @@ async def test_large_units_are_written_in_transactions_etcd_accepts(registry: Et
     assert leadership is not None
     await registry.apply_schedule(leadership, [("m1", u) for u in units], [])
     assert len(await registry.placements()) == 40
+
+
+async def test_a_call_in_flight_when_another_task_fails_over_is_retried_not_cancelled(etcd3: EtcdCluster) -> None:
+    """grpc cancels the calls of a channel that is closed under them; the caller must see
+    a retry on the next endpoint (or a connection error), never a CancelledError nobody
+    asked for: that ended fleetd's loops silently in the chaos run."""
+    client = Etcd(EtcdConfig(endpoints=tuple(etcd3.endpoints), request_timeout=5))
+    try:
+        await client.put("/inflight", b"v")
+        etcd3.pause_member(etcd3.members[0])  # the current endpoint hangs
+        try:
+            call = asyncio.create_task(client.get("/inflight"))
+            watch = client.watch_prefix("/inflight", await _revision_elsewhere(etcd3) + 1, retry_delay=0.05)
+            watched = asyncio.create_task(anext(watch))
+            await asyncio.sleep(0.5)  # both are in flight on the hung endpoint
+            await client.failover()  # what another task does when its own call fails
+            async with asyncio.timeout(15):
+                got = await call
+            assert got is not None and got.value == b"v"
+            other = Etcd(EtcdConfig(endpoints=tuple(etcd3.endpoints[1:]), request_timeout=5))
+            await other.put("/inflight", b"w")
+            await other.close()
+            async with asyncio.timeout(15):
+                events = await watched
+            assert [e.value for e in events] == [b"w"]
+            await watch.aclose()
+        finally:
+            etcd3.resume_member(etcd3.members[0])
+    finally:
+        await client.close()
+
+
+async def _revision_elsewhere(cluster: EtcdCluster) -> int:
+    other = Etcd(EtcdConfig(endpoints=tuple(cluster.endpoints[1:]), request_timeout=5))
+    try:
+        return await other.revision()
+    finally:
+        await other.close()

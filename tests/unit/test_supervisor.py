@@ -78,3 +78,26 @@ async def test_stopping_cancels_and_does_not_restart() -> None:
     stop_now.set()
     await asyncio.sleep(0.05)
     assert started == 1 and supervisor.problem() is None
+
+
+async def test_a_cancelled_error_nobody_asked_for_restarts_the_task() -> None:
+    """grpc raises CancelledError in calls whose channel another task closed; a task
+    ending on one is a failure to restart, not a stop."""
+    supervisor = Supervisor(min_delay=0.01)
+    runs = 0
+    forever = asyncio.Event()
+
+    async def hit_by_a_stray_cancel() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise asyncio.CancelledError
+        await forever.wait()
+
+    supervisor.start("t", hit_by_a_stray_cancel)
+    try:
+        await wait_until_async(lambda: runs == 2 and supervisor.tasks["t"].running, 2, "the task back")
+        assert supervisor.tasks["t"].restarts == 1
+        assert "other than stop" in (supervisor.tasks["t"].last_error or "")
+    finally:
+        await supervisor.stop()
