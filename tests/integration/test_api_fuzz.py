@@ -9,7 +9,9 @@ is sent, these hold:
 - a refused request (4xx) stored nothing: the units and the machines' metadata are as
   they were before it;
 - what was accepted can be read back (GET /units and the unit itself answer 200);
-- after each batch a new valid unit can still be created and read back.
+- after each batch the cluster still places and starts a new unit: a real engine and two
+  simulated machines run on the same registry the whole time, so every fuzzed unit the
+  API accepts is also planned by the engine and acted on by the agents.
 
 Bounded: about 150 examples per property, well under a minute in all. Examples are drawn
 from a fixed seed unless FLEET_FUZZ_RANDOM=1 (then each run explores new ones).
@@ -38,12 +40,15 @@ from fleetd.api import Node, TcpListener, make_app, start_api
 from fleetd.api.listeners import ApiServer
 from fleetd.model.journal import JOURNAL_OUTPUTS
 from fleetd.model.limits import MAX_REQUEST_BYTES, MAX_UNIT_BYTES
-from fleetd.model.state import MachineState, StoredUnit
+from fleetd.model.state import StoredUnit
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import connect
 from fleetd.registry.registry import Registry
+from fleetd.settings import Settings
 from fleetlab.etcd import EtcdCluster
+from fleetlab.simcluster import SimCluster
+from fleetlab.wait import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +91,7 @@ class Live:
 
     loop: Loop
     registry: Registry
+    sim: SimCluster
     server: ApiServer
     session: aiohttp.ClientSession
     base: str
@@ -124,13 +130,15 @@ def live(loop: Loop, etcd: EtcdCluster) -> Iterator[Live]:
 
     async def start() -> Live:
         registry = connect(EtcdConfig(endpoints=tuple(etcd.endpoints), request_timeout=5), prefix)
-        lease = await registry.grant_lease(600)
+        settings = Settings(agent_ttl=30, engine_ttl=30, engine_reconcile_interval=0.5, debounce=0.01)
+        sim = SimCluster(tuple(etcd.endpoints), prefix, settings)
         for machine in MACHINES:
-            await registry.register_machine(MachineState(machine, "127.0.0.1"), lease)
+            await sim.add_machine(machine_id=machine)
+        await sim.add_engine()
         node = Node(LOCAL, journal_source=finite_journal, status_source=fake_status)
         server = await start_api(make_app(registry, node), [TcpListener("127.0.0.1", 0)])
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
-        return Live(loop, registry, server, session, f"http://127.0.0.1:{server.tcp_port()}")
+        return Live(loop, registry, sim, server, session, f"http://127.0.0.1:{server.tcp_port()}")
 
     api = loop.run(start())
     try:
@@ -140,6 +148,7 @@ def live(loop: Loop, etcd: EtcdCluster) -> Iterator[Live]:
         async def stop() -> None:
             await api.session.close()
             await api.server.close()
+            await api.sim.close()
             await api.registry.close()
 
         loop.run(stop())
@@ -154,15 +163,17 @@ def check_answer(status: int, body: bytes) -> None:
 
 
 def still_works(live: Live) -> None:
-    """A new valid unit can be created and read back, and every list still answers."""
+    """A new valid unit can be created and read back, the engine places it and a machine
+    starts it, and every list still answers."""
     name = f"probe-{uuid.uuid4().hex[:8]}.service"
     options = parse_unit_file("[Service]\nExecStart=/bin/true\n").to_options()
     status, body = live.request(
-        "PUT", f"/fleet/v1/units/{name}", body=_json({"desiredState": "loaded", "options": options})
+        "PUT", f"/fleet/v1/units/{name}", body=_json({"desiredState": "launched", "options": options})
     )
     assert status == 201, body
     status, body = live.request("GET", f"/fleet/v1/units/{name}")
     assert status == 200 and json.loads(body)["options"] == options
+    live.loop.run(wait_until_async(lambda: live.sim.where(name), 20, f"{name} placed and started"), timeout=30)
     for path in ("/fleet/v1/units", "/fleet/v1/state", "/fleet/v1/machines", "/fleet/v1/unplaceable"):
         status, body = live.request("GET", path, {"pageSize": "10000"})
         assert status == 200, (path, body[:500])
