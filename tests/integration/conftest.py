@@ -12,6 +12,17 @@ from fleetctl_support import fleet, loop  # noqa: F401
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import EtcdRegistry, connect
 from fleetlab.etcd import EtcdCluster
+from fleetlab.simcluster import SimCluster
+
+
+@pytest.fixture
+async def sim(etcd: EtcdCluster, key_prefix: str) -> AsyncIterator[SimCluster]:
+    """Simulated machines and engines (real Agent and Engine loops) on the real etcd."""
+    cluster = SimCluster(tuple(etcd.endpoints), key_prefix)
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
 
 
 @pytest.fixture

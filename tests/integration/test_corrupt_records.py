@@ -7,15 +7,12 @@ the bad record is shown or skipped (never a 500), and a bad unit can be destroye
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fleetd.api import Node, make_app
 from fleetd.registry.etcd_registry import EtcdRegistry
 from fleetd.registry.keys import Keys
-from fleetlab.etcd import EtcdCluster
 from fleetlab.simcluster import SimCluster
 from fleetlab.wait import wait_until_async
 
@@ -23,15 +20,6 @@ pytestmark = pytest.mark.integration
 
 SLEEP = "[Service]\nExecStart=/bin/sleep infinity\n"
 JUNK = [b"[]", b"junk", b'{"name": 3}', b"\xff\xfe", b"null", b'{"options": "x"}']
-
-
-@pytest.fixture
-async def sim(etcd: EtcdCluster, key_prefix: str) -> AsyncIterator[SimCluster]:
-    cluster = SimCluster(tuple(etcd.endpoints), key_prefix)
-    try:
-        yield cluster
-    finally:
-        await cluster.close()
 
 
 def families(keys: Keys, machine_id: str) -> dict[str, list[str]]:

@@ -7,13 +7,11 @@ end through the registry: every assertion is about what the agents actually run.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
 from fleetd.model.unit import DesiredState
 from fleetd.registry.registry import NotLeader
-from fleetlab.etcd import EtcdCluster
 from fleetlab.simcluster import SimCluster
 from fleetlab.wait import eventually, wait_until_async
 
@@ -24,15 +22,6 @@ SLEEP = "[Service]\nExecStart=/bin/sleep infinity\n"
 
 def with_fleet(*lines: str) -> str:
     return SLEEP + "[X-Fleet]\n" + "".join(line + "\n" for line in lines)
-
-
-@pytest.fixture
-async def sim(etcd: EtcdCluster, key_prefix: str) -> AsyncIterator[SimCluster]:
-    cluster = SimCluster(tuple(etcd.endpoints), key_prefix)
-    try:
-        yield cluster
-    finally:
-        await cluster.close()
 
 
 async def three_machines(sim: SimCluster) -> list[str]:
