@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from fleetd.model.errors import UnitFileError
-from fleetd.model.names import expand_specifiers
+from fleetd.model.names import expand_specifiers, parse_unit_name
 from fleetd.model.unitfile import UnitFile
 from fleetd.model.words import UNIT_FILE_BOOL, parse_bool
 
@@ -46,6 +46,15 @@ EXCLUSIVE: tuple[tuple[str, str], ...] = (
 )
 
 _HEX_RE = re.compile(r"[0-9a-fA-F]{1,32}")
+_SPECIFIER_RE = re.compile(r"%(.)", re.DOTALL)
+# Specifiers whose value differs from one instance of a template to the next.
+_INSTANCE_SPECIFIERS = frozenset("nNi")
+
+
+def has_instance_specifier(text: str) -> bool:
+    """Whether ``text`` holds ``%i``, ``%n`` or ``%N`` (not a literal ``%%i``)."""
+    return any(m.group(1) in _INSTANCE_SPECIFIERS for m in _SPECIFIER_RE.finditer(text))
+
 
 Metadata = tuple[tuple[str, tuple[str, ...]], ...]
 
@@ -123,6 +132,9 @@ class _Word:
     text: str
     key: str  # the option key as written, e.g. "X-Conflicts"
     line: int | None
+    # A template's word holding an instance specifier: kept as written and not checked,
+    # since only each instance knows its value (checked when the instance is built).
+    deferred: bool = False
 
 
 def _later(a: int | None, b: int | None) -> int | None:
@@ -140,6 +152,7 @@ class _Parser:
         self.warnings: list[str] = []
         self.global_word: _Word | None = None
         self.global_: bool = False
+        is_template = parse_unit_name(name).is_template
         for opt in unit.section(SECTION):
             canonical = OPTION_KEYS.get(opt.name)
             if canonical is None:
@@ -150,7 +163,12 @@ class _Parser:
                 texts = split_words(opt.value)
             except ValueError as exc:
                 raise self.error(f"{opt.name}: {exc}", opt.line) from None
-            words = [_Word(expand_specifiers(t, name), opt.name, opt.line) for t in texts]
+            words = [
+                _Word(t, opt.name, opt.line, deferred=True)
+                if is_template and has_instance_specifier(t)
+                else _Word(expand_specifiers(t, name), opt.name, opt.line)
+                for t in texts
+            ]
             if canonical == "Global":
                 self.read_global(words, opt.name, opt.line)
             else:
@@ -162,6 +180,9 @@ class _Parser:
     def read_global(self, words: list[_Word], key: str, line: int | None) -> None:
         if len(words) != 1:
             raise self.error(f"{key} takes exactly one boolean value, got {len(words)}", line)
+        if words[0].deferred:
+            self.global_, self.global_word = False, None  # each instance decides
+            return
         try:
             self.global_ = parse_bool(words[0].text, UNIT_FILE_BOOL)
         except ValueError as exc:
@@ -178,13 +199,13 @@ class _Parser:
     def globs(self, canonical: str) -> list[_Word]:
         words = self.words.get(canonical, [])
         for word in words:
-            if not word.text:
+            if not word.text and not word.deferred:
                 raise self.error(f"{word.key}: empty value", word.line)
         return words
 
     def machine_id(self) -> _Word | None:
         word = self.single("MachineID")
-        if word is not None and not _HEX_RE.fullmatch(word.text):
+        if word is not None and not word.deferred and not _HEX_RE.fullmatch(word.text):
             raise self.error(
                 f'{word.key} "{word.text}" is not a machine ID (up to 32 hexadecimal digits)',
                 word.line,
@@ -196,6 +217,8 @@ class _Parser:
         for word in self.words.get("MachineMetadata", []):
             key, sep, value = word.text.partition("=")
             if not sep or "=" in value or not key or not value:
+                if word.deferred:
+                    continue  # e.g. "%i" alone: only an instance can say
                 message = f'{word.key}: malformed value "{word.text}" (want key=value)'
                 raise self.error(message, word.line)
             allowed = wanted.setdefault(key, [])
@@ -212,6 +235,8 @@ class _Parser:
     def check_peers(self, peers: list[_Word], globs: list[_Word]) -> None:
         for peer in peers:
             for glob in globs:
+                if peer.deferred or glob.deferred:
+                    continue
                 if fnmatchcase(peer.text, glob.text):
                     raise self.error(
                         f'{peer.key} "{peer.text}" is matched by this unit\'s own {glob.key} "{glob.text}"',
@@ -239,7 +264,7 @@ class _Parser:
         self.check_combinations(present)
         self.check_peers(peers, conflicts + replaces)
         return Requirements(
-            machine_id=machine_id.text.lower() if machine_id else None,
+            machine_id=(machine_id.text if machine_id.deferred else machine_id.text.lower()) if machine_id else None,
             machine_of=tuple(w.text for w in peers),
             metadata=metadata,
             conflicts=tuple(w.text for w in conflicts),
@@ -253,7 +278,10 @@ def parse_requirements(unit: UnitFile, name: str, filename: str | None = None) -
     """Read and validate the ``[X-Fleet]`` section of ``unit`` (named ``name``).
 
     Specifiers are expanded with ``name``, so an instance ``web@2.service`` gets its own
-    values from the template's body. Returns the requirements and warnings (unknown keys);
+    values from the template's body. A template (``web@.service``) keeps a value holding
+    ``%i``, ``%n`` or ``%N`` as written and does not check it (``MachineMetadata=host=%i``
+    would read as ``host=`` there): each instance is checked with its own name when it is
+    created, and a template is never scheduled. Returns the requirements and warnings (unknown keys);
     raises :class:`UnitFileError` (labelled ``filename`` or else ``name``) for anything
     that makes the unit unschedulable or ambiguous.
     """

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
+from fleetd.model.submit import submission
 from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry.registry import NotLeader
 from fleetlab.simcluster import SimCluster
 from fleetlab.wait import eventually, wait_until_async
@@ -191,6 +193,23 @@ async def test_replaces_moves_the_replaced_unit_away(sim: SimCluster) -> None:
         return (await registry.unplaceable()).get("old.service")
 
     assert await eventually(reason, 10, "a reason for old.service")
+
+
+async def test_template_with_specifiers_in_x_fleet_places_its_instances(sim: SimCluster) -> None:
+    ids = await three_machines(sim)
+    registry = sim.registry()
+    template = with_fleet("MachineMetadata=n=%i")
+    # The template goes through the one write path (submit decides), then its instances
+    # are made from it without options, as fleetctl start meta@2.service does.
+    file = parse_unit_file(template, "meta@.service")
+    await registry.submit(submission("meta@.service", DesiredState.INACTIVE, file.to_options()))
+    for index in (2, 0):
+        await registry.submit(submission(f"meta@{index}.service", DesiredState.LAUNCHED, []))
+    await wait_until_async(lambda: len(sim.placement()) == 2, 10, "both instances running")
+    assert sim.where("meta@2.service") == [ids[2]]
+    assert sim.where("meta@0.service") == [ids[0]]
+    assert sim.where("meta@.service") == []
+    assert "meta@.service" not in await registry.unplaceable()
 
 
 async def test_a_deposed_engine_cannot_write(sim: SimCluster) -> None:

@@ -300,3 +300,31 @@ def test_labels_use_filename_and_survive_missing_lines() -> None:
 def test_requirements_are_hashable() -> None:
     r = req('MachineMetadata="a=1" b=2\nConflicts=x\n')
     assert hash(r) == hash(req('MachineMetadata="a=1" b=2\nConflicts=x\n'))
+
+
+def test_template_keeps_instance_specifiers_unchecked() -> None:
+    # Expanded for the template, %i is empty: "hostname=" was refused, so was the template.
+    r = req("MachineMetadata=hostname=%i\n", "metadata@.service")
+    assert r.metadata == (("hostname", ("%i",)),)
+    r = req("MachineID=%i\n", "pinned@.service")
+    assert r.machine_id == "%i"
+    r = req("MachineMetadata=%i\nConflicts=%i\nGlobal=%i\n", "odd@.service")
+    assert r.metadata == () and r.conflicts == ("%i",) and r.global_ is False
+    # MachineOf and Conflicts that might meet only once expanded: the instance decides.
+    assert req("MachineOf=db@%i.service\nConflicts=db@*.service\n", "web@.service").machine_of == ("db@%i.service",)
+
+
+def test_template_still_checks_values_without_instance_specifiers() -> None:
+    assert "malformed" in str(error("MachineMetadata=role=%p=x\n", "web@.service"))
+    assert "not a machine ID" in str(error("MachineID=%p\n", "web@.service"))
+    assert "cannot be combined" in str(error("MachineID=%i\nGlobal=true\n", "web@.service"))
+    # A literal %% is not a specifier.
+    assert "malformed" in str(error("MachineMetadata=host=%%i=\n", "web@.service"))
+
+
+def test_instance_of_a_lenient_template_is_checked() -> None:
+    assert req("MachineMetadata=hostname=%i\n", "metadata@node1.service").metadata == (("hostname", ("node1",)),)
+    assert "not a machine ID" in str(error("MachineID=%i\n", "pinned@nothex.service"))
+    assert "matched by this unit's own" in str(
+        error("MachineOf=db@%i.service\nConflicts=db@*.service\n", "web@1.service")
+    )

@@ -134,3 +134,15 @@ def test_instance_from_template_expands_instance() -> None:
 def test_instance_from_template_needs_an_instance_name(name: str) -> None:
     with pytest.raises(UnitNameError):
         instance_from_template(name, parse_unit_file(""))
+
+
+def test_template_with_specifiers_in_x_fleet_is_built_and_its_instances_checked() -> None:
+    text = "[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineMetadata=hostname=%i\nMachineID=%i\n"
+    template, warnings = build_unit("metadata@.service", text)
+    assert warnings == [] and template.is_template
+    body = instance_from_template("metadata@abc123.service", template.file)
+    instance, _ = build_unit("metadata@abc123.service", body)
+    assert instance.requirements.metadata == (("hostname", ("abc123",)),)
+    assert instance.requirements.machine_id == "abc123"
+    with pytest.raises(UnitFileError, match="not a machine ID"):
+        build_unit("metadata@node1.service", instance_from_template("metadata@node1.service", template.file))
