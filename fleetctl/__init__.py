@@ -21,7 +21,7 @@ Where fleetctl differs from fleet's (all deliberate)
   Unknown ``--fields`` names are usage errors naming the valid fields.
 - Every argument is checked before anything changes: one bad unit file (reported with
   file and line) means nothing is submitted.
-- ``--block-attempts``: one attempt is one second. Units that cannot be placed are shown
+- ``--block-attempts``: one attempt is two seconds, as in fleet. Units that cannot be placed are shown
   with the engine's reason while waiting and named with it when the attempts run out
   (fleet waited silently, forever by default). A terminal gets a live progress line.
 - ``start``/``load``/``stop``/``unload`` of a unit already in that desired state still

@@ -11,6 +11,7 @@ from fleetctl.errors import UsageError
 from fleetctl.output import (
     MACHINE_FIELDS,
     UNIT_FIELDS,
+    UNIT_FILE_ALIASES,
     UNIT_FILE_FIELDS,
     FieldError,
     dump_json,
@@ -24,14 +25,21 @@ from fleetctl.output import (
 )
 
 
-def _fields(args: argparse.Namespace, valid: Any, command: str) -> list[str]:
+def _fields(
+    args: argparse.Namespace, valid: Any, command: str, ctx: Context | None = None, aliases: Any = None
+) -> list[str]:
     text = args.fields
     if text is None:  # no --fields: the table's defaults, or every field for JSON
         text = ",".join(valid) if args.output == "json" else args.default_fields
     try:
-        return parse_fields(text, valid)
+        fields = parse_fields(text, valid, aliases)
     except FieldError as exc:
         raise UsageError(str(exc), command) from None
+    for name in fields:
+        if ctx is not None and aliases and name in aliases:
+            # fleet's words, so scripts that grep for them keep working
+            ctx.warn(f'WARNING: The "{name}" field is deprecated. Use "{aliases[name]}" instead')
+    return fields
 
 
 def _both(ctx: Context, first: Any, second: Any) -> tuple[Any, Any]:
@@ -70,9 +78,9 @@ def list_units(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def list_unit_files(ctx: Context, args: argparse.Namespace) -> int:
-    fields = _fields(args, UNIT_FILE_FIELDS, "list-unit-files")
+    fields = _fields(args, UNIT_FILE_FIELDS, "list-unit-files", ctx, UNIT_FILE_ALIASES)
     cluster = ctx.cluster
-    if "target" in fields and args.output != "json":
+    if ("target" in fields or "tmachine" in fields) and args.output != "json":
         units, machines = _both(ctx, cluster.units, cluster.machines)
     else:
         units, machines = cluster.units(), []

@@ -72,8 +72,11 @@ class Flag:
             if value < 0:
                 raise UsageError(f"invalid value {text} for {where}: must not be negative")
             return value
-        if self.kind == "choice" and text not in self.choices:
-            raise UsageError(f'invalid value "{text}" for {where}: one of {", ".join(self.choices)}')
+        if self.kind == "choice":
+            # Any case: fleet's own help spells the driver "API" (--driver=API).
+            if text.lower() not in self.choices:
+                raise UsageError(f'invalid value "{text}" for {where}: one of {", ".join(self.choices)}')
+            return text.lower()
         return text
 
 
@@ -88,7 +91,7 @@ GLOBAL_FLAGS: tuple[Flag, ...] = (
     Flag(
         "driver",
         "choice",
-        "Talk to the cluster through the fleet API (api) or to etcd directly (etcd).",
+        "Talk to the cluster through the fleet API (api, or fleet's spelling API) or to etcd directly (etcd).",
         "api",
         choices=DRIVERS,
     ),
@@ -128,7 +131,7 @@ _NO_BLOCK = Flag("no-block", "bool", "Do not wait until the units have reached t
 _ATTEMPTS = Flag(
     "block-attempts",
     "int",
-    "Wait at most N attempts (one second each) for the units to reach the state; 0 waits for ever.",
+    "Wait at most N attempts (two seconds each, as fleet) for the units to reach the state; 0 waits for ever.",
     0,
     metavar="N",
 )
@@ -153,7 +156,8 @@ COMMANDS: tuple[Command, ...] = (
         "<unit>...",
         "fleetctl.cmd_units:cmd_cat",
         positional=(("units", "+", "UNIT"),),
-        description="Prints the unit file as stored in the cluster (canonical form).",
+        description="Outputs the unit file that is currently loaded in the cluster. Useful to verify the correct "
+        "version of a unit is running. Prints the unit file as stored in the cluster (canonical form).",
     ),
     Command(
         "destroy",
@@ -162,6 +166,9 @@ COMMANDS: tuple[Command, ...] = (
         "fleetctl.cmd_units:cmd_destroy",
         (_NO_BLOCK, _ATTEMPTS),
         (("units", "+", "UNIT"),),
+        "Completely remove one or more running or submitted units from the cluster. Instructs systemd on the "
+        "host machine to destroy the unit, deferring to systemd completely for any custom stop directives "
+        "(i.e. ExecStop option in the unit file). Destroyed units are impossible to start unless re-submitted. "
         "Removes the units from the cluster (stopping and unloading them) and waits until no machine "
         "runs them any more. Globs match unit names in the cluster, e.g. 'web@*'.",
     ),
@@ -171,6 +178,8 @@ COMMANDS: tuple[Command, ...] = (
         "[<command>]",
         "",
         positional=(("topic", "?", "COMMAND"),),
+        description="Help provides help for any command in the application. Simply type fleetctl help "
+        "[path to command] for full details.",
     ),
     Command(
         "journal",
@@ -204,6 +213,7 @@ COMMANDS: tuple[Command, ...] = (
             Flag("sudo", "bool", "Accepted for compatibility with fleet (the journal is read by fleetd).", False),
         ),
         (("unit", 1, "UNIT"),),
+        "Outputs the journal of a unit by connecting to the machine that the unit occupies. "
         "Reads the unit's journal from the fleetd API of the machine running it (no SSH needed). "
         "For a global unit, every machine's lines, each prefixed with the machine's id.",
     ),
@@ -216,6 +226,8 @@ COMMANDS: tuple[Command, ...] = (
             *_LIST,
             Flag("fields", "str", f"Columns to print: machine,ip,metadata (default {DEFAULT_MACHINE_FIELDS}).", None),
         ),
+        description="Lists all active machines within the cluster. Previously active machines will not appear "
+        "in this list.",
         defaults={"default_fields": DEFAULT_MACHINE_FIELDS},
     ),
     Command(
@@ -232,6 +244,8 @@ COMMANDS: tuple[Command, ...] = (
                 None,
             ),
         ),
+        description="Lists all unit files that exist in the cluster (whether or not they are loaded onto a "
+        'machine). The deprecated field name "tmachine" means "target".',
         defaults={"default_fields": DEFAULT_UNIT_FILE_FIELDS},
     ),
     Command(
@@ -248,6 +262,7 @@ COMMANDS: tuple[Command, ...] = (
                 None,
             ),
         ),
+        description="Lists the state of all units in the cluster loaded onto a machine.",
         defaults={"default_fields": DEFAULT_UNIT_FIELDS},
     ),
     Command(
@@ -257,7 +272,9 @@ COMMANDS: tuple[Command, ...] = (
         "fleetctl.cmd_units:cmd_submit_load_start",
         (_REPLACE, _NO_BLOCK, _ATTEMPTS),
         (("units", "+", "UNIT"),),
-        "Arguments are unit files or names; an instance such as web@1.service is made from its "
+        "Load one or many units in the cluster into systemd, but do not start. Select units to load by glob "
+        "matching for units in the current working directory or matching the names of previously submitted "
+        "units. Arguments are unit files or names; an instance such as web@1.service is made from its "
         "template (in the cluster, or web@.service next to the argument).",
     ),
     Command(
@@ -267,6 +284,9 @@ COMMANDS: tuple[Command, ...] = (
         "fleetctl.cmd_units:cmd_restart",
         (_NO_BLOCK, _ATTEMPTS),
         (("units", "+", "UNIT"),),
+        "Restarts one or more units in the cluster. If they are stopped it starts them. Instructs systemd on "
+        "the host machine to stop then start the unit, deferring to systemd completely for any custom restart "
+        "directives (i.e. ExecStop options in the unit file). "
         "Stops the units, waits until they have stopped (on every machine, for global units), then starts them again.",
     ),
     Command(
@@ -281,6 +301,9 @@ COMMANDS: tuple[Command, ...] = (
             Flag("ssh-port", "int", "Connect to the remote machine's SSH daemon on this port.", 22),
         ),
         (("args", argparse.REMAINDER, "ARGS"),),
+        "Open an interactive shell on a specific machine in the cluster or on the machine where the specified "
+        "unit is located. fleetctl tries to detect whether your first argument is a machine or a unit. To skip "
+        "this check use the --machine or --unit flags. "
         "Runs the system ssh client against the machine's IP; --tunnel becomes ssh's -J.",
     ),
     Command(
@@ -290,6 +313,8 @@ COMMANDS: tuple[Command, ...] = (
         "fleetctl.cmd_units:cmd_submit_load_start",
         (_REPLACE, _NO_BLOCK, _ATTEMPTS),
         (("units", "+", "UNIT"),),
+        "Start one or many units on the cluster. Select units to start by glob matching for units in the "
+        "current working directory or matching names of previously submitted units. "
         "Waits until each unit is active on its machine (global units: only triggered).",
     ),
     Command(
@@ -298,7 +323,9 @@ COMMANDS: tuple[Command, ...] = (
         "<unit>...",
         "fleetctl.cmd_remote:cmd_status",
         positional=(("units", "+", "UNIT"),),
-        description="systemd's status of each unit, from the fleetd of the machine running it "
+        description="Output the status of one or more units currently running in the cluster. Supports glob "
+        "matching of units in the current working directory or matches previously started units. "
+        "systemd's status of each unit, from the fleetd of the machine running it "
         "(every machine for a global unit).",
     ),
     Command(
@@ -308,6 +335,9 @@ COMMANDS: tuple[Command, ...] = (
         "fleetctl.cmd_units:cmd_stop_unload",
         (_NO_BLOCK, _ATTEMPTS),
         (("units", "+", "UNIT"),),
+        "Stop one or more units from running in the cluster, but allow them to be started again in the future. "
+        "Instructs systemd on the host machine to stop the unit, deferring to systemd completely for any custom "
+        "stop directives (i.e. ExecStop option in the unit file).",
     ),
     Command(
         "submit",
@@ -316,6 +346,9 @@ COMMANDS: tuple[Command, ...] = (
         "fleetctl.cmd_units:cmd_submit_load_start",
         (_REPLACE,),
         (("units", "+", "UNIT"),),
+        "Upload one or more units to the cluster without starting them. Useful for validating units before they "
+        "are started. This operation is idempotent; if a named unit already exists in the cluster, it will not be "
+        "resubmitted (unless --replace is given).",
     ),
     Command(
         "unload",
@@ -324,8 +357,9 @@ COMMANDS: tuple[Command, ...] = (
         "fleetctl.cmd_units:cmd_stop_unload",
         (_NO_BLOCK, _ATTEMPTS),
         (("units", "+", "UNIT"),),
+        "Unschedule one or more units in the cluster.",
     ),
-    Command("version", "Print the version and exit", "", ""),
+    Command("version", "Print the version and exit", "", "", description="Print the version and exit"),
 )
 COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
 

@@ -144,21 +144,25 @@ UNIT_FILE_FIELDS: dict[str, UnitCell] = {
     "desc": lambda u, ms, full: _cell(u.get("error") or unit_info(u).description),
 }
 
+# Deprecated names fleet still accepted (with a warning on stderr), and the field each means.
+UNIT_FILE_ALIASES: dict[str, str] = {"tmachine": "target"}
+
 DEFAULT_MACHINE_FIELDS = "machine,ip,metadata"
 DEFAULT_UNIT_FIELDS = "unit,machine,active,sub"
 DEFAULT_UNIT_FILE_FIELDS = "unit,hash,dstate,state,target"
 
 
-def parse_fields(text: str, valid: Iterable[str]) -> list[str]:
+def parse_fields(text: str, valid: Iterable[str], aliases: Mapping[str, str] | None = None) -> list[str]:
     """``"unit,hash"`` -> ``["unit", "hash"]``; unknown or empty names raise
-    :class:`FieldError` naming the valid ones (case and surrounding spaces ignored)."""
+    :class:`FieldError` naming the valid ones (case and surrounding spaces ignored).
+    A name in ``aliases`` (a deprecated spelling) is accepted and kept as given."""
     names = list(valid)
     if not text.strip():
         raise FieldError(f"--fields must name at least one field (valid fields: {','.join(names)})")
     result = []
     for raw in text.split(","):
         name = raw.strip().lower()
-        if name not in names:
+        if name not in names and name not in (aliases or {}):
             raise FieldError(f'invalid field "{raw.strip()}" in --fields (valid fields: {",".join(names)})')
         result.append(name)
     return result
@@ -196,7 +200,7 @@ def list_unit_files_table(
     units: Iterable[Record], machines: Machines, fields: Sequence[str], full: bool, no_legend: bool
 ) -> str:
     ordered = sorted(units, key=lambda u: u["name"])
-    rows = [[UNIT_FILE_FIELDS[f](u, machines, full) for f in fields] for u in ordered]
+    rows = [[UNIT_FILE_FIELDS[UNIT_FILE_ALIASES.get(f, f)](u, machines, full) for f in fields] for u in ordered]
     return render(fields, rows, no_legend)
 
 
@@ -238,7 +242,7 @@ def unit_files_json(units: Iterable[Record], fields: Sequence[str]) -> list[dict
         "global": lambda u: is_global(u),
         "desc": lambda u: _or_none(u.get("error") or unit_info(u).description),
     }
-    return [{f: values[f](u) for f in fields} for u in sorted(units, key=lambda u: u["name"])]
+    return [{f: values[UNIT_FILE_ALIASES.get(f, f)](u) for f in fields} for u in sorted(units, key=lambda u: u["name"])]
 
 
 def dump_json(items: Any) -> str:
@@ -252,6 +256,7 @@ __all__ = [
     "FieldError",
     "MACHINE_FIELDS",
     "UNIT_FIELDS",
+    "UNIT_FILE_ALIASES",
     "UNIT_FILE_FIELDS",
     "dump_json",
     "format_metadata",

@@ -1,8 +1,9 @@
 """Blocking until units reach a state, as ``load``/``start``/``stop``/``unload``/``destroy``
 do, with fleet's messages and what fleet lacked: reasons and live progress.
 
-- One *attempt* is one second (``ATTEMPT_SECONDS``): ``--block-attempts=N`` waits at most
-  N seconds; 0 waits for ever. Within that the cluster is polled every 0.1-0.5 s.
+- One *attempt* is two seconds (``ATTEMPT_SECONDS``), as in fleet (its ``waitForState``
+  polls for up to ``defaultSleepTime``, 2 s, per attempt): ``--block-attempts=N`` waits at
+  most 2*N seconds; 0 waits for ever. Within that the cluster is polled every 0.1-0.5 s.
 - While a unit waits to be placed, the engine's reason it cannot be (``GET
   /unplaceable``) is printed once (again when it changes); when the attempts run out,
   every unit still waiting is named with that reason and the exit status is 1.
@@ -22,7 +23,7 @@ from fleetctl.client import Record
 from fleetctl.context import Context
 from fleetctl.output import machine_legend
 
-ATTEMPT_SECONDS = 1.0
+ATTEMPT_SECONDS = 2.0  # fleet's defaultSleepTime: how long one attempt may poll
 FIRST_POLL = 0.1
 MAX_POLL = 0.5
 PROGRESS_AFTER = 1.0  # seconds of waiting before the progress line appears

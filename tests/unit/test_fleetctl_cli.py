@@ -332,3 +332,47 @@ def test_node_transports_withhold_the_token_from_learnt_http_addresses() -> None
     plain = parse(["--endpoint", "http://10.0.0.1:54728", "list-units"], environ={}).config
     [learnt] = ApiClient(plain).node_transports(machine)
     assert not learnt.token_withheld and "pass the API token with --api-token-file" in unauthorized_hint(learnt)
+
+
+@pytest.mark.parametrize("spelling", ["API", "api", "Api"])
+def test_driver_names_in_any_case(spelling: str) -> None:
+    # fleet's help spells it --driver=API; FLEETCTL_DRIVER too
+    assert parse([f"--driver={spelling}", "list-units"], environ={}).config.driver == "api"
+    assert parse(["list-units"], environ={"FLEETCTL_DRIVER": spelling}).config.driver == "api"
+    assert parse(["--driver", "ETCD", "list-units"], environ={}).config.driver == "etcd"
+
+
+def test_every_command_has_a_description() -> None:
+    for command in COMMANDS:
+        assert command.description, command.name
+        assert "\nDESCRIPTION:\n\t" in command_help(command)
+    stop = command_help(next(c for c in COMMANDS if c.name == "stop"))
+    assert "Stop one or more units from running in the cluster, but allow them to be started again" in stop
+
+
+def test_one_block_attempt_is_fleets_two_seconds() -> None:
+    from fleetctl.waiting import ATTEMPT_SECONDS
+
+    assert ATTEMPT_SECONDS == 2.0  # fleet's defaultSleepTime per attempt
+
+
+def test_list_unit_files_accepts_tmachine_with_fleets_warning() -> None:
+    from fleetctl.cmd_list import list_unit_files
+    from fleetctl.context import Context
+
+    class Cluster:
+        def units(self) -> list[dict[str, object]]:
+            return [{"name": "a.service", "desiredState": "launched", "currentState": "launched", "machineID": "m1"}]
+
+        def machines(self) -> list[dict[str, object]]:
+            return [{"id": "m1", "primaryIP": "10.0.0.1", "metadata": {}}]
+
+    inv = parse(["list-unit-files", "--fields", "unit,dstate,state,tmachine"], environ={})
+    out, err = io.StringIO(), io.StringIO()
+    ctx = Context(inv.config, out, err, _cluster=Cluster())  # type: ignore[arg-type]
+    assert list_unit_files(ctx, inv.args) == 0
+    assert err.getvalue() == 'WARNING: The "tmachine" field is deprecated. Use "target" instead\n'
+    assert out.getvalue().splitlines() == [
+        "UNIT\t\tDSTATE\t\tSTATE\t\tTMACHINE",
+        "a.service\tlaunched\tlaunched\tm1.../10.0.0.1",
+    ]

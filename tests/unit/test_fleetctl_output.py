@@ -12,6 +12,7 @@ from fleetctl.output import (
     DEFAULT_UNIT_FILE_FIELDS,
     MACHINE_FIELDS,
     UNIT_FIELDS,
+    UNIT_FILE_ALIASES,
     UNIT_FILE_FIELDS,
     FieldError,
     dump_json,
@@ -259,3 +260,19 @@ def test_machines_json() -> None:
         {"machine": M1, "metadata": {"az": "us-west-1b", "region": "us-west"}},
         {"machine": M2, "metadata": {}},
     ]
+
+
+def test_list_unit_files_deprecated_tmachine_is_target() -> None:
+    # fleet accepted "tmachine" (the old name of "target"), with the header as given
+    fields = parse_fields("unit,dstate,state,tmachine", UNIT_FILE_FIELDS, UNIT_FILE_ALIASES)
+    assert fields == ["unit", "dstate", "state", "tmachine"]
+    assert list_unit_files_table(UNITS, MACHINES, ["unit", "tmachine"], False, False) == (
+        "UNIT\t\tTMACHINE\n"
+        "global.service\tglobal\n"
+        "hello.service\t113f16a7.../172.17.8.103\n"
+        "lost.service\t0c6e6eb2...\n"
+        "ping.service\t-\n"
+    )
+    assert [d["tmachine"] for d in unit_files_json(UNITS, ["tmachine"])] == ["global", M1, M3, None]
+    with pytest.raises(FieldError, match=r"valid fields: unit,hash,dstate,state,target,global,desc\)"):
+        parse_fields("tmachine", UNIT_FILE_FIELDS)  # only where the command accepts it
