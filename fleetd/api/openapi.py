@@ -109,13 +109,19 @@ SCHEMAS: dict[str, Any] = {
             f"and value in UTF-8 plus {OPTION_OVERHEAD_BYTES} bytes per option (413 beyond)."
         ),
         "type": "object",
-        "required": ["desiredState"],
         "properties": {
             "name": {
                 "type": ["string", "null"],
                 "description": "when given and not empty, must equal the name in the URL",
             },
-            "desiredState": _string(enum=_STATES),
+            "desiredState": {
+                "type": ["string", "null"],
+                "enum": [*_STATES, "", None],
+                "description": (
+                    "absent, null or empty (as fleet's client submits): a new unit is created inactive, "
+                    "a replaced unit keeps its desired state, and without new options it is a 409"
+                ),
+            },
             "options": {
                 "type": ["array", "null"],
                 "description": (
@@ -365,18 +371,21 @@ PATHS: dict[str, Any] = {
             "operationId": "Units.Set",
             "summary": "create a unit, replace its contents, or change its desired state",
             "description": (
-                "Creates the unit (201) when it does not exist: from its options, or an instance sent "
-                "without options from its template (404 when neither exists). Otherwise changes its "
-                "desired state (204); different options are refused (409) unless replace=true. A "
-                "template can only be inactive. The body is read as JSON whatever its Content-Type."
+                "As fleet's API: creates the unit (201) when it does not exist, from its options, or "
+                "an instance sent without options from its template (409 when neither exists); "
+                "different options replace the unit's file (201); otherwise changes its desired "
+                "state (204; 409 without desiredState). A template can only be inactive. The body "
+                "is read as JSON whatever its Content-Type."
             ),
             "parameters": [
-                _query("replace", {"type": "boolean"}, f"replace different contents: {_BOOL_WORDS}"),
+                _query(
+                    "replace", {"type": "boolean"}, f"accepted for older clients; a PUT replaces anyway: {_BOOL_WORDS}"
+                ),
             ],
             "requestBody": {"required": True, "content": {JSON: {"schema": _schema("UnitRequest")}}},
             "responses": _responses(
                 {
-                    "201": {"description": "created", "links": _UNIT_LINKS},
+                    "201": {"description": "created, or its file replaced", "links": _UNIT_LINKS},
                     "204": {"description": "changed, or already as asked", "links": _UNIT_LINKS},
                 },
                 "400",

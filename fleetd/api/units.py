@@ -18,7 +18,7 @@ from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError, refused
 from fleetd.api.params import json_body, listing, page, query_bool, unit_name
 from fleetd.model.limits import MAX_UNIT_BYTES, options_size, too_large
-from fleetd.model.submit import Action, Submission, SubmitError, desired_state, submission
+from fleetd.model.submit import Action, Refusal, Submission, SubmitError, desired_state, submission
 from fleetd.model.wire import units_json, unreadable_unit_json
 from fleetd.registry.registry import Registry
 
@@ -64,22 +64,30 @@ async def _read_submission(request: web.Request, name: str) -> Submission:
         if problem:
             raise ApiError(413, problem)
     try:
-        target = desired_state(body.get("desiredState"))
-        replace = query_bool(request, "replace")
-        result = submission(name, target, options, replace=replace)
+        target = desired_state(body.get("desiredState"), required=False)
+        query_bool(request, "replace")  # still checked; a plain PUT replaces, as in fleet
+        result = submission(name, target, options, replace=True)
     except SubmitError as exc:
-        raise refused(exc) from None
+        raise _refused(exc) from None
     for warning in result.warnings:
         log.info("unit %s: %s", name, warning)
     return result
 
 
+def _refused(exc: SubmitError) -> ApiError:
+    """fleet answers 409 for a unit that does not exist sent without options."""
+    if exc.kind is Refusal.NOT_FOUND:
+        return ApiError(409, f"unit does not exist and options field empty: {exc.message}")
+    return refused(exc)
+
+
 async def _apply(registry: Registry, request: Submission) -> int:
-    """Carry the request out; the HTTP status of success (201 created, 204 otherwise)."""
+    """Carry the request out; the HTTP status of success: 201 when a new body was stored
+    (created or replaced, as fleet answers), 204 when only the desired state changed."""
     decision = await registry.submit(request)
     for warning in decision.warnings:
         log.info("unit %s: %s", request.name, warning)
-    return 201 if decision.action is Action.CREATE else 204
+    return 201 if decision.action in (Action.CREATE, Action.REPLACE) else 204
 
 
 async def put_unit(request: web.Request) -> web.Response:
@@ -89,7 +97,7 @@ async def put_unit(request: web.Request) -> web.Response:
     try:
         return web.Response(status=await _apply(registry, wanted))
     except SubmitError as exc:
-        raise refused(exc) from None
+        raise _refused(exc) from None
 
 
 async def delete_unit(request: web.Request) -> web.Response:

@@ -79,6 +79,9 @@ class Submission:
     unit: Unit | None
     replace: bool = False
     warnings: tuple[str, ...] = ()
+    # no desiredState was sent (fleet's client on submit): ``desired`` is then inactive for a
+    # new unit, a replaced unit keeps its desired state, and a mere re-target is refused
+    desired_missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,11 @@ class Decision:
     warnings: tuple[str, ...] = ()
 
 
-def desired_state(value: Any) -> DesiredState:
-    """The request's ``desiredState``; required, one of inactive, loaded, launched."""
+def desired_state(value: Any, *, required: bool = True) -> DesiredState | None:
+    """The request's ``desiredState``: one of inactive, loaded, launched; when not
+    ``required``, absent (``None`` or ``""``, as fleet's client omits it) is ``None``."""
+    if not required and value in (None, ""):
+        return None
     if value is None:
         raise SubmitError(Refusal.INVALID, "desiredState is required (inactive, loaded or launched)")
     try:
@@ -121,7 +127,7 @@ def _build(name: str, file: UnitFile) -> tuple[Unit, tuple[str, ...]]:
     return unit, tuple(warnings)
 
 
-def submission(name: str, desired: DesiredState, options: object, *, replace: bool = False) -> Submission:
+def submission(name: str, desired: DesiredState | None, options: object, *, replace: bool = False) -> Submission:
     """Validate a request (rules 2 and 3). ``options`` is the API's list of
     ``{section, name, value}``; ``None`` or ``[]`` means no new body (fleet's own client
     sends ``[]`` that way)."""
@@ -129,10 +135,12 @@ def submission(name: str, desired: DesiredState, options: object, *, replace: bo
         info = parse_unit_name(name)
     except UnitNameError as exc:
         raise SubmitError(Refusal.INVALID, str(exc)) from None
-    if info.is_template and desired is not DesiredState.INACTIVE:
-        _check(None, desired, name)  # "cannot activate template ..."
+    missing = desired is None
+    target = DesiredState.INACTIVE if desired is None else desired
+    if info.is_template and target is not DesiredState.INACTIVE:
+        _check(None, target, name)  # "cannot activate template ..."
     if options is None or options == []:
-        return Submission(name, desired, None, replace)
+        return Submission(name, target, None, replace, desired_missing=missing)
     if not isinstance(options, list):
         raise SubmitError(Refusal.INVALID, "options must be a list of {section, name, value}")
     try:
@@ -140,7 +148,7 @@ def submission(name: str, desired: DesiredState, options: object, *, replace: bo
     except UnitFileError as exc:
         raise SubmitError(Refusal.INVALID, f"unit {name}: {exc}") from None
     unit, warnings = _build(name, file)
-    return Submission(name, desired, unit, replace, warnings)
+    return Submission(name, target, unit, replace, warnings, missing)
 
 
 def template_to_read(request: Submission, existing: StoredUnit | None) -> str | None:
@@ -171,8 +179,9 @@ def decide(request: Submission, existing: StoredUnit | None, template: StoredUni
     """Rules 4 to 6: what to write, given the unit as stored now (``None``: absent) and,
     when :func:`template_to_read` named one, that template as stored (``None``: absent).
     Raises :class:`SubmitError` for a refusal."""
-    name, target = request.name, request.desired
+    name = request.name
     if existing is None:
+        target = request.desired  # inactive when not sent, as fleet creates it
         warnings: tuple[str, ...] = ()
         if request.unit is not None:
             unit = request.unit
@@ -183,9 +192,13 @@ def decide(request: Submission, existing: StoredUnit | None, template: StoredUni
     if request.unit is not None and request.unit.file != existing.file:
         if not request.replace:
             raise SubmitError(Refusal.CONFLICT, f"unit {name} already exists with different contents; use --replace")
+        target = existing.desired if request.desired_missing else request.desired
         _check(existing.desired, target, name)
         unit = request.unit
         return Decision(Action.REPLACE, StoredUnit(name, unit.file, target), unit.requirements.global_)
+    target = request.desired
+    if request.desired_missing:
+        raise SubmitError(Refusal.CONFLICT, f"unit {name}: must provide desiredState to update existing unit")
     _check(existing.desired, target, name)
     if target is not DesiredState.INACTIVE and (problem := existing.file.problem()):
         raise SubmitError(

@@ -182,7 +182,6 @@ async def test_delete_unit(client: TestClient, registry: Registry) -> None:
             "malformed value",
         ),
         ("a.service", {"desiredState": "running", "options": opts(SERVICE)}, "invalid desiredState"),
-        ("a.service", {"options": opts(SERVICE)}, "desiredState is required"),
         ("a.service", {"name": "b.service", "desiredState": "launched", "options": opts(SERVICE)}, "does not match"),
         ("a.service", {"name": 7, "desiredState": "launched", "options": opts(SERVICE)}, "must be a string"),
         ("foo@.service", {"desiredState": "launched", "options": opts(TEMPLATE)}, "cannot activate template"),
@@ -228,17 +227,39 @@ async def test_template_may_be_submitted_inactive_and_instances_come_from_it(
     assert instance.file == parse_unit_file(TEMPLATE)
     assert instance.desired is DesiredState.LAUNCHED
 
-    # an instance whose template is not there: a clear 404, nothing stored
-    message = await error_of(await put(client, "baz@1.service", desiredState="launched"), 404)
+    # an instance whose template is not there: fleet's 409, nothing stored
+    message = await error_of(await put(client, "baz@1.service", desiredState="launched"), 409)
     assert "baz@.service" in message
     assert await registry.get_unit("baz@1.service") is None
 
 
-async def test_new_plain_unit_without_options_is_404(client: TestClient, registry: Registry) -> None:
-    message = await error_of(await put(client, "new.service", desiredState="launched"), 404)
-    assert "new.service" in message and "options" in message
-    message = await error_of(await put(client, "new.service", desiredState="launched", options=[]), 404)
+async def test_new_plain_unit_without_options_is_409(client: TestClient, registry: Registry) -> None:
+    message = await error_of(await put(client, "new.service", desiredState="launched"), 409)
+    assert message.startswith("unit does not exist and options field empty")  # fleet's message
+    assert "new.service" in message
+    await error_of(await put(client, "new.service", desiredState="launched", options=[]), 409)
+    await error_of(await put(client, "new.service"), 409)
     assert await snapshot(registry) == []
+
+
+async def test_put_without_desired_state_as_fleets_client_submits(client: TestClient, registry: Registry) -> None:
+    # fleet's client submits {"name", "options"}: the unit is created inactive
+    assert (await put(client, "a.service", name="a.service", options=opts(SERVICE))).status == 201
+    stored = await registry.get_unit("a.service")
+    assert stored is not None and stored.desired is DesiredState.INACTIVE
+    assert (await put(client, "b.service", desiredState="", options=opts(SERVICE))).status == 201
+    assert (await put(client, "a.service", desiredState="launched")).status == 204
+    # new options without a desired state: the file is replaced, the desired state kept
+    assert (await put(client, "a.service", options=opts(SERVICE2))).status == 201
+    stored = await registry.get_unit("a.service")
+    assert stored is not None and stored.desired is DesiredState.LAUNCHED
+    assert stored.file == parse_unit_file(SERVICE2)
+    # an existing unit with no new options and no desired state: fleet's 409
+    before = await snapshot(registry)
+    message = await error_of(await put(client, "a.service", name="a.service"), 409)
+    assert "must provide desiredState" in message
+    await error_of(await put(client, "a.service", options=opts(SERVICE2)), 409)
+    assert await snapshot(registry) == before
 
 
 async def test_existing_unit_changes_desired_state(client: TestClient, registry: Registry) -> None:
@@ -256,25 +277,26 @@ async def test_existing_unit_changes_desired_state(client: TestClient, registry:
     assert stored.file == parse_unit_file(SERVICE)
 
 
-async def test_different_options_conflict_unless_replace(client: TestClient, registry: Registry) -> None:
+async def test_different_options_replace_the_file_with_201(client: TestClient, registry: Registry) -> None:
     assert (await put(client, "a.service", desiredState="loaded", options=opts(SERVICE))).status == 201
-    before = await snapshot(registry)
-    message = await error_of(await put(client, "a.service", desiredState="launched", options=opts(SERVICE2)), 409)
-    assert message == "unit a.service already exists with different contents; use --replace"
-    assert await snapshot(registry) == before
-
-    response = await put(client, "a.service", "?replace=true", desiredState="launched", options=opts(SERVICE2))
-    assert response.status == 204
+    # as in fleet, a plain PUT with different options replaces the unit's file: 201
+    response = await put(client, "a.service", desiredState="launched", options=opts(SERVICE2))
+    assert response.status == 201
     stored = await registry.get_unit("a.service")
     assert stored is not None
     assert stored.file == parse_unit_file(SERVICE2) and stored.desired is DesiredState.LAUNCHED
 
+    response = await put(client, "a.service", "?replace=true", desiredState="launched", options=opts(SERVICE))
+    assert response.status == 201
+    stored = await registry.get_unit("a.service")
+    assert stored is not None and stored.file == parse_unit_file(SERVICE)
+
     # replace can also turn a unit global (and back): the global copy follows
     response = await put(client, "a.service", "?replace=true", desiredState="launched", options=opts(GLOBAL))
-    assert response.status == 204
+    assert response.status == 201
     assert "a.service" in (await registry.global_units())[0]
     response = await put(client, "a.service", "?replace=1", desiredState="launched", options=opts(SERVICE))
-    assert response.status == 204
+    assert response.status == 201
     assert "a.service" not in (await registry.global_units())[0]
     assert "replace" in await error_of(
         await put(client, "a.service", "?replace=maybe", desiredState="launched", options=opts(SERVICE2)), 400

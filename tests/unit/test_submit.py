@@ -112,3 +112,26 @@ def test_every_state_is_reachable_from_every_other() -> None:
 def test_giving_up_is_busy() -> None:
     busy = gave_up("a.service")
     assert busy.kind is Refusal.BUSY and busy.message == "unit a.service kept changing while being updated; try again"
+
+
+def test_without_a_desired_state_a_new_unit_is_inactive() -> None:
+    # fleet's client submits a unit with its options only
+    request = submission("a.service", desired_state(None, required=False), SERVICE.to_options())
+    assert request.desired_missing and request.desired is INACTIVE
+    decision = decide(request, None)
+    assert decision.action is Action.CREATE and decision.stored == StoredUnit("a.service", SERVICE, INACTIVE)
+    assert desired_state("", required=False) is None
+    assert refusal(desired_state, None).kind is Refusal.INVALID
+
+
+def test_without_a_desired_state_a_replaced_unit_keeps_its_own() -> None:
+    existing = StoredUnit("a.service", SERVICE, LAUNCHED)
+    decision = decide(submission("a.service", None, OTHER.to_options(), replace=True), existing)
+    assert decision.action is Action.REPLACE and decision.stored == StoredUnit("a.service", OTHER, LAUNCHED)
+
+
+def test_without_a_desired_state_an_existing_unit_cannot_be_retargeted() -> None:
+    existing = StoredUnit("a.service", SERVICE, LOADED)
+    for options in (None, SERVICE.to_options()):
+        conflict = refusal(decide, submission("a.service", None, options), existing)
+        assert conflict.kind is Refusal.CONFLICT and "must provide desiredState" in conflict.message
