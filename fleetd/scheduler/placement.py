@@ -20,7 +20,9 @@ Replaces moves a unit that is already placed: the replaced unit (and its Machine
 followers) go back in the queue, units that found no machine get one more try, and global
 units are decided again against the final schedule. A unit is moved by Replaces at most
 once per plan, so a ring of units replacing each other cannot loop; such a chain settles
-over the next plan or two instead.
+over the next plan or two instead. Of two units that replace each other only one is ever
+scheduled: the one already placed, else the first by name (replace_cycles.py); the other is
+unplaceable with the cycle as its reason.
 
 "Placed first" cannot be known from a snapshot, so between two conflicting placed units
 the one earlier in placement order (a MachineOf target, else the smaller name) stays.
@@ -53,6 +55,7 @@ from fleetd.scheduler.occupancy import Occupancy
 from fleetd.scheduler.ordering import machine_of_order
 from fleetd.scheduler.ranking import Ranking
 from fleetd.scheduler.reasons import plural, summarise
+from fleetd.scheduler.replace_cycles import replace_cycles
 from fleetd.scheduler.snapshot import Snapshot
 from fleetd.scheduler.tasks import Place, Plan, Task, Unplace
 
@@ -84,8 +87,13 @@ class _Planner:
         self.occupancy = Occupancy(sorted(snapshot.machines), {n: j.requirements for n, j in active.items()})
         self.ctx = Context(snapshot.machines, snapshot.jobs, self.occupancy)
         order = machine_of_order(self.engine_reqs)
-        self.order = order.units
         self.cycles = order.cycles
+        # Of two units that replace each other only one is scheduled (replace_cycles.py);
+        # the other is kept out like a unit on a MachineOf cycle.
+        live = {u for u, m in snapshot.placements.items() if m in snapshot.machines and u in self.engine_reqs}
+        for unit, reason in replace_cycles(self.engine_reqs, live).items():
+            self.cycles.setdefault(unit, reason)
+        self.order = [unit for unit in order.units if unit not in self.cycles]
         self.rank = {name: index for index, name in enumerate(self.order)}
         self.followers: dict[str, list[str]] = {}
         for name, req in self.engine_reqs.items():

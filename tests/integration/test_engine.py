@@ -212,6 +212,25 @@ async def test_template_with_specifiers_in_x_fleet_places_its_instances(sim: Sim
     assert "meta@.service" not in await registry.unplaceable()
 
 
+async def test_units_replacing_each_other_run_one_at_a_time(sim: SimCluster) -> None:
+    # fleet's TestScheduleCircularReplace: of two units that replace each other only one
+    # may be active; here the one already running stays.
+    await three_machines(sim)
+    await sim.submit("replace.0.service", with_fleet("Replaces=replace-kick0.service"))
+    await wait_until_async(lambda: len(sim.where("replace.0.service")) == 1, 10, "replace.0 running")
+    running = sim.where("replace.0.service")
+    await sim.submit("replace-kick0.service", with_fleet("Replaces=replace.0.service"))
+    registry = sim.registry()
+
+    async def reason() -> str | None:
+        return (await registry.unplaceable()).get("replace-kick0.service")
+
+    found = await eventually(reason, 10, "an unplaceable reason for replace-kick0")
+    assert "Replaces cycle: replace-kick0.service -> replace.0.service" in found, found
+    assert sim.where("replace-kick0.service") == []
+    assert sim.where("replace.0.service") == running
+
+
 async def test_a_deposed_engine_cannot_write(sim: SimCluster) -> None:
     await three_machines(sim)
     await wait_until_async(lambda: sim.leader() is not None, 10, "a leader")

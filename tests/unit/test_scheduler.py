@@ -33,6 +33,7 @@ from fleetd.scheduler.occupancy import GlobIndex
 from fleetd.scheduler.ordering import machine_of_order
 from fleetd.scheduler.ranking import Ranking
 from fleetd.scheduler.reasons import counted, name_list
+from fleetd.scheduler.replace_cycles import replace_cycles
 
 INACTIVE, LOADED, LAUNCHED = DesiredState.INACTIVE, DesiredState.LOADED, DesiredState.LAUNCHED
 
@@ -306,6 +307,63 @@ CASES = [
             Place("new.service", A, "replaces old.service there"),
             Place("old.service", B, LL0),
             Place("side.service", B, "MachineOf target old.service is there"),
+        ],
+    ),
+    Case(
+        "replaces-cycle-neither-placed-first-name-runs",
+        [A, B],
+        [unit("a.service", "Replaces=b.service"), unit("b.service", "Replaces=a.service")],
+        {},
+        [Place("a.service", A, LL0)],
+        {
+            "b.service": "Replaces cycle: b.service -> a.service -> b.service; "
+            "only one may run and a.service was chosen (first by name)"
+        },
+    ),
+    Case(
+        "replaces-cycle-the-placed-one-stays",
+        [A, B],
+        [unit("a.service", "Replaces=b*.service"), unit("b.service", "Replaces=a.service")],
+        {"b.service": B},
+        [],
+        {
+            "a.service": "Replaces cycle: a.service -> b.service -> a.service; "
+            "only one may run and b.service was chosen (already placed)"
+        },
+    ),
+    Case(
+        "replaces-cycle-both-placed-first-name-stays-and-followers-wait",
+        [A, B],
+        [
+            unit("a.service", "Replaces=b.service"),
+            unit("b.service", "Replaces=a.service"),
+            unit("side.service", "MachineOf=b.service"),
+        ],
+        {"a.service": A, "b.service": B},
+        [
+            Unplace(
+                "b.service",
+                B,
+                "Replaces cycle: b.service -> a.service -> b.service; "
+                "only one may run and a.service was chosen (first by name)",
+            )
+        ],
+        {
+            "b.service": "Replaces cycle: b.service -> a.service -> b.service; "
+            "only one may run and a.service was chosen (first by name)",
+            "side.service": "MachineOf target b.service is on a Replaces cycle: b.service -> a.service -> "
+            "b.service; only one may run and a.service was chosen (first by name)",
+        },
+    ),
+    Case(
+        "replaces-one-way-is-not-a-cycle",
+        [A, B],
+        [unit("a.service", "Replaces=b.service"), unit("b.service", "Replaces=c.service")],
+        {"b.service": A},
+        [
+            Unplace("b.service", A, "replaced by a.service"),
+            Place("a.service", A, "replaces b.service there"),
+            Place("b.service", B, LL0),
         ],
     ),
     # --- MachineID ---------------------------------------------------------------------------
@@ -706,3 +764,23 @@ def test_ten_thousand_units_on_a_hundred_machines_spread_evenly() -> None:
     for machine in result.placements.values():
         per_machine[machine] = per_machine.get(machine, 0) + 1
     assert set(per_machine.values()) == {100}
+
+
+def test_replace_cycles_pairs_and_stars() -> None:
+    reqs = {
+        j.name: j.requirements
+        for j in (
+            unit("hub.service", "Replaces=x*.service"),
+            unit("x1.service", "Replaces=hub.service"),
+            unit("x2.service", "Replaces=hub.service"),
+            unit("self.service", "Replaces=self.service"),
+            unit("ring1.service", "Replaces=ring2.service"),
+            unit("ring2.service", "Replaces=ring3.service"),
+            unit("ring3.service", "Replaces=ring1.service"),
+        )
+    }
+    # hub wins on its name; both x units lose to it. A self-replace and a longer ring are no pair.
+    assert sorted(replace_cycles(reqs, set())) == ["x1.service", "x2.service"]
+    # With x1 placed, x1 stays, hub loses to it, and x2 (whose only partner lost) runs.
+    losers = replace_cycles(reqs, {"x1.service"})
+    assert list(losers) == ["hub.service"] and "x1.service was chosen (already placed)" in losers["hub.service"]
