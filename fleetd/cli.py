@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import TextIO
 
 from fleetd import __version__
-from fleetd.config import Config, ConfigError, load_config
+from fleetd.config import Config, ConfigError, load_config, log_level
 
 USAGE = """usage: fleetd [--config PATH] [--OPTION=VALUE ...] [--debug|-v] | --version | --help
 
@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         refuse(str(exc), exc.hint)
         return EXIT_CONFIG
     debug = config.verbosity >= 1
-    logging.getLogger().setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger().setLevel(log_level(config))
+    log.debug("configuration: %r", config)  # repr() leaves the secrets out
     from fleetd.server import Daemon, StartupError
 
     daemon: Daemon | None = None

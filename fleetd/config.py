@@ -8,12 +8,15 @@ line where every user can read it).
 
 Errors name the source and the option: ``/etc/fleet/fleet.conf:4: agent_ttl: invalid
 duration "ten"``. Unknown options in the file are warnings (an upgrade or a downgrade must
-not stop a machine from booting), unknown flags are errors.
+not stop a machine from booting), unknown flags are errors. fleet's options that have no
+effect here (``IGNORED_OPTIONS``) are accepted from every source with a warning saying why,
+and a malformed metadata pair is skipped with a warning naming it, as fleet skipped it.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -85,6 +88,11 @@ class Config:
         )
 
 
+def log_level(config: Config) -> int:
+    """fleet's rule: ``verbosity`` of 1 or more turns on debug logging."""
+    return logging.DEBUG if config.verbosity >= 1 else logging.INFO
+
+
 # -- value parsers ------------------------------------------------------------------------
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -123,15 +131,46 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
+def _metadata_pair(pair: str) -> tuple[str, str] | None:
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip() or not value.strip() or "=" in value:
+        return None
+    return key.strip(), value.strip()
+
+
 def parse_metadata(text: str) -> dict[str, str]:
-    """``k=v,k2=v2`` -> mapping; a malformed pair is an error (fleet ignored it silently)."""
-    result: dict[str, str] = {}
-    for pair in parse_list(text):
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip() or not value.strip() or "=" in value:
-            raise ValueError(f'invalid metadata pair "{pair}" (use key=value,key2=value2)')
-        result[key.strip()] = value.strip()
-    return result
+    """``k=v,k2=v2`` -> mapping. A malformed pair is skipped, as fleet skipped it; fleetd
+    warns about each (:func:`malformed_metadata`), so the valid pairs keep the machine
+    schedulable and the operator still learns about the typo."""
+    pairs = (_metadata_pair(pair) for pair in parse_list(text))
+    return dict(pair for pair in pairs if pair is not None)
+
+
+def malformed_metadata(text: str) -> list[str]:
+    """The pairs of ``k=v,k2=v2`` that :func:`parse_metadata` skips."""
+    return [pair for pair in parse_list(text) if _metadata_pair(pair) is None]
+
+
+def _metadata_warnings(text: str, where: str) -> list[str]:
+    return [
+        f'{where}: metadata: malformed pair "{pair}" skipped (use key=value,key2=value2)'
+        for pair in malformed_metadata(text)
+    ]
+
+
+# fleet's options that mean nothing here: accepted from every source (a fleet.conf, unit or
+# environment written for fleet must not stop fleetd), each with a warning saying why.
+IGNORED_OPTIONS: dict[str, str] = {
+    "enable_grpc": "fleet's gRPC link between engine and agents; here they talk only through etcd",
+    "disable_watches": "fleetd always follows etcd v3 watches; there is no polling mode to switch to",
+    "verify_units": "deprecated and ignored by fleet itself",
+    "authorized_keys_file": "deprecated and ignored by fleet itself",
+}
+_IGNORED_BOOLS = ("enable_grpc", "disable_watches", "verify_units")
+
+
+def ignored_warning(where: str, name: str) -> str:
+    return f"{where}: {name} has no effect in fleet-py ({IGNORED_OPTIONS[name]}); ignored"
 
 
 def _parse_int(text: str) -> int:
@@ -209,10 +248,15 @@ def parse_config_file(text: str, source: str, base: Config | None = None) -> tup
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
+        if name in IGNORED_OPTIONS:
+            warnings.append(ignored_warning(where, name))
+            continue
         if name not in PARSERS:
             warnings.append(f"{where}: unknown option {key.strip()!r} ignored")
             continue
         config = _apply(config, name, value, where)
+        if name == "metadata":
+            warnings.extend(_metadata_warnings(value, where))
         seen.append(name)
     _check_secret_pairs(seen, source, str)
     return config, warnings
@@ -295,7 +339,8 @@ def split_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
         name, sep, value = arg[2:].partition("=")
         key = name.replace("-", "_")
         if not sep:
-            if key in PARSERS and PARSERS[key] is parse_bool and (not args or args[0].startswith("--")):
+            boolean = key in _IGNORED_BOOLS or (key in PARSERS and PARSERS[key] is parse_bool)
+            if boolean and (not args or args[0].startswith("--")):
                 value = "true"
             elif args:
                 value = args.pop(0)
@@ -316,6 +361,17 @@ def load_config(
     flags, rest = split_flags(argv)
     if rest:
         raise ConfigError(f"unexpected argument {rest[0]!r}")
+    late_warnings: list[str] = []
+    for name in IGNORED_OPTIONS:
+        if environment_variable(name) in environ:
+            late_warnings.append(ignored_warning(environment_variable(name), name))
+        if name in flags:
+            del flags[name]
+            late_warnings.append(ignored_warning(flag(name), name))
+    if environment_variable("metadata") in environ:
+        late_warnings.extend(_metadata_warnings(environ[environment_variable("metadata")], "FLEET_METADATA"))
+    if "metadata" in flags:
+        late_warnings.extend(_metadata_warnings(flags["metadata"], flag("metadata")))
     path = flags.pop("config", None) or environ.get("FLEET_CONFIG") or DEFAULT_CONFIG_FILE
     explicit = path != DEFAULT_CONFIG_FILE
     text = _read(read_file, path, f"{path}: cannot read the configuration file")
@@ -332,6 +388,7 @@ def load_config(
         config, warnings = parse_config_file(text, path)
     config = apply_environment(config, environ)
     config = apply_flags(config, flags)
+    warnings.extend(late_warnings)
     for secret, option in SECRET_FILES.items():
         if secret in flags:
             warnings.append(

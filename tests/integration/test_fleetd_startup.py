@@ -88,15 +88,43 @@ def test_debug_logging_shows_the_traceback(conf: Path, debug: list[str]) -> None
     assert run.err[-2:] == [DBUS_ERROR, DBUS_HINT]
 
 
+@pytest.mark.parametrize("where", ["file", "environment"])
+def test_verbosity_1_turns_on_debug_logging(conf: Path, where: str) -> None:
+    if where == "file":
+        conf.write_text(conf.read_text() + "verbosity=1\n")
+        run = fleetd("--config", str(conf))
+    else:
+        run = fleetd("--config", str(conf), env={"FLEET_VERBOSITY": "1"})
+    assert run.code == 1
+    assert any(line.startswith("DEBUG fleetd: configuration: Config(") for line in run.err), run.err
+    assert "Traceback (most recent call last)" in run.text
+    assert not any(line.startswith("DEBUG") for line in fleetd("--config", str(conf), "--verbosity=0").err)
+
+
+def test_fleets_options_without_effect_are_warnings(conf: Path) -> None:
+    run = fleetd("--config", str(conf), env={"FLEET_ENABLE_GRPC": "true", "FLEET_DISABLE_WATCHES": "1"})
+    assert run.code == 1
+    assert run.err[:2] == [
+        "WARNING fleetd: FLEET_ENABLE_GRPC: enable_grpc has no effect in fleet-py (fleet's gRPC link between "
+        "engine and agents; here they talk only through etcd); ignored",
+        "WARNING fleetd: FLEET_DISABLE_WATCHES: disable_watches has no effect in fleet-py (fleetd always "
+        "follows etcd v3 watches; there is no polling mode to switch to); ignored",
+    ]
+    assert run.err[2:] == [DBUS_ERROR, DBUS_HINT]
+
+
 def test_bad_option_values_are_one_line(conf: Path) -> None:
     run = fleetd("--config", str(conf), "--agent-ttl=ten")
     assert (run.code, run.err) == (
         2,
         ['fleetd: --agent-ttl: agent_ttl: invalid duration "ten" (use e.g. 30s, 1m30s, 500ms)'],
     )
-    run = fleetd("--config", str(conf), env={"FLEET_METADATA": "region"})
-    assert run.code == 2 and run.err == [
-        'fleetd: FLEET_METADATA: metadata: invalid metadata pair "region" (use key=value,key2=value2)'
+    # a malformed metadata pair is skipped with a warning (as fleet skipped it), not a refusal
+    run = fleetd("--config", str(conf), env={"FLEET_METADATA": "region,disk=ssd"})
+    assert run.code == 1 and run.err == [
+        'WARNING fleetd: FLEET_METADATA: metadata: malformed pair "region" skipped (use key=value,key2=value2)',
+        DBUS_ERROR,
+        DBUS_HINT,
     ]
     run = fleetd("--config", str(conf), "--frobnicate=1")
     assert (run.code, run.err) == (

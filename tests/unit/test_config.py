@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from fleetd.config import (
+    IGNORED_OPTIONS,
     Config,
     ConfigError,
     load_config,
+    log_level,
+    malformed_metadata,
     parse_config_file,
     parse_duration,
     parse_metadata,
@@ -32,8 +37,50 @@ def test_bad_durations(text: str) -> None:
 def test_metadata_and_bad_pairs() -> None:
     assert parse_metadata("region=us-west, disk=ssd") == {"region": "us-west", "disk": "ssd"}
     for bad in ("region", "=x", "k=", "a=b=c"):
-        with pytest.raises(ValueError, match="invalid metadata pair"):
-            parse_metadata(bad)
+        # skipped, as fleet skipped it; the valid pairs are kept
+        assert parse_metadata(f"az=1,{bad},disk=ssd") == {"az": "1", "disk": "ssd"}
+        assert malformed_metadata(f"az=1,{bad},disk=ssd") == [bad]
+
+
+def test_malformed_metadata_is_a_warning_naming_the_pair_in_every_source() -> None:
+    files = {"/etc/fleet/fleet.conf": "public_ip=1.1.1.1\nmetadata=region=eu,oops\n"}
+    config, warnings = load_config([], {}, files.get)
+    assert config.metadata == {"region": "eu"}
+    assert warnings == ['/etc/fleet/fleet.conf:2: metadata: malformed pair "oops" skipped (use key=value,key2=value2)']
+    config, warnings = load_config([], {"FLEET_METADATA": "region,disk=ssd"}, lambda path: None)
+    assert config.metadata == {"disk": "ssd"}
+    assert warnings == ['FLEET_METADATA: metadata: malformed pair "region" skipped (use key=value,key2=value2)']
+    config, warnings = load_config(["--metadata", "a=b=c,x=y"], {}, lambda path: None)
+    assert config.metadata == {"x": "y"}
+    assert warnings == ['--metadata: metadata: malformed pair "a=b=c" skipped (use key=value,key2=value2)']
+
+
+@pytest.mark.parametrize("name", ["enable_grpc", "disable_watches"])
+def test_fleets_options_without_effect_are_accepted_with_a_warning_everywhere(name: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    variable = "FLEET_" + name.upper()
+    config, warnings = load_config([], {variable: "true"}, lambda path: None)
+    assert config == Config()
+    assert warnings == [f"{variable}: {name} has no effect in fleet-py ({IGNORED_OPTIONS[name]}); ignored"]
+    config, warnings = load_config([flag, "--disable-engine"], {}, lambda path: None)
+    assert config == Config(disable_engine=True)
+    assert warnings == [f"{flag}: {name} has no effect in fleet-py ({IGNORED_OPTIONS[name]}); ignored"]
+    config, warnings = load_config([], {}, {"/etc/fleet/fleet.conf": f"{name}=true\n"}.get)
+    assert config == Config()
+    assert warnings == [f"/etc/fleet/fleet.conf:1: {name} has no effect in fleet-py ({IGNORED_OPTIONS[name]}); ignored"]
+    assert "etcd" in IGNORED_OPTIONS[name]  # the reason says why
+
+
+def test_verbosity_one_means_debug() -> None:
+    for argv, environ, text in (
+        ([], {}, "verbosity=1\n"),
+        ([], {"FLEET_VERBOSITY": "1"}, ""),
+        (["--verbosity=1"], {}, ""),
+    ):
+        config, _ = load_config(argv, environ, {"/etc/fleet/fleet.conf": text}.get)
+        assert config.verbosity == 1
+        assert log_level(config) == logging.DEBUG
+    assert log_level(Config()) == logging.INFO
 
 
 def test_file_parsing_quotes_comments_lists_and_warnings() -> None:
