@@ -112,16 +112,33 @@ class FilterKind(StrEnum):
 FilterStep = tuple[FilterKind, Filter]
 
 
+def required_target(req: Requirements) -> tuple[str, str] | None:
+    """The machine a unit must run on, as ``(value, option)``; ``None`` if any will do.
+
+    ``MachineID=`` (or ``X-ConditionMachineID=``) first; else the deprecated
+    ``X-ConditionMachineBootID=``, which fleet's ``RequiredTarget`` also compared with the
+    machine's *ID* (no machine record carries a boot id): "unlikely to actually work as
+    the user intends, but better to prevent a job from starting than to ignore it".
+    """
+    if req.machine_id is not None:
+        return req.machine_id, "MachineID"
+    if req.machine_boot_id is not None:
+        return req.machine_boot_id, "X-ConditionMachineBootID"
+    return None
+
+
 def machine_id_filter(ctx: Context, unit: str, machine: str) -> str | None:
-    """``MachineID=``: only the machine it names (full id or unique prefix)."""
-    value = ctx.requirements(unit).machine_id
-    if value is None:
+    """``MachineID=``: only the machine it names (full id or unique prefix); the deprecated
+    ``X-ConditionMachineBootID=`` is read as a machine ID, as fleet did."""
+    target = required_target(ctx.requirements(unit))
+    if target is None:
         return None
+    value, option = target
     resolved = ctx.resolve(value)
     if resolved.machine is None:
-        return resolved.reason
+        return resolved.reason if option == "MachineID" else f"{option}={value}: {resolved.reason}"
     if resolved.machine != machine:
-        return f"MachineID={value} selects machine {short_id(resolved.machine)}"
+        return f"{option}={value} selects machine {short_id(resolved.machine)}"
     return None
 
 

@@ -42,6 +42,7 @@ from fleetd.model.requirements import Metadata, Requirements
 from fleetd.model.state import short_id
 from fleetd.scheduler.filters import (
     DYNAMIC_FILTERS,
+    FILTERS,
     Context,
     FilterKind,
     FilterStep,
@@ -49,6 +50,7 @@ from fleetd.scheduler.filters import (
     first_rejection,
     metadata_filter,
     replaces_filter,
+    required_target,
 )
 from fleetd.scheduler.global_units import decide_globals, scheduled_context
 from fleetd.scheduler.occupancy import Occupancy
@@ -221,12 +223,16 @@ class _Planner:
         ctx = self.ctx
         if not ctx.machines:
             return None, "no machines in the cluster"
-        if req.machine_id is not None:
-            resolved = ctx.resolve(req.machine_id)
+        target = required_target(req)
+        if target is not None:
+            value, option = target
+            resolved = ctx.resolve(value)
             if resolved.machine is None:
-                return None, resolved.reason
-            context = f"MachineID={req.machine_id} selects machine {short_id(resolved.machine)}"
-            return self._pinned(unit, resolved.machine, context, f"MachineID={req.machine_id}")
+                return None, resolved.reason if option == "MachineID" else f"{option}={value}: {resolved.reason}"
+            context = f"{option}={value} selects machine {short_id(resolved.machine)}"
+            # MachineID excludes MachineOf when parsed; the deprecated boot id does not.
+            checks = PINNED_FILTERS if option == "MachineID" else FILTERS
+            return self._pinned(unit, resolved.machine, context, f"{option}={value}", checks)
         if req.machine_of:
             return self._follow(unit, req)
         preferred = self._replacing(unit)
@@ -250,8 +256,10 @@ class _Planner:
                 rejections.append(rejection)
         return None, summarise(ctx, unit, rejections)
 
-    def _pinned(self, unit: str, machine: str, context: str, why: str) -> tuple[str | None, str]:
-        rejection = first_rejection(self.ctx, unit, machine, PINNED_FILTERS)
+    def _pinned(
+        self, unit: str, machine: str, context: str, why: str, checks: tuple[FilterStep, ...] = PINNED_FILTERS
+    ) -> tuple[str | None, str]:
+        rejection = first_rejection(self.ctx, unit, machine, checks)
         if rejection is not None:
             return None, f"{context}: {rejection.reason}"
         return machine, why

@@ -42,6 +42,9 @@ B = "bbbbbbbb" + "0" * 24
 C = "cccccccc" + "0" * 24
 D = "dddddddd" + "0" * 24
 
+BOOT = "6a0e2a4c-8f1b-4a7e-9d3c-2b5f1e0c7a91"  # a real boot id: no machine has it as its ID
+NO_BOOT = f"X-ConditionMachineBootID={BOOT}: no machine with ID {BOOT}"
+
 LL0 = "least loaded eligible machine (0 units)"
 LL1 = "least loaded eligible machine (1 unit)"
 LL2 = "least loaded eligible machine (2 units)"
@@ -365,6 +368,49 @@ CASES = [
             Place("a.service", A, "replaces b.service there"),
             Place("b.service", B, LL0),
         ],
+    ),
+    # --- X-ConditionMachineBootID: a machine ID, as fleet's RequiredTarget read it ----------
+    Case(
+        "boot-id-is-read-as-a-machine-id",
+        [A, B, C],
+        [
+            unit("boot.service", f"X-ConditionMachineBootID={B}"),
+            unit("moved.service", "X-ConditionMachineBootID=cccccccc"),
+        ],
+        {"moved.service": A},
+        [
+            Unplace("moved.service", A, "X-ConditionMachineBootID=cccccccc selects machine cccccccc"),
+            Place("boot.service", B, f"X-ConditionMachineBootID={B}"),
+            Place("moved.service", C, "X-ConditionMachineBootID=cccccccc"),
+        ],
+    ),
+    Case(
+        "boot-id-of-no-machine-keeps-the-unit-off",
+        [A, B],
+        [unit("boot.service", f"X-ConditionMachineBootID={BOOT}")],
+        {"boot.service": A},
+        [
+            Unplace(
+                "boot.service",
+                A,
+                NO_BOOT,
+            )
+        ],
+        {"boot.service": NO_BOOT},
+    ),
+    Case(
+        "machine-id-wins-over-boot-id-and-boot-id-keeps-other-rules",
+        [A, B],
+        [
+            unit("both.service", f"MachineID={A}\nX-ConditionMachineBootID={B}"),
+            unit("side.service", f"MachineOf=both.service\nX-ConditionMachineBootID={B}"),
+        ],
+        {},
+        [Place("both.service", A, f"MachineID={A}")],
+        {
+            "side.service": "X-ConditionMachineBootID=" + B + " selects machine bbbbbbbb: "
+            "MachineOf target both.service is on aaaaaaaa"
+        },
     ),
     # --- MachineID ---------------------------------------------------------------------------
     Case(
