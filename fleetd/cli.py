@@ -82,6 +82,7 @@ def _early_debug(args: Sequence[str]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _remember_hup)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the daemon dumps its state on it, once it runs
     given = list(sys.argv[1:] if argv is None else argv)
     if "--version" in given or "-version" in given:
         print(f"fleetd version {__version__}")

@@ -1,7 +1,7 @@
 """The fleetd process: wire configuration, etcd, systemd, agent, engine and API together.
 
 Nothing here decides anything; it builds the parts, runs them as tasks, and handles the
-process's life: signals (SIGTERM/SIGINT graceful stop, SIGHUP reload), the machine's
+process's life: signals (SIGTERM/SIGINT graceful stop, SIGHUP reload, SIGUSR1 state dump), the machine's
 identity and public IP, and the lease file that lets a restarted fleetd adopt its own
 registration (and so its running units) instead of waiting for it to expire.
 """
@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import fcntl
 import ipaddress
+import json
 import logging
 import os
 import signal
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -151,6 +153,52 @@ class NodeState:
         return await unit_status_text(unit, user=self.user)
 
 
+def state_dump(machine_id: str, agent: Agent | None, engine: Engine | None) -> dict[str, Any]:
+    """What SIGUSR1 logs (fleet wrote its agent's and unit-state publisher's state as JSON):
+    this machine's schedule and what systemd reports for it, units fleet failed to act on,
+    the supervised tasks' health and the engine's leadership. Plain data, JSON-ready."""
+    dump: dict[str, Any] = {"machine": machine_id, "version": __version__}
+    if agent is None:
+        dump["agent"] = "starting"
+        return dump
+    now = time.monotonic()
+    dump["agent"] = {
+        "registered": agent.status.registered,
+        "error": agent.status.error,
+        "public_ip": agent.machine.public_ip,
+        "metadata": dict(agent.machine.metadata),
+        "health": agent.health_error() or "ok",
+    }
+    dump["desired"] = {name: {"state": str(d.state), "hash": d.hash} for name, d in sorted(agent.desired().items())}
+    dump["global_units"] = sorted(agent.globals)
+    dump["states"] = {
+        name: {"load": u.load_state, "active": u.active_state, "sub": u.sub_state, "hash": u.hash, "error": u.error}
+        for name, u in sorted(agent.states.published.items())
+    }
+    dump["failures"] = {name: f.message for name, f in sorted(agent.executor.failures.items())}
+    dump["tasks"] = {
+        name: {
+            "running": t.running,
+            "restarts": t.restarts,
+            "last_error": t.last_error,
+            "restart_in_s": None if t.restart_at is None else round(max(0.0, t.restart_at - now), 1),
+        }
+        for name, t in sorted(agent.supervisor.tasks.items())
+    }
+    if engine is None:
+        dump["engine"] = "disabled"
+    else:
+        leadership = engine.leadership
+        dump["engine"] = {
+            "leader": leadership is not None,
+            "term": leadership.create_revision if leadership else None,
+            "units": len(engine.view.units),
+            "machines": len(engine.view.machines),
+            "unplaceable": dict(sorted(engine.reasons.items())) if leadership else {},
+        }
+    return dump
+
+
 class Daemon:
     def __init__(self, config: Config, *, config_loader: object | None = None) -> None:
         self.config = config
@@ -159,6 +207,9 @@ class Daemon:
         self.public_ip = config.public_ip or detect_public_ip()
         self.stopping = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        # what SIGUSR1 dumps, once they exist
+        self.agent: Agent | None = None
+        self.engine: Engine | None = None
         # Set once every part runs: a failure before is a startup error (one line), after
         # it a crash (a traceback in the log).
         self.started = False
@@ -187,6 +238,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump_state)
         if reload_pending():
             self.reload_requested.set()
 
@@ -227,6 +279,7 @@ class Daemon:
         if not self.config.disable_engine:
             engine = Engine(registry, self.machine_id, settings)
             agent.supervisor.start("engine", engine.run)
+        self.agent, self.engine = agent, engine
         self.started = True
         log.info("fleetd %s started on machine %s (%s)", __version__, self.machine_id, self.public_ip or "no public IP")
         try:
@@ -256,6 +309,15 @@ class Daemon:
             await api_server.close()
             await manager.close()
             await registry.close()
+
+    def dump_state(self) -> None:
+        """SIGUSR1: fleet dumped its state as JSON (instead of dying, SIGUSR1's default);
+        here it is one log line, so it lands in the journal beside everything else."""
+        try:
+            dump = state_dump(self.machine_id, self.agent, self.engine)
+            log.info("SIGUSR1: state %s", json.dumps(dump, sort_keys=True, default=str))
+        except Exception:  # a diagnostic must never take fleetd down
+            log.exception("SIGUSR1: cannot dump the state")
 
     async def reload(self, agent: Agent) -> None:
         """SIGHUP: re-read the configuration; metadata and public IP apply at once."""

@@ -7,6 +7,7 @@ latest at the D-Bus check: what it printed before is what a misconfigured machin
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -215,3 +216,63 @@ def test_socket_activated_tcp_socket_warns_and_is_refused_only_with_api_require_
         )
         run = fleetd("--config", str(conf), pass_fd=server, env={"FLEET_API_TOKEN": "s3cret"})
         assert (run.code, run.err) == (1, [DBUS_ERROR, DBUS_HINT])
+
+
+async def test_sigusr1_logs_the_state_as_one_json_line_and_fleetd_keeps_running(
+    conf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fleet dumped its state as JSON on SIGUSR1; its default action would end fleetd."""
+    import asyncio
+    import json
+    import signal
+
+    import fleetd.systemd.manager
+    from fleetd.config import load_config
+    from fleetd.server import Daemon
+    from fleetlab.simulated import SimulatedManager
+
+    class Manager(SimulatedManager):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__()
+
+        async def connect(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(fleetd.systemd.manager, "SystemdManager", Manager)
+    config, _ = load_config(["--config", str(conf), "--metadata=role=web"], {}, _read)
+    daemon = Daemon(config)
+    caplog.set_level(logging.INFO, logger="fleetd")
+    running = asyncio.create_task(daemon.run())
+    try:
+        for _ in range(100):
+            if daemon.agent is not None and daemon.agent.status.registered:
+                break
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            dumps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SIGUSR1: state ")]
+            if dumps:
+                break
+        assert not running.done()
+        assert len(dumps) == 1 and "\n" not in dumps[0]
+        dump = json.loads(dumps[0].removeprefix("SIGUSR1: state "))
+        assert dump["machine"] == "0123456789abcdef0123456789abcdef"
+        assert dump["agent"]["registered"] is True and dump["agent"]["metadata"] == {"role": "web"}
+        assert {"desired", "states", "failures", "global_units", "tasks", "engine"} <= set(dump)
+        assert "engine" in dump["tasks"] and dump["tasks"]["engine"]["running"] is True
+        assert set(dump["engine"]) == {"leader", "term", "units", "machines", "unplaceable"}
+    finally:
+        daemon.stopping.set()
+        await asyncio.wait_for(running, 20)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
