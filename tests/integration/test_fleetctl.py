@@ -103,6 +103,15 @@ def test_list_commands_print_fleets_tables(fleet: Fleet, env: dict[str, str], tm
         "hello.service\tfalse\tHello World\n"
         "idle.service\tfalse\tHello again\n"
     )
+    # fleet's deprecated "tmachine" is "target", with fleet's warning; fleet's --driver=API spelling
+    result = fleetctl("--driver=API", "list-unit-files", "--fields", "unit,dstate,state,tmachine", env=env)
+    assert result.code == 0
+    assert result.err == 'WARNING: The "tmachine" field is deprecated. Use "target" instead\n'
+    assert result.out.splitlines()[:3] == [
+        "UNIT\t\tDSTATE\t\tSTATE\t\tTMACHINE",
+        "global.service\tinactive\t-\t\tglobal",
+        "hello.service\tlaunched\tlaunched\t113f16a7.../172.17.8.103",
+    ]
     machines = json.loads(fleetctl("list-machines", "-o", "json", env=env).out)
     assert machines[0] == {"machine": M1, "ip": "172.17.8.103", "metadata": {"az": "us-west-1b", "disk": "ssd"}}
     states = json.loads(fleetctl("list-units", "--output=json", "--fields=unit,machine,active", env=env).out)
