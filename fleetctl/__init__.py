@@ -19,6 +19,9 @@ Where fleetctl differs from fleet's (all deliberate)
 -------------------------------------------------
 - Exit status 2 for usage errors (fleet exited 0 on a bad flag), 1 for any failure.
   Unknown ``--fields`` names are usage errors naming the valid fields.
+- ``--driver`` in any case (fleet's help spells it ``API``; fleet took exactly ``API`` or
+  ``etcd``). ``list-unit-files`` takes fleet's deprecated ``tmachine`` field, with fleet's
+  warning. The whole list, with reasons: docs/commands.md, "Differences from fleet".
 - Every argument is checked before anything changes: one bad unit file (reported with
   file and line) means nothing is submitted.
 - ``--block-attempts``: one attempt is two seconds, as in fleet. Units that cannot be placed are shown

@@ -30,6 +30,8 @@ Precedence: fleet.conf < environment < command line.
 Secrets (api_token, etcd_password) are best given as files (api_token_file,
 etcd_password_file) or in the environment: the command line is visible to every user.
 --debug (or -v) turns on debug logging (verbosity=1) and tracebacks of startup errors.
+Signals: SIGHUP reloads the configuration, SIGUSR1 logs the state as one JSON line,
+SIGTERM/SIGINT stop fleetd.
 """
 
 # Exit statuses: a configuration that cannot be used, and any other refusal to start.
