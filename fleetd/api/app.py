@@ -18,6 +18,7 @@ from aiohttp import web
 from fleetd.api.auth import TOKEN_RULES, TokenRules
 from fleetd.api.context import DEFAULT_TOKEN_LIMIT, STATE, ApiState, NodeInfo
 from fleetd.api.discovery import discovery_document
+from fleetd.api.errors import ApiError
 from fleetd.api.extensions import JOURNAL_FOLLOWS, FollowSlots, journal, list_unplaceable, status
 from fleetd.api.machines import list_machines, patch_machines
 from fleetd.api.metrics import metrics
@@ -29,8 +30,16 @@ from fleetd.model.limits import MAX_REQUEST_BYTES
 from fleetd.registry.registry import Registry
 
 PREFIX = "/fleet/v1"
+# fleet's API answers under its old prefix too (api/mux.go)
+ALIAS = "/v1-alpha"
+PREFIXES = (PREFIX, ALIAS)
 # aiohttp refuses a larger body itself (413), before a handler reads it into memory
 MAX_BODY = MAX_REQUEST_BYTES
+
+
+async def no_method(request: web.Request) -> web.Response:
+    """The bare prefixes: 405 whatever the method, as fleet answers (no method is allowed)."""
+    raise ApiError(405, f"method {request.method} not allowed on {request.path}", {"Allow": ""})
 
 
 async def discovery(request: web.Request) -> web.Response:
@@ -53,20 +62,22 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
         app[STATE].closing = True
 
     app.on_shutdown.append(stop_streams)
-    app.router.add_get(f"{PREFIX}/units", list_units)
-    app.router.add_get(f"{PREFIX}/units/{{name}}", get_unit)
-    app.router.add_put(f"{PREFIX}/units/{{name}}", put_unit)
-    app.router.add_delete(f"{PREFIX}/units/{{name}}", delete_unit)
-    app.router.add_get(f"{PREFIX}/state", list_states)
-    app.router.add_get(f"{PREFIX}/machines", list_machines)
-    app.router.add_patch(f"{PREFIX}/machines", patch_machines)
-    app.router.add_get(f"{PREFIX}/machines/{{machine}}/journal/{{name}}", journal)
-    app.router.add_get(f"{PREFIX}/machines/{{machine}}/status/{{name}}", status)
-    app.router.add_get(f"{PREFIX}/unplaceable", list_unplaceable)
-    app.router.add_get(f"{PREFIX}/discovery", discovery)
-    app.router.add_get(f"{PREFIX}/openapi.json", openapi)
+    for prefix in PREFIXES:  # fleet serves every route under both prefixes
+        app.router.add_get(f"{prefix}/units", list_units)
+        app.router.add_get(f"{prefix}/units/{{name}}", get_unit)
+        app.router.add_put(f"{prefix}/units/{{name}}", put_unit)
+        app.router.add_delete(f"{prefix}/units/{{name}}", delete_unit)
+        app.router.add_get(f"{prefix}/state", list_states)
+        app.router.add_get(f"{prefix}/machines", list_machines)
+        app.router.add_patch(f"{prefix}/machines", patch_machines)
+        app.router.add_get(f"{prefix}/machines/{{machine}}/journal/{{name}}", journal)
+        app.router.add_get(f"{prefix}/machines/{{machine}}/status/{{name}}", status)
+        app.router.add_get(f"{prefix}/unplaceable", list_unplaceable)
+        app.router.add_get(f"{prefix}/discovery", discovery)
+        app.router.add_get(f"{prefix}/openapi.json", openapi)
+        app.router.add_route("*", prefix, no_method)
     app.router.add_get("/metrics", metrics)
     return app
 
 
-__all__ = ["MAX_BODY", "PREFIX", "discovery", "make_app", "openapi"]
+__all__ = ["ALIAS", "MAX_BODY", "PREFIX", "PREFIXES", "discovery", "make_app", "openapi"]

@@ -252,6 +252,9 @@ RESPONSES: dict[str, Any] = {
         f"the body is larger than {MAX_REQUEST_BYTES} bytes, or it asks for more than a limit allows; "
         "the message names the limit"
     ),
+    "UnsupportedMediaType": _error(
+        "the request does not have exactly one Content-Type header with the media type application/json"
+    ),
     "Unavailable": _error("this fleetd must not serve now (the message says why), or etcd cannot be reached"),
     "NotImplemented": _error("this fleetd cannot read journals or unit status"),
 }
@@ -265,6 +268,7 @@ def _responses(ok: dict[str, Any], *errors: str) -> dict[str, Any]:
         "404": "NotFound",
         "409": "Conflict",
         "413": "PayloadTooLarge",
+        "415": "UnsupportedMediaType",
         "501": "NotImplemented",
     }
     result = dict(ok)
@@ -373,13 +377,16 @@ PATHS: dict[str, Any] = {
             "description": (
                 "As fleet's API: creates the unit (201) when it does not exist, from its options, or "
                 "an instance sent without options from its template (409 when neither exists); "
-                "different options replace the unit's file (201); otherwise changes its desired "
-                "state (204; 409 without desiredState). A template can only be inactive. The body "
-                "is read as JSON whatever its Content-Type."
+                "different options replace the unit's file (201; 204 with replace=true); otherwise "
+                "changes its desired "
+                "state (204; 409 without desiredState). A template can only be inactive. As in "
+                "fleet, the body must be sent with Content-Type: application/json (415 otherwise)."
             ),
             "parameters": [
                 _query(
-                    "replace", {"type": "boolean"}, f"accepted for older clients; a PUT replaces anyway: {_BOOL_WORDS}"
+                    "replace",
+                    {"type": "boolean"},
+                    f"fleetd's extension: a plain PUT replaces too (201); with replace=true, 204: {_BOOL_WORDS}",
                 ),
             ],
             "requestBody": {"required": True, "content": {JSON: {"schema": _schema("UnitRequest")}}},
@@ -392,6 +399,7 @@ PATHS: dict[str, Any] = {
                 "404",
                 "409",
                 "413",
+                "415",
             ),
         },
         "delete": {

@@ -47,8 +47,9 @@ async def get_unit(request: web.Request) -> web.Response:
     return web.json_response(units_json([unit], placements, states)[0])
 
 
-async def _read_submission(request: web.Request, name: str) -> Submission:
-    """The PUT body and ``?replace``, validated in the order fleet's API checks them."""
+async def _read_submission(request: web.Request, name: str) -> tuple[Submission, bool]:
+    """The PUT body and whether ``?replace`` was asked, validated in the order fleet's API
+    checks them."""
     body = await json_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object {name, desiredState, options}")
@@ -65,13 +66,14 @@ async def _read_submission(request: web.Request, name: str) -> Submission:
             raise ApiError(413, problem)
     try:
         target = desired_state(body.get("desiredState"), required=False)
-        query_bool(request, "replace")  # still checked; a plain PUT replaces, as in fleet
+        # a plain PUT replaces, as in fleet; ?replace=true (fleetd's own clients) also does
+        asked = query_bool(request, "replace")
         result = submission(name, target, options, replace=True)
     except SubmitError as exc:
         raise _refused(exc) from None
     for warning in result.warnings:
         log.info("unit %s: %s", name, warning)
-    return result
+    return result, asked
 
 
 def _refused(exc: SubmitError) -> ApiError:
@@ -81,21 +83,35 @@ def _refused(exc: SubmitError) -> ApiError:
     return refused(exc)
 
 
-async def _apply(registry: Registry, request: Submission) -> int:
+async def _apply(registry: Registry, request: Submission, replace_asked: bool) -> int:
     """Carry the request out; the HTTP status of success: 201 when a new body was stored
-    (created or replaced, as fleet answers), 204 when only the desired state changed."""
+    (created, or replaced by a plain PUT, as fleet answers), 204 otherwise (a replace asked
+    with ``?replace=true``, fleetd's extension, answers 204 as it always did)."""
     decision = await registry.submit(request)
     for warning in decision.warnings:
         log.info("unit %s: %s", request.name, warning)
-    return 201 if decision.action in (Action.CREATE, Action.REPLACE) else 204
+    if decision.action is Action.CREATE or (decision.action is Action.REPLACE and not replace_asked):
+        return 201
+    return 204
+
+
+def _check_content_type(request: web.Request) -> None:
+    """415 unless exactly one Content-Type whose media type is application/json, as fleet's
+    API checks a PUT (parameters such as ``; charset=utf-8`` are allowed)."""
+    values = request.headers.getall("Content-Type", [])
+    if len(values) != 1:
+        raise ApiError(415, f"expected 1 Content-Type, got {len(values)}")
+    if values[0].split(";", 1)[0].strip().lower() != "application/json":
+        raise ApiError(415, "only acceptable Content-Type is application/json")
 
 
 async def put_unit(request: web.Request) -> web.Response:
     registry = api_state(request).registry
+    _check_content_type(request)
     name = unit_name(request.match_info["name"])
-    wanted = await _read_submission(request, name)
+    wanted, replace_asked = await _read_submission(request, name)
     try:
-        return web.Response(status=await _apply(registry, wanted))
+        return web.Response(status=await _apply(registry, wanted, replace_asked))
     except SubmitError as exc:
         raise _refused(exc) from None
 

@@ -204,7 +204,7 @@ async def test_put_with_malformed_or_empty_or_non_object_body(client: TestClient
         await client.put(url, data=b"{not json", headers={"Content-Type": "application/json"}), 400
     )
     assert "malformed JSON" in message
-    assert "empty" in await error_of(await client.put(url, data=b""), 400)
+    assert "empty" in await error_of(await client.put(url, data=b"", headers={"Content-Type": "application/json"}), 400)
     assert "JSON object" in await error_of(await client.put(url, json=["x"]), 400)
     assert await snapshot(registry) == []
 
@@ -286,17 +286,18 @@ async def test_different_options_replace_the_file_with_201(client: TestClient, r
     assert stored is not None
     assert stored.file == parse_unit_file(SERVICE2) and stored.desired is DesiredState.LAUNCHED
 
+    # ?replace=true (fleetd's own clients) replaces too and answers 204, as it always did
     response = await put(client, "a.service", "?replace=true", desiredState="launched", options=opts(SERVICE))
-    assert response.status == 201
+    assert response.status == 204
     stored = await registry.get_unit("a.service")
     assert stored is not None and stored.file == parse_unit_file(SERVICE)
 
     # replace can also turn a unit global (and back): the global copy follows
     response = await put(client, "a.service", "?replace=true", desiredState="launched", options=opts(GLOBAL))
-    assert response.status == 201
+    assert response.status == 204
     assert "a.service" in (await registry.global_units())[0]
     response = await put(client, "a.service", "?replace=1", desiredState="launched", options=opts(SERVICE))
-    assert response.status == 201
+    assert response.status == 204
     assert "a.service" not in (await registry.global_units())[0]
     assert "replace" in await error_of(
         await put(client, "a.service", "?replace=maybe", desiredState="launched", options=opts(SERVICE2)), 400
@@ -540,10 +541,13 @@ async def test_discovery_describes_every_route(client: TestClient) -> None:
     routes = {
         (route.method, route.resource.canonical.replace("{name}", "{unitName}").replace("{machine}", "{machineID}"))
         for route in client.app.router.routes()
-        if route.method != "HEAD" and route.resource is not None
+        if route.method not in ("HEAD", "*") and route.resource is not None
     }
     routes.discard(("GET", "/metrics"))
-    assert described == routes
+    fleet = {(method, path) for method, path in routes if path.startswith("/fleet/v1/")}
+    assert described == fleet
+    # every route is also served under fleet's old prefix, and nothing else is
+    assert routes - fleet == {(method, path.replace("/fleet/v1/", "/v1-alpha/")) for method, path in fleet}
     assert {"Unit", "UnitState", "Machine", "Error"} <= set(doc["schemas"])
 
 
@@ -1021,3 +1025,60 @@ async def test_a_stored_unit_breaking_the_contract_can_be_stopped_and_destroyed_
     assert (await client.delete("/fleet/v1/units/old.service")).status == 204
     assert await registry.get_unit("old.service") is None
     await _still_accepts_a_new_unit(client, registry, 3)
+
+
+# -- fleet's mux: content type, the old prefix, the bare prefixes ---------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # aiohttp sends application/octet-stream for bytes
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/jsonx"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    ],
+)
+async def test_put_needs_json_content_type(client: TestClient, registry: Registry, headers: dict[str, str]) -> None:
+    body = json.dumps({"desiredState": "loaded", "options": opts(SERVICE)}).encode()
+    message = await error_of(await client.put("/fleet/v1/units/a.service", data=body, headers=headers), 415)
+    assert "application/json" in message
+    assert await snapshot(registry) == []
+    # parameters and surrounding spaces are accepted, as in fleet
+    typed = {"Content-Type": " application/json ; charset=utf-8"}
+    assert (await client.put("/fleet/v1/units/a.service", data=body, headers=typed)).status == 201
+
+
+async def test_two_content_types_are_refused_by_aiohttp(client: TestClient) -> None:
+    # fleet answers 415; aiohttp's HTTP parser refuses a repeated Content-Type first (400)
+    body = json.dumps({"desiredState": "loaded", "options": opts(SERVICE)}).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Type", "application/json")]
+    response = await client.put("/fleet/v1/units/a.service", data=body, headers=headers)
+    assert response.status in (400, 415)
+
+
+async def test_patch_machines_takes_any_content_type_as_fleet(client: TestClient) -> None:
+    # fleet checks the Content-Type of a unit PUT only
+    response = await client.patch("/fleet/v1/machines", data=b"[]", headers={"Content-Type": "text/plain"})
+    assert response.status == 204
+
+
+async def test_v1_alpha_is_an_alias_of_every_route(client: TestClient, registry: Registry) -> None:
+    response = await client.put("/v1-alpha/units/a.service", json={"desiredState": "loaded", "options": opts(SERVICE)})
+    assert response.status == 201
+    assert [u["name"] for u in (await (await client.get("/v1-alpha/units")).json())["units"]] == ["a.service"]
+    assert (await (await client.get("/v1-alpha/units/a.service")).json())["desiredState"] == "loaded"
+    assert (await client.get("/v1-alpha/state")).status == 200
+    assert (await client.get("/v1-alpha/machines")).status == 200
+    assert (await client.patch("/v1-alpha/machines", json=[])).status == 204
+    assert (await client.get("/v1-alpha/discovery")).status == 200
+    assert (await client.delete("/v1-alpha/units/a.service")).status == 204
+    await error_of(await client.post("/v1-alpha/units", json={}), 405)
+
+
+@pytest.mark.parametrize("path", ["/fleet/v1", "/v1-alpha"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "POST", "DELETE", "PATCH"])
+async def test_bare_prefixes_are_405(client: TestClient, path: str, method: str) -> None:
+    response = await client.request(method, path)
+    await error_of(response, 405)
+    assert response.headers["Allow"] == ""

@@ -110,7 +110,8 @@ class Live:
             url += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query.items())
 
         async def call() -> tuple[int, bytes]:
-            async with self.session.request(method, URL(url, encoded=True), data=body) as response:
+            headers = {"Content-Type": "application/json"} if body is not None else None  # as fleet's client
+            async with self.session.request(method, URL(url, encoded=True), data=body, headers=headers) as response:
                 return response.status, await response.read()
 
         status, answer = self.loop.run(call(), timeout=30)

@@ -30,6 +30,8 @@ from fleetd.registry.registry import Registry
 
 pytestmark = pytest.mark.integration
 
+# fleet (and fleetd) take a unit only as application/json
+JSON_TYPE = {"Content-Type": "application/json"}
 UNITS = "/fleet/v1/units"
 
 
@@ -82,14 +84,14 @@ async def test_a_unit_beyond_the_limit_is_413_and_not_stored(client: TestClient,
 
 async def test_a_body_beyond_the_limit_is_413_naming_it(client: TestClient, registry: Registry) -> None:
     body = b'{"desiredState": "loaded", "options": [], "pad": "' + b"x" * MAX_REQUEST_BYTES + b'"}'
-    message = await error_of(await client.put(f"{UNITS}/a.service", data=body), 413)
+    message = await error_of(await client.put(f"{UNITS}/a.service", data=body, headers=JSON_TYPE), 413)
     assert str(MAX_REQUEST_BYTES) in message
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: aiohttp stops reading
         for _ in range(MAX_REQUEST_BYTES // 65536 + 2):
             yield b" " * 65536
 
-    await error_of(await client.put(f"{UNITS}/a.service", data=chunks()), 413)
+    await error_of(await client.put(f"{UNITS}/a.service", data=chunks(), headers=JSON_TYPE), 413)
     assert await snapshot(registry) == []
 
 
@@ -118,14 +120,16 @@ async def test_a_body_beyond_the_limit_is_413_naming_it(client: TestClient, regi
     ],
 )
 async def test_malformed_bodies_are_400(client: TestClient, registry: Registry, body: str | bytes) -> None:
-    await error_of(await client.put(f"{UNITS}/a.service", data=body), 400)
+    await error_of(await client.put(f"{UNITS}/a.service", data=body, headers=JSON_TYPE), 400)
     assert await snapshot(registry) == []
 
 
 async def test_a_valid_surrogate_pair_is_a_character(client: TestClient) -> None:
     options = [{"section": "Service", "name": "ExecStart", "value": "/bin/echo \U0001f600"}]
     response = await client.put(
-        f"{UNITS}/emoji.service", data=json.dumps({"desiredState": "loaded", "options": options})
+        f"{UNITS}/emoji.service",
+        data=json.dumps({"desiredState": "loaded", "options": options}),
+        headers=JSON_TYPE,
     )
     assert response.status == 201
     assert (await (await client.get(f"{UNITS}/emoji.service")).json())["options"] == options
