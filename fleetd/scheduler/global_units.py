@@ -5,7 +5,8 @@ Both the engine (to avoid placing a conflicting unit next to a global one, and t
 users why a global unit runs nowhere) and every agent call the same functions, so they
 agree. The rules, applied to global units in name order:
 
-- the machine's metadata must match;
+- the machine's metadata must match (and its ID the deprecated X-ConditionMachineBootID,
+  read as a machine ID as fleet did, when a global unit has one);
 - a unit the engine scheduled there wins over a global unit that conflicts with it (the
   scheduled unit was there first; globals are then simply not run on that machine);
 - of two global units that conflict, the one with the smaller name runs.
@@ -22,6 +23,7 @@ from fleetd.scheduler.filters import (
     Rejection,
     conflicts_filter,
     first_rejection,
+    machine_id_filter,
     metadata_filter,
 )
 from fleetd.scheduler.occupancy import Occupancy
@@ -29,6 +31,7 @@ from fleetd.scheduler.reasons import summarise
 from fleetd.scheduler.snapshot import JobInfo, Snapshot
 
 GLOBAL_FILTERS: tuple[FilterStep, ...] = (
+    (FilterKind.MACHINE_ID, machine_id_filter),  # only the deprecated X-ConditionMachineBootID
     (FilterKind.METADATA, metadata_filter),
     (FilterKind.CONFLICTS, conflicts_filter),
 )
@@ -46,7 +49,9 @@ def run_globals(ctx: Context, names: Iterable[str]) -> tuple[dict[str, tuple[str
     occupancy = ctx.occupancy
     for name in sorted(names):
         req = ctx.requirements(name)
-        simple = not req.metadata and not occupancy.conflicts.involves(name, req.conflicts)
+        simple = (
+            not req.metadata and req.machine_boot_id is None and not occupancy.conflicts.involves(name, req.conflicts)
+        )
         runs: list[str] = []
         rejections: list[Rejection] = []
         for machine in machine_ids:

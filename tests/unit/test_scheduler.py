@@ -830,3 +830,14 @@ def test_replace_cycles_pairs_and_stars() -> None:
     # With x1 placed, x1 stays, hub loses to it, and x2 (whose only partner lost) runs.
     losers = replace_cycles(reqs, {"x1.service"})
     assert list(losers) == ["hub.service"] and "x1.service was chosen (already placed)" in losers["hub.service"]
+
+
+def test_global_with_boot_id_runs_only_on_the_machine_with_that_id() -> None:
+    units = [
+        unit("g.service", f"Global=true\nX-ConditionMachineBootID={B[:8]}"),
+        unit("lost.service", f"Global=true\nX-ConditionMachineBootID={BOOT}"),
+    ]
+    result = plan(snapshot([A, B], units))
+    assert result.global_machines == {"g.service": (B,), "lost.service": ()}
+    assert result.unplaceable == {"lost.service": f"{NO_BOOT} on every eligible machine"}
+    assert global_placements(snapshot([A, B], units)) == result.global_machines
