@@ -13,6 +13,7 @@ most :data:`~fleetd.model.limits.MAX_PATCH_OPERATIONS` operations; more is a 413
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +36,20 @@ _PATCH_PATH_RE = re.compile(r"/([^/]+)/metadata/([^/]+)")
 
 
 async def list_machines(request: web.Request) -> web.Response:
-    machines = await api_state(request).registry.machines()
+    """The live machines, with the dynamic metadata a PATCH stored laid over what their
+    agents published: a PATCH shows in the next listing at once (read your own writes),
+    not only after the agent republished its entry. A removed key still shows until then
+    when it was published (the published entry does not tell static keys from dynamic)."""
+    registry = api_state(request).registry
+    machines = await registry.machines()
     items, token = page(request, machines, lambda m: (m.id,), "machines")
-    return listing("machines", [machine_json(m) for m in items], token)
+    dynamic = await asyncio.gather(*(registry.dynamic_metadata(m.id) for m in items))
+    records = []
+    for machine, extra in zip(items, dynamic, strict=True):
+        record = machine_json(machine)
+        record["metadata"].update(extra)
+        records.append(record)
+    return listing("machines", records, token)
 
 
 @dataclass(frozen=True)

@@ -462,6 +462,29 @@ async def test_machines_list_and_paginate(registry: Registry, node: Node) -> Non
         await client.close()
 
 
+async def test_a_patch_shows_in_the_next_machine_list_at_once(client: TestClient, registry: Registry) -> None:
+    # no agent republishes here: the listing itself lays the stored dynamic metadata over
+    lease = await registry.grant_lease(30)
+    await registry.register_machine(MachineState(LOCAL, "10.0.0.1", {"region": "us", "os": "coreos"}), lease)
+    await registry.register_machine(MachineState(OTHER, "10.0.0.2", {}), lease)
+    response = await client.patch(
+        "/fleet/v1/machines",
+        json=[
+            {"op": "add", "path": f"/{LOCAL}/metadata/role", "value": {"value": "web"}},
+            {"op": "replace", "path": f"/{LOCAL}/metadata/region", "value": "eu"},
+            {"op": "add", "path": f"/{OTHER}/metadata/disk", "value": "ssd"},
+        ],
+    )
+    assert response.status == 204
+    listed = (await (await client.get("/fleet/v1/machines")).json())["machines"]
+    assert listed == [
+        {"id": LOCAL, "primaryIP": "10.0.0.1", "metadata": {"region": "eu", "os": "coreos", "role": "web"}},
+        {"id": OTHER, "primaryIP": "10.0.0.2", "metadata": {"disk": "ssd"}},
+    ]
+    # the same under fleet's old prefix
+    assert (await (await client.get("/v1-alpha/machines")).json())["machines"] == listed
+
+
 async def test_patch_machines_accepts_both_value_shapes(client: TestClient, registry: Registry) -> None:
     lease = await registry.grant_lease(30)
     for machine in (LOCAL, OTHER):  # only registered machines can be changed
