@@ -272,7 +272,7 @@ class EtcdRegistry(Registry):
 
     async def dynamic_metadata(self, machine_id: str) -> dict[str, str]:
         kv = await self._etcd.get(self._keys.machine_metadata(machine_id))
-        return decode_metadata(kv.value if kv else None)
+        return self._metadata_or_empty(machine_id, kv.value if kv else None)
 
     async def update_dynamic_metadata(
         self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
