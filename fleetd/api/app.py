@@ -24,7 +24,7 @@ from fleetd.api.machines import list_machines, patch_machines
 from fleetd.api.metrics import metrics
 from fleetd.api.middleware import fleet_middleware
 from fleetd.api.openapi import openapi_document
-from fleetd.api.state import list_states
+from fleetd.api.state import get_state, list_states
 from fleetd.api.units import delete_unit, get_unit, list_units, put_unit
 from fleetd.model.limits import MAX_REQUEST_BYTES
 from fleetd.registry.registry import Registry
@@ -68,6 +68,7 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
         app.router.add_put(f"{prefix}/units/{{name}}", put_unit)
         app.router.add_delete(f"{prefix}/units/{{name}}", delete_unit)
         app.router.add_get(f"{prefix}/state", list_states)
+        app.router.add_get(f"{prefix}/state/{{name}}", get_state)
         app.router.add_get(f"{prefix}/machines", list_machines)
         app.router.add_patch(f"{prefix}/machines", patch_machines)
         app.router.add_get(f"{prefix}/machines/{{machine}}/journal/{{name}}", journal)

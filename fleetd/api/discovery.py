@@ -120,8 +120,9 @@ RESOURCES: dict[str, Any] = {
                 "httpMethod": "PUT",
                 "path": "units/{unitName}",
                 "description": (
-                    "create (201, options required; an instance without options is made from its "
-                    "template) or change desiredState (204); different options need replace=true"
+                    "create (201, options required, inactive without desiredState; an instance "
+                    "without options is made from its template), replace different options (201) or "
+                    "change desiredState (204)"
                 ),
                 "parameters": {
                     "unitName": {"type": "string", "location": "path", "required": True},
@@ -148,7 +149,13 @@ RESOURCES: dict[str, Any] = {
                     "pageSize": _PAGE_SIZE,
                 },
                 "response": _ref("UnitStatePage"),
-            }
+            },
+            "Get": {
+                "httpMethod": "GET",
+                "path": "state/{unitName}",
+                "parameters": {"unitName": {"type": "string", "location": "path", "required": True}},
+                "response": _ref("UnitState"),
+            },
         }
     },
     "Machines": {

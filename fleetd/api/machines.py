@@ -14,6 +14,7 @@ most :data:`~fleetd.model.limits.MAX_PATCH_OPERATIONS` operations; more is a 413
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from fleetd.api.params import json_body, listing, page
 from fleetd.model.limits import MAX_PATCH_MACHINES, MAX_PATCH_OPERATIONS
 from fleetd.model.wire import machine_json
 from fleetd.registry.errors import MachineNotFound
+
+log = logging.getLogger("fleetd.api")
 
 # what a machine id and a metadata key may be; the OpenAPI document quotes these patterns
 MACHINE_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
@@ -43,7 +46,15 @@ async def list_machines(request: web.Request) -> web.Response:
     registry = api_state(request).registry
     machines = await registry.machines()
     items, token = page(request, machines, lambda m: (m.id,), "machines")
-    dynamic = await asyncio.gather(*(registry.dynamic_metadata(m.id) for m in items))
+
+    async def stored(machine_id: str) -> dict[str, str]:
+        try:
+            return await registry.dynamic_metadata(machine_id)
+        except ValueError as exc:  # an unreadable record (the registry's RecordError): show what was published
+            log.warning("machine %s: dynamic metadata unreadable: %s", machine_id, exc)
+            return {}
+
+    dynamic = await asyncio.gather(*(stored(m.id) for m in items))
     records = []
     for machine, extra in zip(items, dynamic, strict=True):
         record = machine_json(machine)

@@ -428,6 +428,14 @@ PATHS: dict[str, Any] = {
             "responses": _responses({"200": _json("a page of states", _schema("UnitStatePage"))}, "400"),
         }
     },
+    "/fleet/v1/state/{unitName}": {
+        "parameters": [_param("unitName")],
+        "get": {
+            "operationId": "UnitState.Get",
+            "summary": "one state of a unit (fleet's UnitState.Get): the first by machine id",
+            "responses": _responses({"200": _json("the state", _schema("UnitState"))}, "400", "404"),
+        },
+    },
     "/fleet/v1/machines": {
         "get": {
             "operationId": "Machines.List",

@@ -27,4 +27,15 @@ async def list_states(request: web.Request) -> web.Response:
     return listing("states", [state_json(s) for s in items], token)
 
 
-__all__ = ["list_states"]
+async def get_state(request: web.Request) -> web.Response:
+    """fleet's ``UnitState.Get`` (``GET /state/<unitName>``, which fleet's fleetctl asks to
+    see a started unit active): the unit's first state, by machine id; 404 when none."""
+    name = unit_name(request.match_info["name"])
+    states = select_states(await api_state(request).registry.unit_states(name), name, None)
+    if not states:
+        raise ApiError(404, f"unit state does not exist: no machine reports {name}")
+    first = min(states, key=lambda s: s.machine_id)
+    return web.json_response(state_json(first))
+
+
+__all__ = ["get_state", "list_states"]

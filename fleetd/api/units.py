@@ -60,6 +60,8 @@ async def _read_submission(request: web.Request, name: str) -> tuple[Submission,
         if body_name != name:
             raise ApiError(400, f'name in the body "{body_name}" does not match the unit name "{name}" in the URL')
     options = body.get("options")
+    if isinstance(options, list):  # fleet's client leaves out an empty value ("omitempty")
+        options = [{**o, "value": ""} if isinstance(o, dict) and "value" not in o else o for o in options]
     if isinstance(options, list):  # measured before it is parsed: the size bounds that work too
         problem = too_large(options_size(options), MAX_UNIT_BYTES, f"unit {name}")
         if problem:

@@ -169,7 +169,8 @@ async def test_delete_unit(client: TestClient, registry: Registry) -> None:
     ("name", "body", "fragment"),
     [
         ("bad", {"desiredState": "launched", "options": opts(SERVICE)}, 'invalid unit name "bad"'),
-        ("a.service", {"desiredState": "launched", "options": [{"section": "Service", "name": "X"}]}, "option 0"),
+        # a missing "value" is an empty one (fleet's client leaves it out); a missing name is not
+        ("a.service", {"desiredState": "launched", "options": [{"section": "Service", "value": "x"}]}, "option 0"),
         ("a.service", {"desiredState": "launched", "options": "nope"}, "options must be a list"),
         (
             "a.service",
