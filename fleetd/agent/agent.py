@@ -368,10 +368,12 @@ class Agent:
             raise RuntimeError(f"the agent's {task.get_name()} ended")
 
     def health_error(self) -> str | None:
-        """Why this node is not healthy, for the API's 503 and ``/metrics``: not registered
-        (and why), or a supervised task waiting to restart; None when all is well."""
-        if not self.status.registered:
-            return self.status.error or "not registered in the cluster yet"
+        """Why this node is not healthy, for the API's 503 and ``/metrics``: its registration
+        was refused (and why), or a supervised task waits to restart; None when all is well."""
+        if not self.status.registered and self.status.error:  # refused (e.g. machine id in use)
+            return self.status.error
+        # Still registering (at start, or after a lost lease) is not a reason to refuse:
+        # a socket-activated fleetd must answer the very request that started it.
         return self.supervisor.problem()
 
     async def leave(self, unload_units: bool = True) -> None:
