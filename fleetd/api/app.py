@@ -38,7 +38,8 @@ MAX_BODY = MAX_REQUEST_BYTES
 
 
 async def no_method(request: web.Request) -> web.Response:
-    """The bare prefixes: 405 whatever the method, as fleet answers (no method is allowed)."""
+    """``/`` and the bare prefixes: 405 whatever the method, as fleet answers (no method
+    is allowed there)."""
     raise ApiError(405, f"method {request.method} not allowed on {request.path}", {"Allow": ""})
 
 
@@ -78,6 +79,7 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
         app.router.add_get(f"{prefix}/openapi.json", openapi)
         app.router.add_route("*", prefix, no_method)
     app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/", no_method)  # fleet's baseHandler: 405 on "/" itself
     return app
 
 

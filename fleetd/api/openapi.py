@@ -588,7 +588,8 @@ def openapi_document(server_url: str = "/") -> dict[str, Any]:
                 "it adds: unplaceable units, a unit's journal and status on its machine, metrics. "
                 f"Request bodies are at most {MAX_REQUEST_BYTES} bytes. Every error answers "
                 '{"error": {"code": N, "message": "..."}}; a path that does not exist answers 404, a '
-                "method a path does not have 405 with Allow."
+                "method a path does not have 405 with Allow. As in fleet, every /fleet/v1 route is "
+                "also served under /v1-alpha, and /, /fleet/v1 and /v1-alpha answer 405 to any method."
             ),
         },
         "servers": [{"url": server_url}],

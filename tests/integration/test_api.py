@@ -1100,7 +1100,7 @@ async def test_v1_alpha_is_an_alias_of_every_route(client: TestClient, registry:
     await error_of(await client.post("/v1-alpha/units", json={}), 405)
 
 
-@pytest.mark.parametrize("path", ["/fleet/v1", "/v1-alpha"])
+@pytest.mark.parametrize("path", ["/fleet/v1", "/v1-alpha", "/"])
 @pytest.mark.parametrize("method", ["GET", "PUT", "POST", "DELETE", "PATCH"])
 async def test_bare_prefixes_are_405(client: TestClient, path: str, method: str) -> None:
     response = await client.request(method, path)
