@@ -108,10 +108,25 @@ def open_on_machine(ctx: Context, machine: Record, path: str, stream: bool = Fal
     )
 
 
-def _get_text(ctx: Context, machine: Record, path: str) -> str:
+EXIT_CODE_HEADER = "X-Fleet-Exit-Code"
+
+
+def _exit_code(response: object) -> int:
+    """The remote command's exit code from ``X-Fleet-Exit-Code`` (0 when a fleetd does not
+    send it); one a shell cannot carry (a signal's negative code, beyond 255) is 1."""
+    value = response.getheader(EXIT_CODE_HEADER)  # type: ignore[attr-defined]
+    try:
+        code = int(value) if value is not None else 0
+    except ValueError:
+        return 0
+    return code if 0 <= code <= 255 else 1
+
+
+def _get_text(ctx: Context, machine: Record, path: str) -> tuple[str, int]:
+    """The text of a 200 answer and the remote command's exit code it carries."""
     transport, response = open_on_machine(ctx, machine, path)
     try:
-        return response.read().decode("utf-8", "replace")  # type: ignore[attr-defined]
+        return response.read().decode("utf-8", "replace"), _exit_code(response)  # type: ignore[attr-defined]
     finally:
         transport.close()
 
@@ -120,8 +135,13 @@ def _get_text(ctx: Context, machine: Record, path: str) -> str:
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    """systemctl status of each unit on its machine. The exit status is the first failure's,
+    as fleet's (which ran ``systemctl status`` over SSH and stopped at the first non-zero
+    code): systemctl's own code (3 inactive, 4 no such unit) or 1 for fleetctl's errors.
+    Unlike fleet, the units after a failure are still shown."""
     units = Units(ctx)
     names, errors = resolve_names(ctx, args.units, units)
+    exit_code = 1 if errors else 0
     found = units.get_many(names)
     machines: dict[str, Record] | None = None
     first = True
@@ -129,6 +149,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
         record = found[name]
         if record is None:
             errors.append(f"Unit {name} does not exist.")
+            exit_code = exit_code or 1
             continue
         if machines is None:
             machines = _machines(ctx)
@@ -136,15 +157,18 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
             targets = targets_of(ctx, record, machines)
         except FleetctlError as exc:
             errors.append(str(exc))
+            exit_code = exit_code or 1
             continue
         many = len(targets) > 1 or is_global(record)
         for target in targets:
             path = f"/machines/{quote(target.machine_id)}/status/{quote(name, safe='@:')}"
             try:
-                text = _get_text(ctx, target.machine, path)
+                text, code = _get_text(ctx, target.machine, path)
             except FleetctlError as exc:
                 errors.append(str(exc))
+                exit_code = exit_code or 1
                 continue
+            exit_code = exit_code or code
             if not first:
                 ctx.out.write("\n")
             first = False
@@ -152,7 +176,8 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
                 ctx.out.write(f"Machine {machine_legend(target.machine_id, machines, False)}:\n")
             ctx.out.write(text if text.endswith("\n") or not text else text + "\n")
             ctx.out.flush()
-    return report(ctx, errors)
+    report(ctx, errors)
+    return exit_code
 
 
 # -- journal ----------------------------------------------------------------------------------

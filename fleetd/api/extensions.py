@@ -161,6 +161,9 @@ async def _journal(request: web.Request) -> web.StreamResponse:
         await close_source()
 
 
+EXIT_CODE_HEADER = "X-Fleet-Exit-Code"
+
+
 async def status(request: web.Request) -> web.Response:
     state = api_state(request)
     machine_id = request.match_info["machine"]
@@ -170,10 +173,15 @@ async def status(request: web.Request) -> web.Response:
         text = await state.node.status(unit)
     except Exception as exc:  # noqa: BLE001 - the node's failure becomes the answer
         raise node_failure(f"status of {unit}", exc) from None
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    # systemctl status's exit code (3: inactive, 4: no such unit), so fleetctl can exit with
+    # it as fleet's did over SSH; the 200 and the text stay as they were for other clients.
+    code = getattr(text, "exit_code", None)
+    headers = {EXIT_CODE_HEADER: str(code)} if isinstance(code, int) and not isinstance(code, bool) else None
+    return web.Response(text=str(text), content_type="text/plain", charset="utf-8", headers=headers)
 
 
 __all__ = [
+    "EXIT_CODE_HEADER",
     "FIRST_LINE_WAIT",
     "FOLLOW_RETRY_AFTER",
     "JOURNAL_FOLLOWS",

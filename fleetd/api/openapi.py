@@ -529,7 +529,16 @@ PATHS: dict[str, Any] = {
             "description": "Only the machine's own fleetd answers; another answers 404 saying where to ask.",
             "responses": _responses(
                 {
-                    "200": {"description": "systemctl status output", "content": {TEXT: {"schema": _string()}}},
+                    "200": {
+                        "description": "systemctl status output",
+                        "headers": {
+                            "X-Fleet-Exit-Code": {
+                                "description": "systemctl status's exit code (0 active, 3 inactive, 4 no such unit)",
+                                "schema": {"type": "string", "pattern": "^-?[0-9]+$"},
+                            }
+                        },
+                        "content": {TEXT: {"schema": _string()}},
+                    },
                     "404": _error(
                         "the unit is not loaded here, or the machine is not this fleetd's",
                         {"X-Fleet-Machine-IP": {"schema": _string()}},

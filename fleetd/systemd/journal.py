@@ -211,11 +211,24 @@ def status_command(unit: str, *, lines: int = 10, user: bool = False) -> list[st
     ]
 
 
-async def unit_status_text(unit: str, *, lines: int = 10, user: bool = False, prefix: Sequence[str] = ()) -> str:
+class StatusText(str):
+    """``systemctl status``'s text, carrying its exit code (``exit_code``: 0 active, 3
+    inactive, 4 no such unit; None when unknown). A plain ``str`` everywhere else."""
+
+    exit_code: int | None
+
+    def __new__(cls, text: str, exit_code: int | None = None) -> StatusText:
+        self = super().__new__(cls, text)
+        self.exit_code = exit_code
+        return self
+
+
+async def unit_status_text(unit: str, *, lines: int = 10, user: bool = False, prefix: Sequence[str] = ()) -> StatusText:
     """``systemctl status --no-pager --lines=N -- UNIT``: the human-readable status.
 
     systemctl's exit code says whether the unit is active (3: inactive, 4: no such unit);
-    either way its text is the answer, so only a failure to run it raises. ``prefix`` is
+    either way its text is the answer (the code rides along as ``exit_code``, see
+    :class:`StatusText`), so only a failure to run it raises. ``prefix`` is
     prepended to the command (e.g. ``nsenter -t PID -m -p`` to ask another machine). The
     name is checked and comes after ``--`` (see the module docstring).
     """
@@ -228,7 +241,7 @@ async def unit_status_text(unit: str, *, lines: int = 10, user: bool = False, pr
     text = out.decode("utf-8", errors="replace")
     if not text.strip():
         text = err.decode("utf-8", errors="replace")
-    return text
+    return StatusText(text, proc.returncode)
 
 
-__all__ = ["JournalError", "journal_command", "read_journal", "status_command", "unit_status_text"]
+__all__ = ["JournalError", "StatusText", "journal_command", "read_journal", "status_command", "unit_status_text"]

@@ -708,6 +708,32 @@ async def test_status(client: TestClient, registry: Registry) -> None:
     assert "not loaded" in await error_of(await client.get(f"/fleet/v1/machines/{LOCAL}/status/missing.service"), 404)
 
 
+async def test_status_carries_the_commands_exit_code(registry: Registry) -> None:
+    # the status source is the real unit_status_text, its command a shell that prints and
+    # exits 3 as systemctl status does for an inactive unit
+    from fleetd.systemd.journal import StatusText, unit_status_text
+
+    async def inactive(unit: str) -> str:
+        return await unit_status_text(unit, prefix=("sh", "-c", 'echo "* $0 inactive"; exit 3', "x"))
+
+    client = await _client(registry, Node(LOCAL, status_source=inactive))
+    try:
+        response = await client.get(f"/fleet/v1/machines/{LOCAL}/status/hello.service")
+        assert response.status == 200  # fleet-style clients still get the text
+        assert response.headers["X-Fleet-Exit-Code"] == "3"
+        assert await response.text() == "* x inactive\n"
+    finally:
+        await client.close()
+    assert StatusText("a", 4).exit_code == 4 and StatusText("a") == "a"
+    # a source that says nothing of the code (a plain str): no header
+    client = await _client(registry, Node(LOCAL, status_source=fake_status))
+    try:
+        response = await client.get(f"/fleet/v1/machines/{LOCAL}/status/hello.service")
+        assert response.status == 200 and "X-Fleet-Exit-Code" not in response.headers
+    finally:
+        await client.close()
+
+
 async def test_node_without_journal_or_status_answers_501(registry: Registry) -> None:
     client = await _client(registry, Node(LOCAL))
     try:

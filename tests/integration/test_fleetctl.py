@@ -587,6 +587,43 @@ def test_journal_and_status_come_from_the_units_machine(fleet: Fleet, tmp_path: 
     assert result.code == 1 and "does not appear to be running" in result.err
 
 
+def test_status_exits_with_systemctls_code(fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # fleet ran systemctl status over SSH and exited with its code: 3 for an inactive unit.
+    # Here the unit's fleetd says it in X-Fleet-Exit-Code (its status source: a StatusText).
+    import fleetctl_support
+
+    from fleetd.systemd.journal import StatusText
+
+    codes = {"up.service": 0, "down.service": 3, "gone.service": 4}
+
+    def coded_status(machine_id: str):  # type: ignore[no-untyped-def]
+        async def status(unit: str) -> str:
+            return StatusText(f"* {unit} on {machine_id[:8]}\n", codes[unit])
+
+        return status
+
+    monkeypatch.setattr(fleetctl_support, "fake_status", coded_status)
+    api = fleet.add_api(M1)
+    fleet.add_machine(M1, api.host)
+    write_units(tmp_path, dict.fromkeys(codes, HELLO))
+    env = {"FLEETCTL_ENDPOINT": api.unix}
+    assert fleetctl("submit", *codes, env=env, cwd=tmp_path).code == 0
+    for name in codes:
+        fleet.place(M1, name)
+    result = fleetctl("status", "up.service", env=env)
+    assert (result.code, result.out) == (0, f"* up.service on {M1[:8]}\n")
+    result = fleetctl("status", "down.service", env=env)
+    assert (result.code, result.out, result.err) == (3, f"* down.service on {M1[:8]}\n", "")
+    assert fleetctl("status", "gone.service", env=env).code == 4
+    # several units: every one shown, the exit status the first failure's (fleet's rule)
+    result = fleetctl("status", "up.service", "gone.service", "down.service", env=env)
+    assert result.code == 4
+    assert result.out == "".join(f"* {n}.service on {M1[:8]}\n" for n in ("up", "gone", "down")).replace("\n*", "\n\n*")
+    # a fleetctl error before the remote failure: 1, as fleet's "Unit ... does not exist."
+    result = fleetctl("status", "nothere.service", "down.service", env=env)
+    assert result.code == 1 and "Unit nothere.service does not exist." in result.err
+
+
 def test_journal_follow_of_a_global_unit_follows_every_machine(fleet: Fleet, tmp_path: Path) -> None:
     first = fleet.add_api(M1, host="127.0.0.1")
     second = fleet.add_api(M2, host="127.0.0.2", port=first.port)
