@@ -68,3 +68,24 @@ def test_the_whole_sample_uncommented_is_one_valid_fleet_conf() -> None:
 
 def test_every_config_field_is_an_option() -> None:
     assert {f.name for f in fields(Config)} == set(PARSERS)
+
+
+DOCS = SAMPLE.parent / "docs"
+
+
+def test_metrics_doc_names_every_metric() -> None:
+    # The metric names are the first argument of metric(...) in fleetd/api/metrics.py.
+    source = (SAMPLE.parent / "fleetd" / "api" / "metrics.py").read_text()
+    names = set(re.findall(r'"(fleet_[a-z_]+)"', source))
+    assert names, "no metric names found in fleetd/api/metrics.py"
+    text = (DOCS / "metrics.md").read_text()
+    missing = sorted(n for n in names if f"`{n}`" not in text)
+    assert not missing, f"docs/metrics.md does not describe {missing}"
+
+
+def test_client_doc_names_every_global_option_and_variable() -> None:
+    from fleetctl.commands import GLOBAL_FLAGS
+
+    text = (DOCS / "client.md").read_text()
+    missing = sorted(f.name for f in GLOBAL_FLAGS if f"`--{f.name}`" not in text or f"`{f.env}`" not in text)
+    assert not missing, f"docs/client.md does not describe {missing}"
