@@ -599,8 +599,20 @@ def test_status_shows_systemds_status(cluster: FleetCluster, fleetctl: Fleetctl)
     missing = fleetctl.run("status", "nothere.service")
     assert missing.code == 1 and "nothere.service" in missing.err and "does not exist" in missing.err
     fleetctl.ok("stop", unit)
-    stopped = fleetctl.ok("status", unit)
-    assert "Active: inactive (dead)" in stopped.out
+    stopped = fleetctl.run("status", unit)  # systemctl status's own exit code, as fleet's
+    assert stopped.code == 3 and "Active: inactive (dead)" in stopped.out, str(stopped)
+
+
+def test_status_exits_with_systemctls_code(cluster: FleetCluster, fleetctl: Fleetctl) -> None:
+    # fleet ran systemctl status over SSH and exited with its code; here the unit's fleetd
+    # passes it on (X-Fleet-Exit-Code): 3 for a loaded but inactive unit, 0 once active
+    unit = "idle.service"
+    fleetctl.write(unit, SLEEPER.format(description="idle", echo="idle started"))
+    fleetctl.ok("load", unit)
+    idle = fleetctl.run("status", unit)
+    assert idle.code == 3 and "Active: inactive (dead)" in idle.out and idle.err == "", str(idle)
+    fleetctl.ok("start", unit)
+    assert fleetctl.run("status", unit).code == 0
 
 
 def test_endpoint_flag_wins_over_the_environment(cluster: FleetCluster, fleetctl: Fleetctl) -> None:
