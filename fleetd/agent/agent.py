@@ -305,19 +305,14 @@ class Agent:
         """Merge metadata set through the API into the machine entry, now and on change.
 
         Never gives up: a failure (etcd away, a refused watch) is logged and the follow
-        starts over, so metadata changes keep reaching the engine."""
-        delay = 0.2
-        while True:
-            try:
-                async for dynamic in self.registry.follow_dynamic_metadata(self.machine_id):
-                    delay = 0.2
-                    await self._set_dynamic_metadata(dynamic)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - logged; retried with backoff
-                log.warning("agent: following dynamic metadata failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        starts over with backoff, so metadata changes keep reaching the engine."""
+
+        async def follow() -> None:
+            async for dynamic in self.registry.follow_dynamic_metadata(self.machine_id):
+                await self._set_dynamic_metadata(dynamic)
+            raise ConnectionError("the watch on dynamic metadata ended")
+
+        await self._retry("following dynamic metadata", follow)
 
     async def _set_dynamic_metadata(self, dynamic: Mapping[str, str]) -> None:
         self._dynamic = dict(dynamic)

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
+from fleetd.aio import TaskHealth
 from fleetd.registry.registry import Registry
 
 DEFAULT_TOKEN_LIMIT = 100
@@ -27,12 +28,15 @@ class NodeInfo(Protocol):
     machine id is held by another live fleetd). ``journal`` and ``status`` read the local
     machine's systemd; they may raise ``LookupError`` (404), ``ValueError`` (400) or
     ``NotImplementedError`` (501); anything else becomes a 500 with its message.
-    ``journal`` yields lines with or without their newline.
+    ``journal`` yields lines with or without their newline. ``tasks()``: the supervised
+    tasks of this fleetd, for ``/metrics``.
     """
 
     machine_id: str
 
     def error(self) -> str | None: ...
+
+    def tasks(self) -> list[TaskHealth]: ...
 
     def journal(self, unit: str, lines: int, follow: bool, output: str) -> AsyncIterator[str]: ...
 
@@ -55,6 +59,9 @@ class Node:
 
     def error(self) -> str | None:
         return self.error_message
+
+    def tasks(self) -> list[TaskHealth]:
+        return []  # no supervised tasks outside the daemon
 
     def journal(self, unit: str, lines: int, follow: bool, output: str) -> AsyncIterator[str]:
         if self.journal_source is None:
