@@ -79,6 +79,25 @@ class FakeJournal:
             yield f"tick {count} on {self.machine_id[:4]}"
 
 
+async def finite_journal(unit: str, lines: int, follow: bool, output: str) -> AsyncIterator[str]:
+    """A journal that always ends (a few of the asked lines, then with follow two more), so
+    a generated ``follow=true`` cannot hang a fuzzing run; ``missing.service`` has none."""
+    if unit == "missing.service":
+        raise LookupError(f"no journal entries for {unit}")
+    for index in range(min(lines, 3)):
+        yield f"{unit} line {index}"
+    if follow:
+        for tick in range(2):
+            yield f"tick {tick}"
+
+
+async def finite_status(unit: str) -> str:
+    """``systemctl status`` text; ``missing.service`` is not loaded."""
+    if unit == "missing.service":
+        raise LookupError(f"unit {unit} is not loaded here")
+    return f"* {unit} - hello\n   Active: active (running)\n"
+
+
 def fake_status(machine_id: str) -> Any:
     async def status(unit: str) -> str:
         return f"* {unit} - on {machine_id[:8]}\n   Active: active (running)\n"

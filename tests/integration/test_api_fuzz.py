@@ -24,14 +24,14 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
-from fleetctl_support import Loop
+from fleetctl_support import Loop, finite_journal, finite_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
@@ -68,20 +68,6 @@ FUZZ = settings(
 
 
 # -- the live API -----------------------------------------------------------------------------------
-
-
-async def finite_journal(unit: str, lines: int, follow: bool, output: str) -> AsyncIterator[str]:
-    """A journal that always ends, so a generated follow=true cannot hang the run."""
-    if unit == "missing.service":
-        raise LookupError(f"no journal entries for {unit}")
-    for index in range(min(lines, 3)):
-        yield f"{unit} line {index}"
-    if follow:
-        yield "tick"
-
-
-async def fake_status(unit: str) -> str:
-    return f"* {unit}\n"
 
 
 @dataclass
@@ -136,7 +122,7 @@ def live(loop: Loop, etcd: EtcdCluster) -> Iterator[Live]:
         for machine in MACHINES:
             await sim.add_machine(machine_id=machine)
         await sim.add_engine()
-        node = Node(LOCAL, journal_source=finite_journal, status_source=fake_status)
+        node = Node(LOCAL, journal_source=finite_journal, status_source=finite_status)
         server = await start_api(make_app(registry, node), [TcpListener("127.0.0.1", 0)])
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
         return Live(loop, registry, sim, server, session, f"http://127.0.0.1:{server.tcp_port()}")

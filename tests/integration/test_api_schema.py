@@ -19,11 +19,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleetctl_support import Loop
+from fleetctl_support import Loop, finite_journal, finite_status
 
 from fleetd.api import Node, TcpListener, make_app, start_api
 from fleetd.api.listeners import ApiServer
@@ -82,23 +82,6 @@ TEMPLATE = "[Service]\nExecStart=/bin/echo %i\n"
 GLOBAL = "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n"
 
 
-async def finite_journal(unit: str, lines: int, follow: bool, output: str) -> AsyncIterator[str]:
-    """A journal that always ends: a few of the asked lines, then (follow) two more."""
-    if unit == "missing.service":
-        raise LookupError(f"no journal entries for {unit}")
-    for index in range(min(lines, 3)):
-        yield f"{unit} line {index}"
-    if follow:
-        for tick in range(2):
-            yield f"tick {tick}"
-
-
-async def fake_status(unit: str) -> str:
-    if unit == "missing.service":
-        raise LookupError(f"unit {unit} is not loaded here")
-    return f"* {unit} - hello\n   Active: active (running)\n"
-
-
 async def _seed(registry: Registry) -> None:
     """Machines, units (plain, template, instance, global), placements, states and reasons."""
     lease = await registry.grant_lease(300)
@@ -131,7 +114,7 @@ def api(loop: Loop, etcd: EtcdCluster, key_prefix: str) -> Iterator[str]:
     async def start() -> tuple[Registry, ApiServer]:
         registry = connect(EtcdConfig(endpoints=tuple(etcd.endpoints), request_timeout=5), key_prefix)
         await _seed(registry)
-        node = Node(LOCAL, journal_source=finite_journal, status_source=fake_status)
+        node = Node(LOCAL, journal_source=finite_journal, status_source=finite_status)
         server = await start_api(make_app(registry, node), [TcpListener("127.0.0.1", 0)])
         return registry, server
 
