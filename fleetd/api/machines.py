@@ -14,7 +14,6 @@ most :data:`~fleetd.model.limits.MAX_PATCH_OPERATIONS` operations; more is a 413
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,6 @@ from fleetd.api.params import json_body, listing, page
 from fleetd.model.limits import MAX_PATCH_MACHINES, MAX_PATCH_OPERATIONS
 from fleetd.model.wire import machine_json
 from fleetd.registry.errors import MachineNotFound
-
-log = logging.getLogger("fleetd.api")
 
 # what a machine id and a metadata key may be; the OpenAPI document quotes these patterns
 MACHINE_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
@@ -44,21 +41,12 @@ async def list_machines(request: web.Request) -> web.Response:
     not only after the agent republished its entry. A removed key still shows until then
     when it was published (the published entry does not tell static keys from dynamic)."""
     registry = api_state(request).registry
-    machines = await registry.machines()
+    machines, dynamic = await asyncio.gather(registry.machines(), registry.all_dynamic_metadata())
     items, token = page(request, machines, lambda m: (m.id,), "machines")
-
-    async def stored(machine_id: str) -> dict[str, str]:
-        try:
-            return await registry.dynamic_metadata(machine_id)
-        except ValueError as exc:  # an unreadable record (the registry's RecordError): show what was published
-            log.warning("machine %s: dynamic metadata unreadable: %s", machine_id, exc)
-            return {}
-
-    dynamic = await asyncio.gather(*(stored(m.id) for m in items))
     records = []
-    for machine, extra in zip(items, dynamic, strict=True):
+    for machine in items:
         record = machine_json(machine)
-        record["metadata"].update(extra)
+        record["metadata"].update(dynamic.get(machine.id, {}))  # unreadable: the registry gives {}
         records.append(record)
     return listing("machines", records, token)
 

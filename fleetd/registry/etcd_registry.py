@@ -274,6 +274,12 @@ class EtcdRegistry(Registry):
         kv = await self._etcd.get(self._keys.machine_metadata(machine_id))
         return self._metadata_or_empty(machine_id, kv.value if kv else None)
 
+    async def all_dynamic_metadata(self) -> dict[str, dict[str, str]]:
+        prefix = self._keys.machine_metadata_prefix
+        items, _ = await self._etcd.get_prefix(prefix)
+        found = {kv.key[len(prefix) :]: self._metadata_or_empty(kv.key[len(prefix) :], kv.value) for kv in items}
+        return {machine_id: metadata for machine_id, metadata in found.items() if metadata}
+
     async def update_dynamic_metadata(
         self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
     ) -> dict[str, str]:

@@ -262,6 +262,10 @@ class MemoryRegistry(Registry):
         entry = self._store.get((METADATA, machine_id))
         return {} if entry is None else dict(entry.value)
 
+    async def all_dynamic_metadata(self) -> dict[str, dict[str, str]]:
+        await self._request()
+        return {key[1]: dict(entry.value) for key, entry in self._items(METADATA)}
+
     async def update_dynamic_metadata(
         self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
     ) -> dict[str, str]:

@@ -244,6 +244,11 @@ class Registry(ABC):
         """Metadata set through the API for a machine (kept across agent restarts)."""
 
     @abstractmethod
+    async def all_dynamic_metadata(self) -> dict[str, dict[str, str]]:
+        """machine id -> its dynamic metadata, for every machine that has some, in one read
+        (a listing of a thousand machines must not cost a thousand reads)."""
+
+    @abstractmethod
     async def update_dynamic_metadata(
         self, machine_id: str, set_: Mapping[str, str], remove: Iterable[str] = ()
     ) -> dict[str, str]:

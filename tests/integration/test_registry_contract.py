@@ -228,6 +228,10 @@ async def test_dynamic_metadata_is_followed(registry: Registry) -> None:
     async with asyncio.timeout(10):
         assert await anext(follow) == {}
     assert await registry.dynamic_metadata(M1) == {}
+    assert await registry.all_dynamic_metadata() == {}
+    await registry.update_dynamic_metadata(M1, {"a": "1"})
+    await registry.update_dynamic_metadata(M2, {"b": "2"})
+    assert await registry.all_dynamic_metadata() == {M1: {"a": "1"}, M2: {"b": "2"}}
     await follow.aclose()  # type: ignore[attr-defined]
 
 
