@@ -8,6 +8,7 @@ instead of stopping whoever reads it.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -107,3 +108,23 @@ def decode_state(raw: bytes, what: str = "unit state record") -> UnitState:
     if not all(isinstance(v, str) for v in fields) or not isinstance(error, str):
         raise RecordError(f"{what}: every field must be a string")
     return UnitState(*fields, error=error)
+
+
+PEER_SECRET_BYTES = 32
+
+
+def encode_peer_secret(secret: bytes) -> bytes:
+    """Base64 text, so the key can be read (and rotated) with etcdctl."""
+    return base64.b64encode(secret)
+
+
+def decode_peer_secret(raw: bytes, what: str = "peer secret") -> bytes:
+    """The key, or RecordError: a short or malformed value is never used to sign, since a
+    guessable key would let anyone on the network read every machine's journal."""
+    try:
+        secret = base64.b64decode(raw, validate=True)
+    except (ValueError, TypeError) as exc:
+        raise RecordError(f"{what}: not base64 ({exc})") from None
+    if len(secret) < PEER_SECRET_BYTES:
+        raise RecordError(f"{what}: {len(secret)} bytes, at least {PEER_SECRET_BYTES} are needed")
+    return secret

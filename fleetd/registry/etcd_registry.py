@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.registry.codec import (
+    PEER_SECRET_BYTES,
     RecordError,
     decode_machine,
     decode_metadata,
+    decode_peer_secret,
     decode_state,
     decode_stored_unit,
     encode_machine,
     encode_metadata,
+    encode_peer_secret,
     encode_state,
     encode_unit,
 )
@@ -430,6 +434,16 @@ class EtcdRegistry(Registry):
         prefix = self._keys.unplaceable_prefix
         items, _ = await self._etcd.get_prefix(prefix)
         return {kv.key[len(prefix) :]: kv.value.decode(errors="replace") for kv in items}
+
+    async def peer_secret(self) -> bytes:
+        etcd, key = self._etcd, self._keys.peer_secret
+        fresh = encode_peer_secret(secrets.token_bytes(PEER_SECRET_BYTES))
+        created, responses = await etcd.txn([etcd.cmp_absent(key)], [etcd.op_put(key, fresh)], [etcd.op_get(key)])
+        raw = fresh if created or not responses[-1] else bytes(responses[-1][0][0])
+        try:
+            return decode_peer_secret(raw, f"peer secret at {key}")
+        except RecordError as exc:
+            raise UnreadableRecord(self._bad("peer secret", key, raw, exc)) from None
 
     async def apply_schedule(
         self,

@@ -9,6 +9,7 @@
 <prefix>states/<name>/<id>          systemd state of a unit        (agent's lease)
 <prefix>engine/leader               engine leadership              (engine's lease)
 <prefix>engine/unplaceable/<name>   why the engine cannot place a unit (engine-written)
+<prefix>peer/secret                 key that signs requests between fleetds (created once)
 ```
 
 Per-machine schedule prefixes let an agent watch only its own placements; the engine
@@ -62,6 +63,10 @@ class Keys:
     @property
     def unplaceable_prefix(self) -> str:
         return f"{self.prefix}engine/unplaceable/"
+
+    @property
+    def peer_secret(self) -> str:
+        return f"{self.prefix}peer/secret"
 
     # single keys
     def unplaceable(self, name: str) -> str:

@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
+from fleetd.registry.codec import PEER_SECRET_BYTES
 from fleetd.registry.errors import (
     LeaseNotFound,
     MachineIdInUse,
@@ -40,8 +42,8 @@ from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, Plac
 
 # Record keys are tuples: (kind, *names). Kinds mirror the etcd layout's prefixes.
 Key = tuple[str, ...]
-UNITS, GLOBALS, MACHINES, METADATA, SCHEDULE, STATES, LEADER, UNPLACEABLE = (
-    "units", "global", "machines", "machine-metadata", "schedule", "states", "leader", "unplaceable",
+UNITS, GLOBALS, MACHINES, METADATA, SCHEDULE, STATES, LEADER, UNPLACEABLE, PEER = (
+    "units", "global", "machines", "machine-metadata", "schedule", "states", "leader", "unplaceable", "peer",
 )  # fmt: skip
 
 
@@ -374,6 +376,20 @@ class MemoryRegistry(Registry):
     async def unplaceable(self) -> dict[str, str]:
         await self._request()
         return {key[1]: entry.value for key, entry in self._items(UNPLACEABLE)}
+
+    async def peer_secret(self) -> bytes:
+        await self._request()
+        entry = self._store.get((PEER,))
+        if entry is None:
+            self._commit([((PEER,), secrets.token_bytes(PEER_SECRET_BYTES), 0)])
+            entry = self._store[(PEER,)]
+        if not isinstance(entry.value, bytes):
+            raise UnreadableRecord(f"peer secret: {entry.value}")
+        return entry.value
+
+    def corrupt_peer_secret(self, reason: str = "not base64") -> None:
+        """Leave a peer secret that cannot be used, as a hand edit could."""
+        self._commit([((PEER,), reason, 0)])
 
     async def apply_schedule(
         self,

@@ -319,6 +319,17 @@ class Registry(ABC):
     async def unplaceable(self) -> dict[str, str]:
         """unit name -> the engine's reason it cannot be placed (what users are shown)."""
 
+    # between fleetds --------------------------------------------------------------------
+
+    @abstractmethod
+    async def peer_secret(self) -> bytes:
+        """The cluster's key for signing requests from one fleetd to another (journal and
+        status relayed to the machine running a unit). The first caller creates it, in one
+        conditional write, so every fleetd ends up with the same key. It is exactly as
+        secret as etcd: whoever can read etcd can already run anything on every machine.
+        Raises :class:`~fleetd.registry.errors.UnreadableRecord` when the stored value is
+        not a key this code wrote (it is then never used, nor silently replaced)."""
+
     @abstractmethod
     async def apply_schedule(
         self,

@@ -56,6 +56,7 @@ class Backend:
     registry: Registry
     compact: Callable[[], Any]
     corrupt_unit: Callable[[str], Any]
+    corrupt_peer_secret: Callable[[], Any]
 
 
 async def _compact_etcd(registry: EtcdRegistry) -> None:
@@ -74,7 +75,10 @@ async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncItera
         async def corrupt_memory(name: str) -> None:
             memory.corrupt_unit(name)
 
-        yield Backend(memory, compact_memory, corrupt_memory)
+        async def corrupt_memory_secret() -> None:
+            memory.corrupt_peer_secret("peer secret: 3 bytes, at least 32 are needed")
+
+        yield Backend(memory, compact_memory, corrupt_memory, corrupt_memory_secret)
         return
     request.applymarker(pytest.mark.integration)
     cluster: EtcdCluster = request.getfixturevalue("etcd")
@@ -83,8 +87,11 @@ async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncItera
     async def corrupt_etcd(name: str) -> None:
         await registry._etcd.put(Keys(key_prefix).unit(name), b"[]")
 
+    async def corrupt_etcd_secret() -> None:
+        await registry._etcd.put(Keys(key_prefix).peer_secret, b"YWJj")  # "abc": far too short
+
     try:
-        yield Backend(registry, lambda: _compact_etcd(registry), corrupt_etcd)
+        yield Backend(registry, lambda: _compact_etcd(registry), corrupt_etcd, corrupt_etcd_secret)
     finally:
         await registry.close()
 
@@ -411,3 +418,16 @@ async def test_an_unreadable_unit_is_listed_as_such_refused_for_changes_and_dest
     assert await registry.units_with_errors() == ([unit("good.service")], {})
     await registry.create_unit(unit("bad.service"), is_global=False)  # the name is free again
     await events.aclose()  # type: ignore[attr-defined]
+
+
+# -- between fleetds ------------------------------------------------------------------------
+
+
+async def test_the_peer_secret_is_created_once_and_shared(backend: Backend) -> None:
+    registry = backend.registry
+    first, second = await asyncio.gather(registry.peer_secret(), registry.peer_secret())
+    assert first == second and len(first) >= 32
+    assert await registry.peer_secret() == first  # read back, not made anew
+    await backend.corrupt_peer_secret()
+    with pytest.raises(UnreadableRecord, match="at least 32"):
+        await registry.peer_secret()  # a weak key is refused, never used
