@@ -79,6 +79,10 @@ class Config:
     # them ("unload", the default); "keep" leaves them running for a quick restart/upgrade.
     stop_units_on_exit: bool = True
     machine_id_file: str = "/etc/machine-id"
+    # Beyond fleet: the TCP port (on public_ip) where this fleetd answers other fleetds for
+    # the journal and status of its own units, so fleetctl needs no SSH and no TCP API
+    # (docs/remote.md); 0 turns it off.
+    peer_port: int = 54729
 
     def settings(self) -> Settings:
         return Settings(
@@ -177,6 +181,13 @@ def _parse_int(text: str) -> int:
     return int(text.strip())
 
 
+def _parse_port(text: str) -> int:
+    port = int(text.strip())
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{port} is not a TCP port (0 turns the listener off, else 1-65535)")
+    return port
+
+
 def _parse_str(text: str) -> str:
     return text.strip()
 
@@ -193,6 +204,8 @@ for _field in fields(Config):
         PARSERS[_field.name] = parse_bool
     elif _field.name in ("token_limit", "verbosity"):
         PARSERS[_field.name] = _parse_int
+    elif _field.name == "peer_port":
+        PARSERS[_field.name] = _parse_port
     else:
         PARSERS[_field.name] = _parse_str
 

@@ -210,6 +210,7 @@ class Daemon:
         # what SIGUSR1 dumps, once they exist
         self.agent: Agent | None = None
         self.engine: Engine | None = None
+        self.peer_problem: str | None = None  # why the peer listener is not listening
         # Set once every part runs: a failure before is a startup error (one line), after
         # it a crash (a traceback in the log).
         self.started = False
@@ -274,6 +275,7 @@ class Daemon:
             if isinstance(exc, StartupError):
                 raise
             raise StartupError(f"cannot serve the API: {exc}", hint="check api_listen and fleetd.socket") from exc
+        peer = await self.start_peer(registry, node)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(agent.run(), name="agent")]
         engine: Engine | None = None
         if not self.config.disable_engine:
@@ -293,7 +295,10 @@ class Daemon:
                     waiter.cancel()
                 if self.reload_requested.is_set() and not self.stopping.is_set():
                     self.reload_requested.clear()
+                    old_ip = self.public_ip
                     await self.reload(agent)
+                    if self.public_ip != old_ip:  # the peer listener follows the machine's address
+                        peer = await self.restart_peer(peer, registry, node)
         finally:
             log.info("fleetd stopping (%s local units)", "unloading" if self.config.stop_units_on_exit else "keeping")
             # the engine and the agent's tasks end first (the engine revokes its lease, so a
@@ -307,6 +312,8 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await agent.leave(unload_units=True)
             await api_server.close()
+            if peer is not None:
+                await peer.close()
             await manager.close()
             await registry.close()
 
@@ -439,7 +446,43 @@ class Daemon:
         from fleetd.api import make_app, start_api
 
         app = make_app(registry, node, token_limit=self.config.token_limit)
+        if self.config.peer_port:
+            from fleetd.api.peer_listener import install_relay
+
+            install_relay(app, registry, self.machine_id, self.config.peer_port)
         return await start_api(app, listeners)
+
+    async def start_peer(self, registry: Registry, node: NodeState) -> ApiServerHandle | None:
+        """The peer listener (journal and status for other fleetds) on public_ip:peer_port.
+
+        Not fatal when it cannot listen: the machine still runs its units; only reading
+        their journal from elsewhere fails, with this reason in the relaying fleetd's answer
+        and in this machine's log."""
+        port, ip = self.config.peer_port, self.public_ip
+        if not port:
+            log.info("peer listener off (peer_port=0): journal and status of this machine only from here")
+            return None
+        if not ip:
+            log.warning("no peer listener: this machine has no public_ip, so other fleetds cannot reach it")
+            return None
+        from fleetd.api.peer_listener import start_peer_listener
+
+        try:
+            server = await start_peer_listener(registry, node, ip, port)
+        except Exception as exc:  # noqa: BLE001 - reported, and fleetd goes on without it
+            self.peer_problem = f"cannot listen on {ip}:{port} (peer_port): {exc}"
+            log.error("no peer listener: %s; journal and status of this machine work only from here", self.peer_problem)
+            return None
+        self.peer_problem = None
+        log.info("peer listener on %s:%s (journal and status for other fleetds, signed requests only)", ip, port)
+        return server
+
+    async def restart_peer(
+        self, peer: ApiServerHandle | None, registry: Registry, node: NodeState
+    ) -> ApiServerHandle | None:
+        if peer is not None:
+            await peer.close()
+        return await self.start_peer(registry, node)
 
 
 def _is_loopback(address: str) -> bool:

@@ -1,8 +1,9 @@
 """What fleet's API never had: why units are unplaceable, and a unit's journal and status.
 
 fleet's fleetctl read journals and status over SSH; here each machine's fleetd answers
-for its own machine (``/machines/<id>/journal/<unit>``, ``/machines/<id>/status/<unit>``)
-and tells a client that asked the wrong fleetd where the right one is. The journal is
+for its own machine (``/machines/<id>/journal/<unit>``, ``/machines/<id>/status/<unit>``),
+and for another machine relays the request to that machine's fleetd (:mod:`fleetd.api.peer`);
+without a relay it tells the client where the right fleetd is. The journal is
 streamed; its first line is awaited briefly so that a reader that fails at once (unknown
 unit, journalctl missing) can still answer with a status instead of a broken stream.
 """
@@ -12,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from aiohttp import web
 
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError, node_failure
 from fleetd.api.params import query_bool, query_int, unit_name
+from fleetd.api.peer import PEER_RELAY
 from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS, MAX_JOURNAL_LINES
 from fleetd.model.limits import MAX_JOURNAL_FOLLOWS
+from fleetd.model.state import MachineState
 
 # A journal's first line is awaited this long before the stream starts, so that a failure
 # to read the journal (unknown unit, journalctl missing) can still answer with a status.
@@ -64,22 +68,33 @@ async def list_unplaceable(request: web.Request) -> web.Response:
     return web.json_response({"units": dict(sorted(reasons.items()))})
 
 
-async def require_local(request: web.Request, machine_id: str) -> None:
-    """Journal and status are answered by the machine's own fleetd; others say where."""
+async def owner_of(request: web.Request, machine_id: str) -> MachineState | None:
+    """None when ``machine_id`` is this fleetd's machine; else that machine, when this
+    fleetd can relay to it (:mod:`fleetd.api.peer`). Otherwise a 404 that says where the
+    machine's own fleetd is, as before relaying existed, so a client can go there."""
     state = api_state(request)
     if machine_id == state.node.machine_id:
-        return
+        return None
     machines = await state.registry.machines()
     owner = next((m for m in machines if m.id == machine_id), None)
     if owner is None:
         raise ApiError(404, f"machine {machine_id} is not in the cluster (this fleetd is {state.node.machine_id})")
-    where = f"at {owner.public_ip}" if owner.public_ip else "(its IP is unknown)"
+    if PEER_RELAY in request.app and owner.public_ip:
+        return owner
+    where = f"at {owner.public_ip}" if owner.public_ip else "(its IP is unknown: it registered no public_ip)"
     raise ApiError(
         404,
         f"machine {machine_id} is not this fleetd's machine ({state.node.machine_id}); "
         f"ask the fleetd on machine {machine_id} {where}",
         {"X-Fleet-Machine-IP": owner.public_ip} if owner.public_ip else None,
     )
+
+
+def _relay_path(kind: str, machine_id: str, unit: str, request: web.Request) -> str:
+    """The peer listener's path for this request: always under ``/fleet/v1`` (it serves no
+    alias), with the query as the client sent it."""
+    query = f"?{request.query_string}" if request.query_string else ""
+    return f"/fleet/v1/machines/{quote(machine_id, safe='')}/{kind}/{quote(unit, safe='@:')}{query}"
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -106,9 +121,13 @@ async def _journal(request: web.Request) -> web.StreamResponse:
     output = request.query.get("output") or DEFAULT_JOURNAL_OUTPUT
     if output not in JOURNAL_OUTPUTS:
         raise ApiError(400, f"invalid output {output!r}: one of {', '.join(sorted(JOURNAL_OUTPUTS))}")
-    await require_local(request, machine_id)
+    owner = await owner_of(request, machine_id)
     if follow:
         _take_follow_slot(request)
+    if owner is not None:
+        return await request.app[PEER_RELAY].relay(
+            request, owner, _relay_path("journal", machine_id, unit, request), follow
+        )
     what = f"journal of {unit}"
     try:
         source = state.node.journal(unit, lines, follow, output).__aiter__()
@@ -164,11 +183,15 @@ async def _journal(request: web.Request) -> web.StreamResponse:
 EXIT_CODE_HEADER = "X-Fleet-Exit-Code"
 
 
-async def status(request: web.Request) -> web.Response:
+async def status(request: web.Request) -> web.StreamResponse:
     state = api_state(request)
     machine_id = request.match_info["machine"]
     unit = unit_name(request.match_info["name"])
-    await require_local(request, machine_id)
+    owner = await owner_of(request, machine_id)
+    if owner is not None:
+        return await request.app[PEER_RELAY].relay(
+            request, owner, _relay_path("status", machine_id, unit, request), False
+        )
     try:
         text = await state.node.status(unit)
     except Exception as exc:  # noqa: BLE001 - the node's failure becomes the answer
@@ -188,6 +211,6 @@ __all__ = [
     "FollowSlots",
     "journal",
     "list_unplaceable",
-    "require_local",
+    "owner_of",
     "status",
 ]
