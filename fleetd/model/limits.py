@@ -55,6 +55,25 @@ MAX_PATCH_OPERATIONS = 1000
 #: process and a connection for as long as the client stays.
 MAX_JOURNAL_FOLLOWS = 32
 
+#: How many units one batch request (``POST /fleet/v1/units:batch``) may name, written and
+#: destroyed together: every one is validated and decided before anything is written, so a
+#: batch is work in proportion to this. 1,000 units start in one request; more are split by
+#: the client.
+MAX_BATCH_UNITS = 1000
+
+#: The largest batch request body. Larger than one unit's request (MAX_REQUEST_BYTES) so a
+#: thousand ordinary units fit in one, bounded so a batch cannot hold more than a few
+#: maximal units in memory: a client splits a larger batch (each unit is still at most
+#: MAX_UNIT_BYTES).
+MAX_BATCH_BYTES = 4 * MIB
+
+#: How many long-polls of ``GET /state?wait=true`` one fleetd holds open at once: each is a
+#: connection and an etcd watch for up to MAX_STATE_WAIT_SECONDS.
+MAX_STATE_WAITERS = 64
+
+#: The longest a ``GET /state?wait=true`` long-poll waits for a change (``timeout``).
+MAX_STATE_WAIT_SECONDS = 60
+
 
 def _text_bytes(value: object) -> int:
     """UTF-8 size of a string (a lone surrogate counts as the 3 bytes it would take);
@@ -95,6 +114,8 @@ def too_large(size: int, limit: int, what: str) -> str | None:
 
 __all__ = [
     "KIB",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_UNITS",
     "MAX_JOURNAL_FOLLOWS",
     "MAX_JSON_DEPTH",
     "MAX_PAGE_SIZE",
@@ -102,6 +123,8 @@ __all__ = [
     "MAX_PATCH_MACHINES",
     "MAX_PATCH_OPERATIONS",
     "MAX_REQUEST_BYTES",
+    "MAX_STATE_WAITERS",
+    "MAX_STATE_WAIT_SECONDS",
     "MAX_UNIT_BYTES",
     "MIB",
     "OPTION_OVERHEAD_BYTES",

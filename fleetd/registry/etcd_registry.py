@@ -14,7 +14,9 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from fleetd.model.batch import BatchError, Problem, decide_all, templates_to_read
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
+from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Refusal, Submission, gave_up
 from fleetd.model.unit import DesiredState
 from fleetd.registry.codec import (
     PEER_SECRET_BYTES,
@@ -36,6 +38,7 @@ from fleetd.registry.errors import (
     MachineNotFound,
     NotLeader,
     RegistryError,
+    Resync,
     UnitExists,
     UnitNotFound,
     UnreadableRecord,
@@ -50,6 +53,14 @@ E = TypeVar("E")
 
 # The decode memo is dropped when it grows past this (names churn, e.g. template instances).
 MEMO_LIMIT = 65536
+# A batch of up to this many units reads them one by one (at once); a larger one reads every
+# unit in one prefix read, which is cheaper than hundreds of reads.
+FEW_READS = 16
+# A unit's write in a batch is at most two operations (the unit and its global copy, the
+# latter a nested transaction for a desired state), and etcd counts a nested transaction's
+# operations against what the outer one leaves of MAX_TXN_OPS: 63 units (126 operations)
+# leave room for the nested one.
+BATCH_UNITS_PER_TXN = (MAX_TXN_OPS - 1) // 2
 
 
 class EtcdRegistry(Registry):
@@ -224,6 +235,123 @@ class EtcdRegistry(Registry):
         )
         return ok
 
+    # units in batches -------------------------------------------------------------------
+
+    async def _read_units(self, names: Sequence[str]) -> dict[str, KeyValue]:
+        """The stored records of ``names`` (absent ones left out): a few read one by one,
+        many in one prefix read."""
+        if not names:
+            return {}
+        etcd, keys = self._etcd, self._keys
+        if len(names) <= FEW_READS:
+            found = await asyncio.gather(*(etcd.get(keys.unit(name)) for name in names))
+            return {name: kv for name, kv in zip(names, found, strict=True) if kv is not None}
+        wanted = set(names)
+        prefix = keys.units
+        items, _ = await etcd.get_prefix(prefix)
+        return {kv.key[len(prefix) :]: kv for kv in items if kv.key[len(prefix) :] in wanted}
+
+    def _decode_read(self, kvs: Mapping[str, KeyValue]) -> tuple[dict[str, StoredUnit], dict[str, str]]:
+        """Decoded units, and name -> why for those that cannot be read."""
+        units: dict[str, StoredUnit] = {}
+        unreadable: dict[str, str] = {}
+        for name, kv in kvs.items():
+            try:
+                units[name] = self._unit(name, kv.value, "unit")
+            except RecordError as exc:
+                unreadable[name] = self._bad("unit", kv.key, kv.value, exc)
+        return units, unreadable
+
+    async def _decide_batch(
+        self, requests: Sequence[Submission], written: Sequence[str]
+    ) -> tuple[list[Decision], dict[str, int]]:
+        """Read and decide ``requests``; the decisions and each unit's mod revision as
+        read (absent: not there). A refusal raises BatchError naming ``written``."""
+        kvs = await self._read_units([r.name for r in requests])
+        existing, unreadable = self._decode_read(kvs)
+        wanted = sorted(templates_to_read(requests, existing) - set(unreadable) - set(existing))
+        templates, _ = self._decode_read(await self._read_units(wanted))
+        templates.update({name: existing[name] for name in templates_to_read(requests, existing) if name in existing})
+        try:
+            decisions = decide_all(requests, existing, templates, unreadable)
+        except BatchError as exc:
+            raise BatchError(exc.problems, written) from None
+        return decisions, {name: kv.mod_revision for name, kv in kvs.items()}
+
+    def _batch_write(self, decision: Decision, mod_revision: int | None) -> tuple[Any, list[Any], int]:
+        """One unit's conditional write: (its compare, its operations, their size)."""
+        etcd, keys = self._etcd, self._keys
+        name = decision.stored.name
+        key = keys.unit(name)
+        value = encode_unit(decision.stored)
+        if decision.action is Action.CREATE:
+            compare = etcd.cmp_absent(key)
+            ops = self._unit_ops(decision.stored, decision.is_global)
+        elif decision.action is Action.REPLACE:
+            compare = etcd.cmp_mod(key, mod_revision or 0)
+            ops = self._unit_ops(decision.stored, decision.is_global)
+            if not decision.is_global:
+                ops.append(etcd.op_delete(keys.global_unit(name)))
+        else:  # SET_DESIRED: the global copy follows when there is one
+            compare = etcd.cmp_mod(key, mod_revision or 0)
+            global_key = keys.global_unit(name)
+            ops = [
+                etcd.op_put(key, value),
+                etcd.txn_op([etcd.cmp_present(global_key)], [etcd.op_put(global_key, value)]),
+            ]
+        size = op_size(key, value) * (2 if decision.is_global or decision.action is Action.SET_DESIRED else 1)
+        return compare, ops, size
+
+    async def submit_many(self, requests: Sequence[Submission]) -> list[Decision]:
+        requests = list(requests)
+        if len({r.name for r in requests}) != len(requests):
+            raise ValueError("a batch names each unit at most once")
+        done: dict[str, Decision] = {}
+        written: list[str] = []
+        pending = requests
+        for _ in range(MAX_ATTEMPTS):
+            if not pending:
+                break
+            decisions, revisions = await self._decide_batch(pending, written)
+            writes = []
+            for decision in decisions:
+                if decision.action is Action.NOTHING:
+                    done[decision.stored.name] = decision
+                else:
+                    writes.append((decision, self._batch_write(decision, revisions.get(decision.stored.name))))
+            overtaken: set[str] = set()
+            for run in chunks([size for _, (_, _, size) in writes], max_ops=BATCH_UNITS_PER_TXN):
+                chunk = writes[run.start : run.stop]
+                ok, _ = await self._etcd.txn(
+                    [compare for _, (compare, _, _) in chunk], [op for _, (_, ops, _) in chunk for op in ops]
+                )
+                names = [decision.stored.name for decision, _ in chunk]
+                if ok:
+                    done.update((decision.stored.name, decision) for decision, _ in chunk)
+                    written.extend(names)
+                else:  # another writer changed one of them: decide these again
+                    overtaken.update(names)
+            pending = [r for r in pending if r.name in overtaken]
+        if pending:
+            raise BatchError([Problem(r.name, Refusal.BUSY, gave_up(r.name).message) for r in pending], written)
+        return [done[r.name] for r in requests]
+
+    async def destroy_units(self, names: Sequence[str]) -> list[str]:
+        etcd, keys = self._etcd, self._keys
+        unique = list(dict.fromkeys(names))
+        present = await self._read_units(unique)
+        targets = [name for name in unique if name in present]
+        sizes = [op_size(keys.unit(name)) + op_size(keys.global_unit(name)) for name in targets]
+        destroyed: list[str] = []
+        for run in chunks(sizes, max_ops=BATCH_UNITS_PER_TXN):
+            chunk = targets[run.start : run.stop]
+            ops = [
+                op for name in chunk for op in (etcd.op_delete(keys.unit(name)), etcd.op_delete(keys.global_unit(name)))
+            ]
+            await etcd.txn([], ops)
+            destroyed.extend(chunk)
+        return destroyed
+
     # leases -----------------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> int:
@@ -369,6 +497,36 @@ class EtcdRegistry(Registry):
         items, _ = await self._etcd.get_prefix(prefix)
         found = self._readable("unit state", items, lambda kv: decode_state(kv.value, f"unit state at {kv.key}"))
         return sorted(found, key=lambda s: (s.name, s.machine_id))
+
+    async def unit_states_at(self, name: str | None = None) -> tuple[list[UnitState], int]:
+        prefix = self._keys.unit_states(name) if name else self._keys.states
+        items, revision = await self._etcd.get_prefix(prefix)
+        found = self._readable("unit state", items, lambda kv: decode_state(kv.value, f"unit state at {kv.key}"))
+        return sorted(found, key=lambda s: (s.name, s.machine_id)), revision
+
+    async def wait_unit_changes(self, after: int) -> int:
+        # two watches (states, the schedule), not one on the whole prefix: units' bodies
+        # and machines' entries would wake every waiter for nothing
+        watches = [self._etcd.watch_prefix(prefix, after + 1) for prefix in (self._keys.states, self._keys.schedule)]
+
+        async def first(watch: AsyncIterator[list[Any]]) -> int:
+            async for batch in watch:
+                return int(batch[0].revision)
+            raise RegistryError("watch ended")  # watch_prefix never ends on its own
+
+        tasks = [asyncio.ensure_future(first(watch)) for watch in watches]
+        try:
+            finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                return next(iter(finished)).result()
+            except Resync:
+                return await self._etcd.revision()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for watch in watches:
+                await watch.aclose()
 
     # the schedule -----------------------------------------------------------------------
 

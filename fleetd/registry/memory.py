@@ -25,7 +25,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fleetd.model.batch import decide_all, templates_to_read
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
+from fleetd.model.submit import Action, Decision, Submission
 from fleetd.model.unit import DesiredState
 from fleetd.registry.codec import PEER_SECRET_BYTES
 from fleetd.registry.errors import (
@@ -218,6 +220,46 @@ class MemoryRegistry(Registry):
         self._commit([((UNITS, name), None, 0), ((GLOBALS, name), None, 0)])
         return True
 
+    async def submit_many(self, requests: Sequence[Submission]) -> list[Decision]:
+        await self._request()
+        requests = list(requests)
+        if len({r.name for r in requests}) != len(requests):
+            raise ValueError("a batch names each unit at most once")
+        existing: dict[str, StoredUnit] = {}
+        unreadable: dict[str, str] = {}
+        for request in requests:
+            entry = self._store.get((UNITS, request.name))
+            if entry is None:
+                continue
+            if isinstance(entry.value, _Unreadable):
+                unreadable[request.name] = entry.value.reason
+            else:
+                existing[request.name] = entry.value
+        templates: dict[str, StoredUnit] = {}
+        for name in templates_to_read(requests, existing):
+            entry = self._store.get((UNITS, name))
+            if entry is not None and not isinstance(entry.value, _Unreadable):
+                templates[name] = entry.value
+        decisions = decide_all(requests, existing, templates, unreadable)  # BatchError: nothing written
+        changes: list[tuple[Key, Any, int]] = []
+        for decision in decisions:
+            unit = decision.stored
+            if decision.action in (Action.CREATE, Action.REPLACE):
+                changes += self._unit_changes(unit, decision.is_global)
+            elif decision.action is Action.SET_DESIRED:
+                changes.append(((UNITS, unit.name), unit, 0))
+                if (GLOBALS, unit.name) in self._store:
+                    changes.append(((GLOBALS, unit.name), unit, 0))
+        # one commit: the fake never splits a batch (etcd may, see Registry.submit_many)
+        self._commit(changes)
+        return decisions
+
+    async def destroy_units(self, names: Sequence[str]) -> list[str]:
+        await self._request()
+        targets = [name for name in dict.fromkeys(names) if (UNITS, name) in self._store]
+        self._commit(change for name in targets for change in (((UNITS, name), None, 0), ((GLOBALS, name), None, 0)))
+        return targets
+
     # -- leases ---------------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> int:
@@ -324,6 +366,17 @@ class MemoryRegistry(Registry):
         await self._request()
         items = self._items(STATES, name) if name else self._items(STATES)
         return sorted((entry.value for _, entry in items), key=lambda s: (s.name, s.machine_id))
+
+    async def unit_states_at(self, name: str | None = None) -> tuple[list[UnitState], int]:
+        return await self.unit_states(name), self._revision
+
+    async def wait_unit_changes(self, after: int) -> int:
+        try:
+            async for batch in self._watch(lambda k: k[0] in (STATES, SCHEDULE), after + 1):
+                return batch[0].revision
+        except Resync:
+            return self._revision
+        raise AssertionError("a watch of the fake never ends")
 
     # -- the schedule ---------------------------------------------------------------------
 

@@ -206,6 +206,33 @@ class Registry(ABC):
             return decision
         raise gave_up(name)
 
+    @abstractmethod
+    async def submit_many(self, requests: Sequence[Submission]) -> list[Decision]:
+        """Carry out many ``PUT /units/<name>`` at once (``POST /units:batch``, fleetctl's
+        submit/load/start/stop/unload of many): read every unit (and the templates new
+        instances need), decide all with :func:`fleetd.model.batch.decide_all`, and only
+        when none is refused write them, in as few transactions as etcd's limits allow
+        (at most 63 units, 128 operations and 1 MiB each).
+
+        Atomicity: when any unit is refused nothing is written and
+        :class:`~fleetd.model.batch.BatchError` names every problem. Each transaction is
+        all or nothing and each unit's write in it is conditional on the unit being as it
+        was read (absent for a create), as :meth:`submit`'s is; when another writer
+        changed one, that transaction writes nothing and its units are read and decided
+        again (up to ``MAX_ATTEMPTS``), the transactions already committed staying
+        written: then a refusal names them in ``BatchError.written``. A failure between
+        transactions (etcd lost, the process killed) leaves the earlier ones written and
+        the later ones not; repeating the batch finishes it (it is idempotent). Names
+        must be unique (ValueError). Returns the decisions, in the requests' order.
+        """
+
+    @abstractmethod
+    async def destroy_units(self, names: Sequence[str]) -> list[str]:
+        """Remove many units (and their global copies) in as few transactions as etcd's
+        limits allow; returns the names that existed and were removed, in the given order.
+        Each transaction is all or nothing; a failure between them leaves the earlier
+        removed (repeating it finishes the job)."""
+
     # leases -----------------------------------------------------------------------------
 
     @abstractmethod
@@ -279,6 +306,19 @@ class Registry(ABC):
 
     @abstractmethod
     async def unit_states(self, name: str | None = None) -> list[UnitState]: ...
+
+    @abstractmethod
+    async def unit_states_at(self, name: str | None = None) -> tuple[list[UnitState], int]:
+        """:meth:`unit_states` and the store revision the read saw (what
+        :meth:`wait_unit_changes` waits after)."""
+
+    @abstractmethod
+    async def wait_unit_changes(self, after: int) -> int:
+        """Return once a unit state or a placement (what a unit's ``currentState`` is made
+        of) changed at a revision after ``after``: that revision (at once when the change
+        is already in the past). When that history is compacted away, returns the current
+        revision at once (the caller reads again). Waits for ever otherwise: callers bound
+        it."""
 
     # the schedule -----------------------------------------------------------------------
 

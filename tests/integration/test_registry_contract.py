@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from fleetd.model.batch import BatchError
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
-from fleetd.model.submit import Action, SubmitError, submission
+from fleetd.model.submit import Action, Refusal, SubmitError, submission
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry import (
@@ -431,3 +432,110 @@ async def test_the_peer_secret_is_created_once_and_shared(backend: Backend) -> N
     await backend.corrupt_peer_secret()
     with pytest.raises(UnreadableRecord, match="at least 32"):
         await registry.peer_secret()  # a weak key is refused, never used
+
+
+# -- batches and waiting for unit changes -------------------------------------------------------------
+
+SERVICE_OPTIONS = BODY.to_options()
+GLOBAL_OPTIONS = GLOBAL_BODY.to_options()
+
+
+async def test_submit_many_decides_every_unit_and_writes_them(registry: Registry) -> None:
+    await registry.submit(submission("web@.service", DesiredState.INACTIVE, SERVICE_OPTIONS))
+    await registry.create_unit(unit("old.service", DesiredState.LOADED), is_global=False)
+    await registry.create_unit(unit("same.service", DesiredState.LAUNCHED), is_global=False)
+    decisions = await registry.submit_many(
+        [
+            submission("new.service", DesiredState.LAUNCHED, SERVICE_OPTIONS),
+            submission("web@1.service", DesiredState.LAUNCHED, None),  # from its template
+            submission("old.service", DesiredState.LAUNCHED, None),
+            submission("same.service", DesiredState.LAUNCHED, None),
+            submission("all.service", DesiredState.LAUNCHED, GLOBAL_OPTIONS),
+        ]
+    )
+    assert [(d.stored.name, d.action) for d in decisions] == [
+        ("new.service", Action.CREATE),
+        ("web@1.service", Action.CREATE),
+        ("old.service", Action.SET_DESIRED),
+        ("same.service", Action.NOTHING),
+        ("all.service", Action.CREATE),
+    ]
+    stored = {u.name: u for u in await registry.units()}
+    assert {name: stored[name].desired for name in ("new.service", "web@1.service", "old.service", "all.service")} == {
+        "new.service": DesiredState.LAUNCHED,
+        "web@1.service": DesiredState.LAUNCHED,
+        "old.service": DesiredState.LAUNCHED,
+        "all.service": DesiredState.LAUNCHED,
+    }
+    assert list((await registry.global_units())[0]) == ["all.service"]
+    # a replace of the global unit by a plain one drops its global copy
+    replaced = await registry.submit_many(
+        [submission("all.service", DesiredState.LOADED, OTHER_BODY.to_options(), replace=True)]
+    )
+    assert replaced[0].action is Action.REPLACE
+    assert (await registry.global_units())[0] == {}
+    assert (await registry.get_unit("all.service")) == unit("all.service", DesiredState.LOADED, OTHER_BODY)
+
+
+async def test_a_refused_batch_writes_nothing_and_names_every_problem(registry: Registry) -> None:
+    await registry.create_unit(unit("a.service", DesiredState.LAUNCHED), is_global=False)
+    before = await registry.units()
+    with pytest.raises(BatchError) as refused:
+        await registry.submit_many(
+            [
+                submission("b.service", DesiredState.LAUNCHED, SERVICE_OPTIONS),  # fine on its own
+                submission("a.service", DesiredState.LAUNCHED, OTHER_BODY.to_options()),  # differs, no replace
+                submission("web@2.service", DesiredState.LAUNCHED, None),  # no template
+            ]
+        )
+    problems = {p.name: p.kind for p in refused.value.problems}
+    assert problems == {"a.service": Refusal.CONFLICT, "web@2.service": Refusal.NOT_FOUND}
+    assert refused.value.written == ()
+    assert await registry.units() == before  # b.service was not created either
+
+
+async def test_a_batch_larger_than_one_transaction_is_written_and_destroyed_whole(registry: Registry) -> None:
+    names = [f"many-{i:03d}.service" for i in range(150)]
+    requests = [
+        submission(name, DesiredState.LOADED, GLOBAL_OPTIONS if i % 10 == 0 else SERVICE_OPTIONS)
+        for i, name in enumerate(names)
+    ]
+    decisions = await registry.submit_many(requests)
+    assert all(d.action is Action.CREATE for d in decisions)
+    assert [u.name for u in await registry.units()] == names
+    assert len((await registry.global_units())[0]) == 15
+    # every desired state changes, in batches again (the global copies follow)
+    await registry.submit_many([submission(name, DesiredState.LAUNCHED, None) for name in names])
+    assert {u.desired for u in await registry.units()} == {DesiredState.LAUNCHED}
+    assert {u.desired for u in (await registry.global_units())[0].values()} == {DesiredState.LAUNCHED}
+    destroyed = await registry.destroy_units([*names, "never-there.service"])
+    assert destroyed == names
+    assert await registry.units() == []
+    assert (await registry.global_units())[0] == {}
+    assert await registry.destroy_units(names) == []
+
+
+async def test_unit_changes_are_waited_for_after_a_revision(registry: Registry) -> None:
+    lease = await registry.grant_lease(30)
+    state = UnitState("a.service", M1, "h", "loaded", "active", "running")
+    states, revision = await registry.unit_states_at()
+    assert states == []
+    waiting = asyncio.ensure_future(registry.wait_unit_changes(revision))
+    await asyncio.sleep(0.05)  # let the watch start; it must not return before a change
+    assert not waiting.done()
+    await registry.create_unit(unit("a.service"), is_global=False)  # a unit's body: not a change of state
+    await registry.publish_states(M1, lease, [state])
+    async with asyncio.timeout(10):
+        changed = await waiting
+    states, now = await registry.unit_states_at()
+    assert states == [state] and revision < changed <= now
+    # a change already in the past returns at once; a placement is a change too
+    async with asyncio.timeout(10):
+        assert await registry.wait_unit_changes(revision) == changed
+    leadership = await registry.acquire_leadership(M1, lease)
+    assert leadership is not None
+    waiting = asyncio.ensure_future(registry.wait_unit_changes(now))
+    await registry.apply_schedule(leadership, [(M1, ScheduledUnit("a.service", BODY, DesiredState.LOADED))], [])
+    async with asyncio.timeout(10):
+        assert await waiting > now
+    assert (await registry.unit_states_at("b.service"))[0] == []
