@@ -221,16 +221,17 @@ class ApiClient:
             return list(pool.map(run, calls))
 
     def node_transports(self, machine: Record) -> list[Transport]:
-        """Where to ask for a machine's journal and status, in order: the machine's own
-        API at its IP (on the port of a TCP endpoint, else 54728), and, when fleetctl talks
-        to a unix socket, that socket first (it is the machine's own when local)."""
+        """Where to ask for a machine's journal and status, in order: the fleetd fleetctl
+        talks to (it answers for its own machine and relays to the others' peer
+        listeners), then the machine's own API at its IP (on the port of a TCP endpoint,
+        else 54728) for a fleetd that cannot relay (it answers 404 naming that IP)."""
         current = self.endpoints[self._current]
-        result = []
-        if current.is_unix:
-            result.append(self.transport)
+        result = [self.transport]
         ip = machine.get("primaryIP") or ""
         if ip:
             endpoint = current.on_host(ip)
+            if (endpoint.scheme, endpoint.host, endpoint.port) == (current.scheme, current.host, current.port):
+                return result
             context = self._context
             if endpoint.is_tls and context is None:
                 context = ssl_context(self.config)
@@ -246,8 +247,6 @@ class ApiClient:
                 debug=self.config.debug,
             )
             result.append(transport)
-        elif not current.is_unix:
-            result.append(self.transport)
         return result
 
     def close(self) -> None:

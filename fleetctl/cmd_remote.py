@@ -114,7 +114,18 @@ EXIT_CODE_HEADER = "X-Fleet-Exit-Code"
 def _exit_code(response: object) -> int:
     """The remote command's exit code from ``X-Fleet-Exit-Code`` (0 when a fleetd does not
     send it); one a shell cannot carry (a signal's negative code, beyond 255) is 1."""
-    value = response.getheader(EXIT_CODE_HEADER)  # type: ignore[attr-defined]
+    return _code(response.getheader(EXIT_CODE_HEADER))  # type: ignore[attr-defined]
+
+
+def failure_code(exc: FleetctlError) -> int:
+    """What fleetctl exits with for a failed remote read: the remote tool's own code when
+    fleetd sent it (journalctl's, systemctl's), else 1."""
+    headers = exc.headers if isinstance(exc, ApiError) else {}
+    value = next((v for k, v in headers.items() if k.lower() == EXIT_CODE_HEADER.lower()), None)
+    return (_code(value) or 1) if value is not None else 1
+
+
+def _code(value: str | None) -> int:
     try:
         code = int(value) if value is not None else 0
     except ValueError:
@@ -166,7 +177,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
                 text, code = _get_text(ctx, target.machine, path)
             except FleetctlError as exc:
                 errors.append(str(exc))
-                exit_code = exit_code or 1
+                exit_code = exit_code or failure_code(exc)
                 continue
             exit_code = exit_code or code
             if not first:
@@ -217,9 +228,13 @@ def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
     except FleetctlError as exc:
         return report(ctx, [str(exc)])
     if len(targets) == 1 and not is_global(record):
-        transport, response = open_on_machine(
-            ctx, targets[0].machine, _journal_path(targets[0], args), stream=args.follow
-        )
+        try:
+            transport, response = open_on_machine(
+                ctx, targets[0].machine, _journal_path(targets[0], args), stream=args.follow
+            )
+        except FleetctlError as exc:
+            report(ctx, [str(exc)])
+            return failure_code(exc)
         try:
             for line in _lines(response):
                 ctx.out.write(line + "\n")

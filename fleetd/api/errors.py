@@ -37,11 +37,23 @@ def refused(exc: SubmitError) -> ApiError:
     return ApiError(_REFUSAL_STATUS[exc.kind], exc.message)
 
 
+EXIT_CODE_HEADER = "X-Fleet-Exit-Code"
+
+
 def node_failure(what: str, exc: BaseException) -> ApiError:
     """The local node's journal or status reader failed: its exception picks the status
-    (see :class:`~fleetd.api.context.NodeInfo`)."""
+    (see :class:`~fleetd.api.context.NodeInfo`); a tool's exit code on the exception
+    (``exit_code``) rides along in ``X-Fleet-Exit-Code``, for fleetctl to exit with."""
     if isinstance(exc, ApiError):
         return exc
+    failure = _node_failure(what, exc)
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int) and not isinstance(code, bool):
+        failure.headers[EXIT_CODE_HEADER] = str(code)
+    return failure
+
+
+def _node_failure(what: str, exc: BaseException) -> ApiError:
     if isinstance(exc, LookupError):
         return ApiError(404, f"{what}: {exc}")
     if isinstance(exc, ValueError):
@@ -51,4 +63,4 @@ def node_failure(what: str, exc: BaseException) -> ApiError:
     return ApiError(500, f"{what}: {exc}")
 
 
-__all__ = ["ApiError", "error_response", "node_failure", "refused"]
+__all__ = ["EXIT_CODE_HEADER", "ApiError", "error_response", "node_failure", "refused"]

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from fleetd.api.context import api_state
-from fleetd.api.errors import ApiError, node_failure
+from fleetd.api.errors import EXIT_CODE_HEADER, ApiError, node_failure
 from fleetd.api.params import query_bool, query_int, unit_name
 from fleetd.api.peer import PEER_RELAY
 from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS, MAX_JOURNAL_LINES
@@ -178,9 +178,6 @@ async def _journal(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(BaseException):
                 await pending
         await close_source()
-
-
-EXIT_CODE_HEADER = "X-Fleet-Exit-Code"
 
 
 async def status(request: web.Request) -> web.StreamResponse:

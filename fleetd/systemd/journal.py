@@ -24,7 +24,12 @@ from fleetd.systemd.bus import SystemdError
 
 
 class JournalError(SystemdError):
-    """journalctl (or systemctl) could not be run or failed."""
+    """journalctl (or systemctl) could not be run or failed; ``exit_code`` is the tool's
+    own (None when it did not run), which the API passes on for fleetctl to exit with."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _checked(unit: str) -> str:
@@ -121,7 +126,7 @@ async def _batch(cmd: Sequence[str], cursor_out: list[str]) -> AsyncIterator[str
             else:
                 yield held
         if rc != 0 and err:
-            raise JournalError(f"journalctl exited with {rc}: {err}")
+            raise JournalError(f"journalctl exited with {rc}: {err}", rc)
     finally:
         await _terminate(proc)
         stderr_task.cancel()

@@ -624,6 +624,35 @@ def test_status_exits_with_systemctls_code(fleet: Fleet, tmp_path: Path, monkeyp
     assert result.code == 1 and "Unit nothere.service does not exist." in result.err
 
 
+def test_journal_exits_with_journalctls_code_when_it_fails(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fleet ran journalctl over SSH and exited with its code; here the unit's fleetd sends
+    # journalctl's code in X-Fleet-Exit-Code with the error, and fleetctl exits with it
+    import fleetctl_support
+
+    from fleetd.systemd.journal import JournalError
+
+    class FailingJournal(fleetctl_support.FakeJournal):
+        def __call__(self, unit: str, lines: int, follow: bool, output: str):  # type: ignore[no-untyped-def]
+            if unit == "broken.service":
+                raise JournalError("journalctl exited with 7: No journal files were opened", 7)
+            return super().__call__(unit, lines, follow, output)
+
+    monkeypatch.setattr(fleetctl_support, "FakeJournal", FailingJournal)
+    api = fleet.add_api(M1)
+    fleet.add_machine(M1, api.host)
+    write_units(tmp_path, {"broken.service": HELLO, "fine.service": HELLO2})
+    env = {"FLEETCTL_ENDPOINT": api.unix}
+    assert fleetctl("submit", "broken.service", "fine.service", env=env, cwd=tmp_path).code == 0
+    fleet.place(M1, "broken.service")
+    fleet.place(M1, "fine.service")
+    result = fleetctl("journal", "broken.service", env=env)
+    assert result.code == 7 and "No journal files were opened" in result.err
+    result = fleetctl("journal", "-n", "2", "fine.service", env=env)
+    assert (result.code, result.out) == (0, "fine.service line 0 on 113f\nfine.service line 1 on 113f\n")
+
+
 def test_journal_follow_of_a_global_unit_follows_every_machine(fleet: Fleet, tmp_path: Path) -> None:
     first = fleet.add_api(M1, host="127.0.0.1")
     second = fleet.add_api(M2, host="127.0.0.2", port=first.port)
