@@ -89,3 +89,16 @@ def test_client_doc_names_every_global_option_and_variable() -> None:
     text = (DOCS / "client.md").read_text()
     missing = sorted(f.name for f in GLOBAL_FLAGS if f"`--{f.name}`" not in text or f"`{f.env}`" not in text)
     assert not missing, f"docs/client.md does not describe {missing}"
+
+
+def test_configuration_doc_describes_every_option() -> None:
+    # Each option fleetd accepts has a row of its own in docs/configuration.md.
+    text = (DOCS / "configuration.md").read_text()
+    missing = sorted(name for name in PARSERS if f"\n| `{name}` |" not in text)
+    assert not missing, f"docs/configuration.md has no row for {missing}"
+
+
+def test_docs_index_lists_every_document() -> None:
+    text = (DOCS / "README.md").read_text()
+    missing = sorted(p.name for p in DOCS.glob("*.md") if p.name != "README.md" and f"]({p.name})" not in text)
+    assert not missing, f"docs/README.md does not list {missing}"
