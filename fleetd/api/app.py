@@ -16,6 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from fleetd.api.auth import TOKEN_RULES, TokenRules
+from fleetd.api.batch import post_batch
 from fleetd.api.context import DEFAULT_TOKEN_LIMIT, STATE, ApiState, NodeInfo
 from fleetd.api.discovery import discovery_document
 from fleetd.api.errors import ApiError
@@ -24,7 +25,7 @@ from fleetd.api.machines import list_machines, patch_machines
 from fleetd.api.metrics import metrics
 from fleetd.api.middleware import fleet_middleware
 from fleetd.api.openapi import openapi_document
-from fleetd.api.state import get_state, list_states
+from fleetd.api.state import STATE_WAITS, WaitSlots, get_state, list_states
 from fleetd.api.units import delete_unit, get_unit, list_units, put_unit
 from fleetd.model.limits import MAX_REQUEST_BYTES
 from fleetd.registry.registry import Registry
@@ -58,13 +59,16 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
     app[STATE] = ApiState(registry, node, max(1, int(token_limit)))
     app[TOKEN_RULES] = TokenRules()
     app[JOURNAL_FOLLOWS] = FollowSlots()
+    app[STATE_WAITS] = WaitSlots()
 
     async def stop_streams(app: web.Application) -> None:
         app[STATE].closing = True
+        app[STATE_WAITS].closing.set()  # long-polls answer now instead of at their timeout
 
     app.on_shutdown.append(stop_streams)
     for prefix in PREFIXES:  # fleet serves every route under both prefixes
         app.router.add_get(f"{prefix}/units", list_units)
+        app.router.add_post(f"{prefix}/units:batch", post_batch)
         app.router.add_get(f"{prefix}/units/{{name}}", get_unit)
         app.router.add_put(f"{prefix}/units/{{name}}", put_unit)
         app.router.add_delete(f"{prefix}/units/{{name}}", delete_unit)

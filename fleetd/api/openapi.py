@@ -23,14 +23,20 @@ from typing import Any
 
 from fleetd.api.extensions import FOLLOW_RETRY_AFTER
 from fleetd.api.machines import MACHINE_ID_PATTERN, METADATA_KEY_PATTERN
+from fleetd.api.state import INDEX_HEADER, MAX_INDEX, WAIT_RETRY_AFTER
+from fleetd.model.batch import ABSENT, ACTION_WORDS, DESTROYED
 from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS, MAX_JOURNAL_LINES
 from fleetd.model.limits import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_UNITS,
     MAX_JOURNAL_FOLLOWS,
     MAX_PAGE_SIZE,
     MAX_PAGE_TOKEN_LENGTH,
     MAX_PATCH_MACHINES,
     MAX_PATCH_OPERATIONS,
     MAX_REQUEST_BYTES,
+    MAX_STATE_WAIT_SECONDS,
+    MAX_STATE_WAITERS,
     MAX_UNIT_BYTES,
     OPTION_OVERHEAD_BYTES,
 )
@@ -130,6 +136,90 @@ SCHEMAS: dict[str, Any] = {
                 ),
                 "items": _schema("UnitOption"),
             },
+        },
+    },
+    "BatchRequest": {
+        "description": (
+            "The body of POST /units:batch: units to create, replace or re-target (each as the body of "
+            "PUT /units/{unitName}, with its name) and units to destroy. Every entry is checked, and every unit "
+            "decided against the cluster, before anything is written; one problem refuses the whole batch "
+            f"(nothing written). At most {MAX_BATCH_UNITS} entries in units and destroy together and "
+            f"{MAX_BATCH_BYTES} bytes (413 beyond); each unit at most {MAX_UNIT_BYTES} bytes; a name at most "
+            "once. Other fields are ignored."
+        ),
+        "type": "object",
+        "properties": {
+            "units": {"type": ["array", "null"], "maxItems": MAX_BATCH_UNITS, "items": _schema("BatchUnit")},
+            "destroy": {
+                "type": ["array", "null"],
+                "maxItems": MAX_BATCH_UNITS,
+                "items": _string(pattern=UNIT_NAME_PATTERN, minLength=1, maxLength=MAX_NAME_LENGTH),
+            },
+            "replace": {
+                "type": ["boolean", "null"],
+                "description": "a unit sent with options that differ from the stored ones replaces them (else 409)",
+            },
+        },
+    },
+    "BatchUnit": {
+        "description": "One unit of a batch: the body of PUT /units/{unitName} with its name.",
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": _string(pattern=UNIT_NAME_PATTERN, minLength=1, maxLength=MAX_NAME_LENGTH),
+            "desiredState": {"type": ["string", "null"], "enum": [*_STATES, "", None]},
+            "options": {"type": ["array", "null"], "items": _schema("UnitOption")},
+        },
+    },
+    "BatchResult": {
+        "type": "object",
+        "required": ["units"],
+        "additionalProperties": False,
+        "properties": {
+            "units": {
+                "type": "array",
+                "description": "what was done to each unit, units first then destroys, in the order sent",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "result"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": _string(),
+                        "result": _string(enum=[*ACTION_WORDS.values(), DESTROYED, ABSENT]),
+                    },
+                },
+            }
+        },
+    },
+    "BatchError": {
+        "description": "fleet's error shape; a refused batch adds every problem per unit.",
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": {"type": "integer"},
+                    "message": _string(minLength=1),
+                    "units": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "code", "message"],
+                            "additionalProperties": False,
+                            "properties": {"name": _string(), "code": {"type": "integer"}, "message": _string()},
+                        },
+                    },
+                    "written": {
+                        "type": "array",
+                        "description": "units written before the refusal (only when another writer interfered)",
+                        "items": _string(),
+                    },
+                },
+            }
         },
     },
     "UnitPage": {
@@ -364,6 +454,44 @@ PATHS: dict[str, Any] = {
             ),
         }
     },
+    "/fleet/v1/units:batch": {
+        "post": {
+            "operationId": "Units.Batch",
+            "summary": "create, replace, re-target and destroy many units in one request (beyond fleet)",
+            "description": (
+                "Validates every entry and decides every unit against the cluster before writing anything; "
+                "any problem refuses the batch with every problem per unit (error.units) and nothing "
+                "changed. Then writes in as few etcd transactions as etcd allows (63 units each): each "
+                "transaction is all or nothing and each unit's write in it is conditional on the unit being "
+                "as read, a unit another writer changed meanwhile is decided again; a failure between "
+                "transactions leaves the earlier written (repeating the batch finishes it). Sent with "
+                "Content-Type: application/json (415 otherwise). A server without this route answers 404: "
+                "clients then send one PUT or DELETE per unit."
+            ),
+            "requestBody": {"required": True, "content": {JSON: {"schema": _schema("BatchRequest")}}},
+            "responses": {
+                **_responses({"200": _json("every unit done", _schema("BatchResult"))}, "413", "415"),
+                "400": {
+                    "description": "a malformed body, or a refused batch (every problem per unit); nothing written",
+                    "content": {JSON: {"schema": _schema("BatchError")}},
+                },
+                "409": {
+                    "description": (
+                        "a unit exists with other options and replace was not asked, or an instance has no "
+                        "options and no template; nothing written (but error.written)"
+                    ),
+                    "content": {JSON: {"schema": _schema("BatchError")}},
+                },
+                "503": {
+                    "description": (
+                        "this fleetd must not serve or etcd cannot be reached, or units kept changing under "
+                        "the batch (error.units names them)"
+                    ),
+                    "content": {JSON: {"schema": _schema("BatchError")}},
+                },
+            },
+        }
+    },
     "/fleet/v1/units/{unitName}": {
         "parameters": [_param("unitName")],
         "get": {
@@ -423,9 +551,47 @@ PATHS: dict[str, Any] = {
                     _string(pattern=f"^{MACHINE_ID_PATTERN}$", maxLength=128),
                     "only this machine's states",
                 ),
+                _query(
+                    "wait",
+                    {"type": "boolean"},
+                    "beyond fleet: a long-poll, answered once a unit state or a placement changed after "
+                    f"revision index (or after timeout): {_BOOL_WORDS}",
+                ),
+                _query(
+                    "index",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_INDEX},
+                    f"with wait (required then): the {INDEX_HEADER} of a previous answer",
+                ),
+                _query(
+                    "timeout",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_STATE_WAIT_SECONDS},
+                    f"with wait: seconds to wait at most (default {MAX_STATE_WAIT_SECONDS})",
+                ),
                 *_PAGING,
             ],
-            "responses": _responses({"200": _json("a page of states", _schema("UnitStatePage"))}, "400"),
+            "responses": _responses(
+                {
+                    "200": {
+                        **_json("a page of states", _schema("UnitStatePage")),
+                        "headers": {
+                            INDEX_HEADER: {
+                                "description": "the etcd revision this answer reflects: the next wait's index",
+                                "schema": _string(pattern="^[0-9]+$"),
+                            }
+                        },
+                    },
+                    "429": _error(
+                        f"this fleetd already holds {MAX_STATE_WAITERS} waits",
+                        {
+                            "Retry-After": {
+                                "schema": _string(pattern="^[0-9]+$"),
+                                "description": f"seconds to wait ({WAIT_RETRY_AFTER})",
+                            }
+                        },
+                    ),
+                },
+                "400",
+            ),
         }
     },
     "/fleet/v1/state/{unitName}": {
@@ -594,8 +760,10 @@ def openapi_document(server_url: str = "/") -> dict[str, Any]:
             "version": "v1",
             "description": (
                 "fleet's HTTP API v1 (units, state, machines, discovery) as fleetd serves it, and what "
-                "it adds: unplaceable units, a unit's journal and status on its machine, metrics. "
-                f"Request bodies are at most {MAX_REQUEST_BYTES} bytes. Every error answers "
+                "it adds: unplaceable units, a unit's journal and status on its machine, metrics, batches of units "
+                "(POST /units:batch), a long-poll of unit states (GET /state?wait=true). "
+                f"Request bodies are at most {MAX_REQUEST_BYTES} bytes ({MAX_BATCH_BYTES} for a batch). "
+                "Every error answers "
                 '{"error": {"code": N, "message": "..."}}; a path that does not exist answers 404, a '
                 "method a path does not have 405 with Allow. As in fleet, every /fleet/v1 route is "
                 "also served under /v1-alpha, and /, /fleet/v1 and /v1-alpha answer 405 to any method."

@@ -71,8 +71,10 @@ MAX_BATCH_BYTES = 4 * MIB
 #: connection and an etcd watch for up to MAX_STATE_WAIT_SECONDS.
 MAX_STATE_WAITERS = 64
 
-#: The longest a ``GET /state?wait=true`` long-poll waits for a change (``timeout``).
-MAX_STATE_WAIT_SECONDS = 60
+#: The longest a ``GET /state?wait=true`` long-poll waits for a change (``timeout``): short
+#: enough to fit any client's request timeout, long enough that a client waiting for a
+#: stuck unit asks once per few seconds instead of several times a second.
+MAX_STATE_WAIT_SECONDS = 5
 
 
 def _text_bytes(value: object) -> int:

@@ -505,6 +505,9 @@ class EtcdRegistry(Registry):
         return sorted(found, key=lambda s: (s.name, s.machine_id)), revision
 
     async def wait_unit_changes(self, after: int) -> int:
+        current = await self._etcd.revision()
+        if after > current:  # a watch from there would wait for revisions that may never come
+            return current
         # two watches (states, the schedule), not one on the whole prefix: units' bodies
         # and machines' entries would wake every waiter for nothing
         watches = [self._etcd.watch_prefix(prefix, after + 1) for prefix in (self._keys.states, self._keys.schedule)]

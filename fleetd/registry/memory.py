@@ -371,6 +371,8 @@ class MemoryRegistry(Registry):
         return await self.unit_states(name), self._revision
 
     async def wait_unit_changes(self, after: int) -> int:
+        if after > self._revision:
+            return self._revision
         try:
             async for batch in self._watch(lambda k: k[0] in (STATES, SCHEDULE), after + 1):
                 return batch[0].revision

@@ -316,9 +316,10 @@ class Registry(ABC):
     async def wait_unit_changes(self, after: int) -> int:
         """Return once a unit state or a placement (what a unit's ``currentState`` is made
         of) changed at a revision after ``after``: that revision (at once when the change
-        is already in the past). When that history is compacted away, returns the current
-        revision at once (the caller reads again). Waits for ever otherwise: callers bound
-        it."""
+        is already in the past). When that history is compacted away, or ``after`` is
+        beyond the store's revision (an index no read gave, or from before a restore),
+        returns the current revision at once (the caller reads again). Waits for ever
+        otherwise: callers bound it."""
 
     # the schedule -----------------------------------------------------------------------
 

@@ -539,3 +539,7 @@ async def test_unit_changes_are_waited_for_after_a_revision(registry: Registry) 
     async with asyncio.timeout(10):
         assert await waiting > now
     assert (await registry.unit_states_at("b.service"))[0] == []
+    # an index beyond the store's revision is answered at once with the revision
+    _, now = await registry.unit_states_at()
+    async with asyncio.timeout(10):
+        assert await registry.wait_unit_changes(now + 1000) == now
