@@ -187,6 +187,8 @@ def test_blocks_are_read_as_the_rule_says(tmp_path: Path) -> None:
 def test_the_documents_show_commands() -> None:
     # A guard against the extraction silently finding nothing (a changed fence style).
     assert len([c for d in DOCUMENTS for c in document_commands(d)]) >= 20
+    shown = "".join((ROOT / d).read_text() for d in DOCUMENTS)
+    assert all(f"\n{text}\n" in shown for text in NOT_RUN), "a NOT_RUN command is no longer in the docs"
 
 
 # -- running them -----------------------------------------------------------------------------
@@ -254,5 +256,8 @@ def test_every_command_of_the_document_runs(docs_cluster: FleetCluster, document
                     f"{command}\n  printed {first_word(out)!r} first, the docs show {command.first_word!r}:\n{out}"
                 )
     finally:
-        clean(docs_cluster, env)
+        try:
+            clean(docs_cluster, env)
+        except AssertionError as exc:  # report it with the commands' failures, not instead
+            failures.append(f"cleaning up after {document} failed: {exc}")
     assert not failures, "\n".join(failures)
