@@ -11,10 +11,12 @@ API's JSON shapes in both (see :mod:`fleetctl.output`).
 from __future__ import annotations
 
 import http.client
+import json
 import ssl
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -35,12 +37,56 @@ from fleetctl.transport import (
     unix_dialer,
     unreachable_message,
 )
+from fleetd.model.limits import MAX_BATCH_BYTES, MAX_BATCH_UNITS, MAX_STATE_WAIT_SECONDS
 
 # Page size asked of GET /units, /state and /machines (the server caps it; 100 in fleet).
 PAGE_SIZE = 10000
 BULK_THREADS = 8
 T = TypeVar("T")
 Record = dict[str, Any]
+# The batch route; a fleetd without it answers 404 (or 405), and fleetctl then writes unit by unit.
+BATCH_PATH = "/units:batch"
+# the long-poll's index header; an answer without it comes from a fleetd that cannot wait
+INDEX_HEADER = "x-fleet-index"
+# room left in a batch body for what is not an entry ({"units": [...], "replace": ...})
+_BATCH_FRAME_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class UnitWrite:
+    """One unit of a batch write, as ``PUT /units/{name}`` takes it: no options changes
+    only the desired state (or creates an instance from its template); ``replace`` lets
+    options that differ from the stored ones replace them."""
+
+    name: str
+    desired: str
+    options: list[Record] | None = None
+    replace: bool = False
+
+    def entry(self) -> Record:
+        entry: Record = {"name": self.name, "desiredState": self.desired}
+        if self.options is not None:
+            entry["options"] = self.options
+        return entry
+
+
+def batches(
+    entries: Sequence[Record], max_units: int = MAX_BATCH_UNITS, max_bytes: int = MAX_BATCH_BYTES
+) -> list[range]:
+    """Split batch entries, in order, into requests within the server's limits: at most
+    ``max_units`` entries and ``max_bytes`` bytes of JSON each (one entry larger than that
+    goes alone, and the server names the problem)."""
+    result: list[range] = []
+    start, used = 0, _BATCH_FRAME_BYTES
+    for index, entry in enumerate(entries):
+        size = len(json.dumps(entry)) + 2
+        if index > start and (index - start >= max_units or used + size > max_bytes):
+            result.append(range(start, index))
+            start, used = index, _BATCH_FRAME_BYTES
+        used += size
+    if start < len(entries):
+        result.append(range(start, len(entries)))
+    return result
 
 
 class Cluster(Protocol):
@@ -63,6 +109,25 @@ class Cluster(Protocol):
     def replace_unit(self, name: str, options: list[Record], desired: str) -> None: ...
 
     def destroy_unit(self, name: str) -> bool: ...
+
+    def write_units(self, writes: Sequence[UnitWrite]) -> dict[str, str]:
+        """Write many units in as few requests as the cluster allows; returns the
+        failures, name -> message (the others were written)."""
+        ...
+
+    def destroy_units(self, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """Destroy many units at once: the names destroyed (those that existed) and the
+        failures, name -> message."""
+        ...
+
+    def wait_states(
+        self, index: int | None, timeout: float, unit: str | None = None
+    ) -> tuple[list[Record], int | None]:
+        """Every unit state (of ``unit`` only, when given) and the cluster's index: at once
+        when ``index`` is None, else once a state or placement changed after ``index`` or
+        ``timeout`` seconds passed. The index returned is None when the cluster cannot
+        wait (an older fleetd): the caller then polls."""
+        ...
 
     def bulk(self, calls: Sequence[Callable[[], T]]) -> list[T | BaseException]: ...
 
@@ -93,6 +158,8 @@ class ApiClient:
         self.transports = [self._transport(e, context) for e in self.endpoints]
         self._current = 0
         self._lock = threading.Lock()
+        # whether the fleetd answers POST /units:batch; False after a 404 or 405 from it
+        self.batch_supported = True
 
     def _transport(self, endpoint: Endpoint, context: ssl.SSLContext | None) -> Transport:
         """A transport to an endpoint the user gave (or the default socket): with the token."""
@@ -205,6 +272,117 @@ class ApiClient:
         self._check(response, 200, 204)
         return True
 
+    # -- many units in one request (POST /units:batch), unit by unit on an older fleetd ---------
+
+    def _post_batch(self, body: Record, names: Sequence[str]) -> dict[str, str] | None:
+        """One batch request: the failures (name -> message), or None when this fleetd has
+        no batch route (then every later batch goes unit by unit too)."""
+        response = self.request("POST", BATCH_PATH, body)
+        if response.status in (404, 405):
+            self.batch_supported = False
+            return None
+        if response.status == 200:
+            return {}
+        try:
+            error = (response.json() or {}).get("error") or {}
+        except ValueError:
+            error = {}
+        problems = {p.get("name"): p.get("message") for p in error.get("units") or [] if isinstance(p, dict)}
+        if not problems:  # not a refused batch: the request itself failed, for every unit in it
+            self._check(response, 200)
+        written = set(error.get("written") or [])
+        refused = "not written: the batch it was sent in was refused (see the other errors)"
+        return {name: problems.get(name) or refused for name in names if name not in written}
+
+    def write_units(self, writes: Sequence[UnitWrite]) -> dict[str, str]:
+        failures: dict[str, str] = {}
+        entries = [w.entry() for w in writes]
+        replace = any(w.replace for w in writes)
+        pending = list(writes)
+        if self.batch_supported:
+            pending = []
+            for run in batches(entries):
+                chunk = writes[run.start : run.stop]
+                if not self.batch_supported:
+                    pending.extend(chunk)
+                    continue
+                names = [w.name for w in chunk]
+                try:
+                    result = self._post_batch({"units": entries[run.start : run.stop], "replace": replace}, names)
+                except FleetctlError as exc:
+                    failures.update(dict.fromkeys(names, str(exc)))
+                    continue
+                if result is None:
+                    pending.extend(chunk)
+                else:
+                    failures.update(result)
+        if pending:  # a fleetd without the batch route: one PUT per unit, several at once
+            results = self.bulk([(lambda w=w: self._put(w)) for w in pending])
+            failures.update(
+                {w.name: str(r) for w, r in zip(pending, results, strict=True) if isinstance(r, BaseException)}
+            )
+        return failures
+
+    def _put(self, write: UnitWrite) -> None:
+        query = "?replace=true" if write.replace else ""
+        self._check(self.request("PUT", f"/units/{_quote(write.name)}{query}", write.entry()), 201, 204)
+
+    def destroy_units(self, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        destroyed: list[str] = []
+        failures: dict[str, str] = {}
+        pending: list[str] = list(names)
+        if self.batch_supported:
+            pending = []
+            for run in batches([{"name": n} for n in names]):
+                chunk = list(names[run.start : run.stop])
+                if not self.batch_supported:
+                    pending.extend(chunk)
+                    continue
+                try:
+                    response = self.request("POST", BATCH_PATH, {"destroy": chunk})
+                    if response.status in (404, 405):
+                        self.batch_supported = False
+                        pending.extend(chunk)
+                        continue
+                    results = self._check(response, 200).json().get("units") or []
+                except FleetctlError as exc:
+                    failures.update(dict.fromkeys(chunk, str(exc)))
+                    continue
+                destroyed += [r["name"] for r in results if r.get("result") == "destroyed"]
+        if pending:
+            outcomes = self.bulk([(lambda n=n: self.destroy_unit(n)) for n in pending])
+            for name, outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failures[name] = str(outcome)
+                elif outcome:
+                    destroyed.append(name)
+        order = {name: i for i, name in enumerate(names)}
+        return sorted(destroyed, key=order.__getitem__), failures
+
+    # -- waiting for unit changes (GET /state?wait=true), polling on an older fleetd --------
+
+    def wait_states(
+        self, index: int | None, timeout: float, unit: str | None = None
+    ) -> tuple[list[Record], int | None]:
+        query: dict[str, str] = {"pageSize": str(PAGE_SIZE)}
+        if unit:
+            query["unitName"] = unit
+        if index is not None:
+            # within the request timeout, whatever the caller asks
+            limit = MAX_STATE_WAIT_SECONDS
+            if self.config.request_timeout:
+                limit = min(limit, max(1, int(self.config.request_timeout - 1)))
+            query.update(wait="true", index=str(index), timeout=str(max(1, min(limit, int(timeout)))))
+        response = self._check(self.request("GET", f"/state?{urlencode(query)}"), 200)
+        data = response.json() or {}
+        states = list(data.get("states") or [])
+        header = response.headers.get(INDEX_HEADER, "")
+        if data.get("nextPageToken"):  # more than a page: the rest as a plain listing
+            query = {k: v for k, v in query.items() if k not in ("wait", "index", "timeout")}
+            query["nextPageToken"] = data["nextPageToken"]
+            states += self._pages("/state", "states", query)
+        return states, int(header) if header.isdigit() else None
+
     def bulk(self, calls: Sequence[Callable[[], T]]) -> list[T | BaseException]:
         """Run independent calls, a few at a time when there are many; each result is the
         call's value or the exception it raised."""
@@ -256,6 +434,9 @@ class ApiClient:
 
 __all__ = [
     "API",
+    "BATCH_PATH",
+    "UnitWrite",
+    "batches",
     "Dialer",
     "Record",
     "ApiClient",

@@ -2,18 +2,18 @@
 
 Every command first resolves and checks *all* its arguments (files read and validated,
 templates found, state transitions allowed; see :mod:`fleetctl.unit_plan`) and changes
-nothing if any is wrong; then it writes (several requests at once when there are many
-units) and, unless ``--no-block``, waits for the cluster to get there
+nothing if any is wrong; then it writes every unit in one batch (``POST /units:batch``,
+which the server also checks whole before writing; one request per unit, several at once,
+on a fleetd without it) and, unless ``--no-block``, waits for the cluster to get there
 (:mod:`fleetctl.waiting`).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from fleetctl.client import Record
+from fleetctl.client import Record, UnitWrite
 from fleetctl.context import Context
 from fleetctl.errors import FleetctlError
 from fleetctl.output import is_global
@@ -27,7 +27,7 @@ from fleetctl.unit_plan import (
     report,
     resolve_names,
 )
-from fleetctl.waiting import FEW, Goal, Waiter, is_active
+from fleetctl.waiting import Goal, Waiter, is_active
 from fleetd.model.unit import DesiredState, check_transition
 from fleetd.model.unitfile import UnitFile
 
@@ -41,12 +41,9 @@ def _options(file: UnitFile) -> list[Record]:
     return file.to_options()
 
 
-def _run_bulk(ctx: Context, calls: list[tuple[str, Callable[[], Any]]]) -> dict[str, str]:
-    """Run (name, call) pairs; return the failures: name -> error message."""
-    results = ctx.cluster.bulk([call for _, call in calls])
-    return {
-        name: str(result) for (name, _), result in zip(calls, results, strict=True) if isinstance(result, BaseException)
-    }
+def _set_desired(ctx: Context, names: Sequence[str], target: str) -> dict[str, str]:
+    """Change the desired state of every unit in one batch; the failures, name -> message."""
+    return ctx.cluster.write_units([UnitWrite(name, target) for name in names]) if names else {}
 
 
 def _messages(failures: dict[str, str]) -> list[str]:
@@ -64,23 +61,22 @@ def cmd_submit_load_start(ctx: Context, args: argparse.Namespace) -> int:
     command = args.command
     target = TARGET[command]
     items = plan_units(ctx, args.units, command, args.replace)
-    cluster = ctx.cluster
-    writes: list[tuple[str, Callable[[], Any]]] = []
+    writes: list[UnitWrite] = []
     triggered: list[Item] = []
     for item in items:
         if item.create:
             assert item.file is not None
-            writes.append((item.name, lambda i=item: cluster.create_unit(i.name, _options(i.file), target)))
+            writes.append(UnitWrite(item.name, target, _options(item.file)))
             triggered.append(item)
         elif item.replace:
             assert item.file is not None and item.existing is not None
             desired = item.existing["desiredState"] if command == "submit" else target
-            writes.append((item.name, lambda i=item, d=desired: cluster.replace_unit(i.name, _options(i.file), d)))
+            writes.append(UnitWrite(item.name, desired, _options(item.file), replace=True))
             triggered.append(item)
         elif command != "submit" and item.existing is not None and item.existing.get("desiredState") != target:
-            writes.append((item.name, lambda i=item: cluster.set_desired(i.name, target)))
+            writes.append(UnitWrite(item.name, target))
             triggered.append(item)
-    failed = _run_bulk(ctx, writes)
+    failed = ctx.cluster.write_units(writes) if writes else {}
     errors = _messages(failed)
     if command == "submit":
         for item in items:
@@ -150,9 +146,8 @@ def cmd_stop_unload(ctx: Context, args: argparse.Namespace) -> int:
             errors.append(problem)
     if errors:
         return report(ctx, errors)
-    cluster = ctx.cluster
     change = [r for r in records if r["desiredState"] != target]
-    failed = _run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], target)) for r in change])
+    failed = _set_desired(ctx, [r["name"] for r in change], target)
     errors = _messages(failed)
     for record in change:
         if is_global(record) and record["name"] not in failed:
@@ -176,15 +171,13 @@ def cmd_destroy(ctx: Context, args: argparse.Namespace) -> int:
     names, errors = resolve_names(ctx, args.units, units)
     if errors:
         return report(ctx, errors)
-    cluster = ctx.cluster
-    results = cluster.bulk([(lambda n=n: cluster.destroy_unit(n)) for n in names])
-    destroyed = []
-    for name, result in zip(names, results, strict=True):
-        if isinstance(result, BaseException):
-            errors.append(f"{name}: {result}")
-        elif result:
+    destroyed, failures = ctx.cluster.destroy_units(names) if names else ([], {})
+    gone = set(destroyed)
+    for name in names:
+        if name in failures:
+            errors.append(f"{name}: {failures[name]}")
+        elif name in gone:
             ctx.print(f"Destroyed {name}")
-            destroyed.append(name)
         else:
             ctx.warn(f"Unit {name} does not exist; nothing to destroy")
     attempts = _block_attempts(args)
@@ -207,14 +200,9 @@ def _wait_unloaded(ctx: Context, names: list[str], attempts: int) -> list[str]:
                 remaining.setdefault(state["name"], []).append(state["machineID"])
         return not remaining
 
-    cluster = ctx.cluster
-    interval = 0.1
+    rounds = waiter.rounds(names[0] if len(names) == 1 else None)
     while True:
-        if len(names) <= FEW:
-            results = cluster.bulk([(lambda n=n: cluster.states(unit=n)) for n in names])
-            states = [s for r in results if not isinstance(r, BaseException) for s in r]
-        else:
-            states = cluster.states()
+        states = rounds.states()  # after each change (a long-poll), or polled from an older fleetd
         if gone(states):
             waiter.done()
             return []
@@ -229,8 +217,6 @@ def _wait_unloaded(ctx: Context, names: list[str], attempts: int) -> list[str]:
             f"Waiting for {len(remaining)} destroyed units to be unloaded; "
             f"{len(names) - len(remaining)}/{len(names)} done"
         )
-        waiter.sleep(interval)
-        interval = min(0.5, interval * 1.5)
 
 
 # -- restart ----------------------------------------------------------------------------------
@@ -255,9 +241,7 @@ def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
     for record in running:
         if is_global(record):
             was_on[record["name"]] = {s["machineID"] for s in cluster.states(unit=record["name"]) if is_active(s)}
-    errors += _messages(
-        _run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], "loaded")) for r in running])
-    )
+    errors += _messages(_set_desired(ctx, [r["name"] for r in running], "loaded"))
     if errors:
         return report(ctx, errors)
     for name, machines in was_on.items():
@@ -271,9 +255,7 @@ def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
     errors += waiter.wait_units([Goal(r["name"], "loaded") for r in local], "stop")
     if errors:
         return report(ctx, _timeouts(errors))
-    errors += _messages(
-        _run_bulk(ctx, [(r["name"], lambda r=r: cluster.set_desired(r["name"], "launched")) for r in records])
-    )
+    errors += _messages(_set_desired(ctx, [r["name"] for r in records], "launched"))
     if errors:
         return report(ctx, errors)
     no_block = getattr(args, "no_block", False)

@@ -14,10 +14,11 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from fleetctl.client import Record
+from fleetctl.client import Record, UnitWrite
 from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
 from fleetctl.transport import Transport, learnt_transport
+from fleetd.model.batch import BatchError
 from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.submit import SubmitError, desired_state, submission
 from fleetd.model.wire import machine_json, select_states, state_json, units_json, unreadable_unit_json
@@ -27,6 +28,7 @@ from fleetd.registry.etcd_registry import connect
 from fleetd.registry.registry import RegistryError
 
 T = TypeVar("T")
+NOT_WRITTEN = "not written: the batch it was in was refused (see the other errors)"
 
 
 class EtcdClient:
@@ -51,8 +53,10 @@ class EtcdClient:
         )
         self.endpoint_text = ",".join(endpoints)
 
-    def _run(self, coro: Any) -> Any:
-        timeout = (self.config.request_timeout or 3.0) * 3 + 2
+    def _run(self, coro: Any, extra: float = 0.0) -> Any:
+        """Run one operation on the loop, bounded by the request timeout (plus ``extra``
+        seconds for an operation that waits on purpose)."""
+        timeout = (self.config.request_timeout or 3.0) * 3 + 2 + extra
 
         async def bounded() -> Any:
             return await asyncio.wait_for(coro, timeout)
@@ -131,6 +135,57 @@ class EtcdClient:
 
     def destroy_unit(self, name: str) -> bool:
         return bool(self._run(self.registry.destroy_unit(name)))
+
+    def write_units(self, writes: Sequence[UnitWrite]) -> dict[str, str]:
+        """The batch as ``POST /units:batch`` does it: every unit checked and decided
+        before anything is written (Registry.submit_many), every refusal per unit."""
+        failures: dict[str, str] = {}
+        requests = []
+        for write in writes:
+            try:
+                requests.append(
+                    submission(write.name, desired_state(write.desired), write.options, replace=write.replace)
+                )
+            except SubmitError as exc:
+                failures[write.name] = str(exc)
+        if failures:
+            return {w.name: failures.get(w.name) or NOT_WRITTEN for w in writes}
+        if not requests:
+            return {}
+
+        async def submit() -> BatchError | None:
+            try:
+                await self.registry.submit_many(requests)
+            except BatchError as exc:
+                return exc
+            return None
+
+        refused = self._run(submit(), extra=len(requests) / 100)
+        if refused is None:
+            return {}
+        problems = {p.name: p.message for p in refused.problems}
+        written = set(refused.written)
+        return {w.name: problems.get(w.name) or NOT_WRITTEN for w in writes if w.name not in written}
+
+    def destroy_units(self, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        return list(self._run(self.registry.destroy_units(names), extra=len(names) / 100)), {}
+
+    def wait_states(
+        self, index: int | None, timeout: float, unit: str | None = None
+    ) -> tuple[list[Record], int | None]:
+        """A watch of etcd after ``index`` (Registry.wait_unit_changes), bounded by
+        ``timeout``, then the states and the revision they were read at."""
+
+        async def read() -> tuple[list[UnitState], int]:
+            if index is not None:
+                try:
+                    await asyncio.wait_for(self.registry.wait_unit_changes(index), max(0.0, timeout))
+                except TimeoutError:
+                    pass
+            return await self.registry.unit_states_at(unit)
+
+        states, revision = self._run(read(), extra=max(0.0, timeout))
+        return [state_json(s) for s in select_states(states, unit, None)], revision
 
     def bulk(self, calls: Sequence[Callable[[], T]]) -> list[T | BaseException]:
         results: list[T | BaseException] = []

@@ -3,7 +3,16 @@ do, with fleet's messages and what fleet lacked: reasons and live progress.
 
 - One *attempt* is two seconds (``ATTEMPT_SECONDS``), as in fleet (its ``waitForState``
   polls for up to ``defaultSleepTime``, 2 s, per attempt): ``--block-attempts=N`` waits at
-  most 2*N seconds; 0 waits for ever. Within that the cluster is polled every 0.1-0.5 s.
+  most 2*N seconds; 0 waits for ever.
+- Within that, fleetctl looks again only when the cluster changed: one long-poll of
+  ``GET /state?wait=true&index=N`` (or, with ``--driver etcd``, a watch) answers when a
+  unit state or placement changed (at most one round per ``MIN_ROUND``). Against a fleetd
+  that cannot wait (no ``X-Fleet-Index`` in its answer) the states are polled every
+  0.1-0.5 s instead, as before. The units themselves are listed at the start and again
+  only when a unit stops being reported (destroyed, moved) or must be seen unplaced
+  (``unload``): a unit's ``currentState`` is worked out from the states as the API does
+  it (``launched`` when systemd has it active where it runs, ``loaded`` when reported
+  there, else ``inactive``), the machine reporting a unit being the one it was placed on.
 - While a unit waits to be placed, the engine's reason it cannot be (``GET
   /unplaceable``) is printed once (again when it changes); when the attempts run out,
   every unit still waiting is named with that reason and the exit status is 1.
@@ -22,6 +31,7 @@ from typing import TextIO
 from fleetctl.client import Record
 from fleetctl.context import Context
 from fleetctl.output import machine_legend
+from fleetd.model.limits import MAX_STATE_WAIT_SECONDS
 
 ATTEMPT_SECONDS = 2.0  # fleet's defaultSleepTime: how long one attempt may poll
 FIRST_POLL = 0.1
@@ -30,6 +40,13 @@ PROGRESS_AFTER = 1.0  # seconds of waiting before the progress line appears
 FAILED_NOTICE_AFTER = 3.0  # a unit failed this long while waiting to launch is reported
 FEW = 10  # up to this many units are polled one by one, more by listing them all
 ACTIVE = frozenset({"active", "activating", "reloading"})
+# at most one round per this many seconds: a burst of changes (1,000 units starting) is
+# seen in a few rounds, not one per change
+MIN_ROUND = 0.1
+# a long-poll shorter than this is not worth a request: the rest of the wait polls
+MIN_LONG_POLL = 1.0
+# the longest long-poll asked for (the client also keeps it within its request timeout)
+MAX_LONG_POLL = float(MAX_STATE_WAIT_SECONDS)
 
 
 class Progress:
@@ -67,6 +84,41 @@ class Goal:
     hash: str | None = None
 
 
+class Rounds:
+    """When a waiter looks at the states again: at once the first time, then once the
+    cluster changed after what was last seen (a long-poll: :meth:`Cluster.wait_states`),
+    or, from a fleetd that cannot wait or in the last second of the attempts, after a
+    pause that grows from FIRST_POLL to MAX_POLL (polling)."""
+
+    def __init__(self, waiter: Waiter, unit: str | None = None) -> None:
+        self.waiter = waiter
+        self.unit = unit
+        self.index: int | None = None
+        self.polling = False
+        self.interval = FIRST_POLL
+        self.last: float | None = None
+
+    def states(self) -> list[Record]:
+        """Every unit state (``unit``'s only, when given), as of this round."""
+        waiter = self.waiter
+        index: int | None = None
+        timeout = 0.0
+        if self.last is not None:
+            left = waiter.left()
+            if self.polling or self.index is None or (left is not None and left < MIN_LONG_POLL):
+                waiter.sleep(self.interval)
+                self.interval = min(MAX_POLL, self.interval * 1.5)
+            else:
+                waiter.sleep(self.last + MIN_ROUND - time.monotonic())
+                index = self.index
+                timeout = MAX_LONG_POLL if left is None else min(MAX_LONG_POLL, left)
+        self.last = time.monotonic()
+        states, self.index = waiter.ctx.cluster.wait_states(index, timeout, self.unit)
+        if self.index is None:
+            self.polling = True  # this fleetd cannot wait: poll from now on
+        return states
+
+
 @dataclass
 class Waiter:
     ctx: Context
@@ -102,10 +154,19 @@ class Waiter:
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def left(self) -> float | None:
+        """Seconds left of the attempts (None: waits for ever)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
     def sleep(self, interval: float) -> None:
         if self.deadline is not None:
             interval = min(interval, max(0.0, self.deadline - time.monotonic()))
-        time.sleep(interval)
+        if interval > 0:
+            time.sleep(interval)
+
+    def rounds(self, unit: str | None = None) -> Rounds:
+        """Rounds of looking at the states (of ``unit`` only, when given)."""
+        return Rounds(self, unit)
 
     def show(self, text: str) -> None:
         assert self.progress is not None
@@ -131,21 +192,6 @@ class Waiter:
         by_name = {u["name"]: u for u in cluster.units()}
         return {name: by_name.get(name) for name in names}
 
-    def _fetch_states(self, names: list[str]) -> dict[str, list[Record]]:
-        cluster = self.ctx.cluster
-        result: dict[str, list[Record]] = {name: [] for name in names}
-        if len(names) <= FEW:
-            results = cluster.bulk([(lambda n=n: cluster.states(unit=n)) for n in names])
-            for name, states in zip(names, results, strict=True):
-                if isinstance(states, BaseException):
-                    raise states
-                result[name] = list(states)
-            return result
-        for state in cluster.states():
-            if state["name"] in result:
-                result[state["name"]].append(state)
-        return result
-
     # -- units reaching a state ------------------------------------------------------------
 
     def wait_units(self, goals: Iterable[Goal], verb: str) -> list[str]:
@@ -159,16 +205,30 @@ class Waiter:
         failed_since: dict[str, float] = {}
         failed_shown: set[str] = set()
         last_states: dict[str, list[Record]] = {}
-        interval = FIRST_POLL
+        units: dict[str, Record | None] = {}
+        reported: set[str] = set()  # units seen reported by a machine
+        rounds = self.rounds(next(iter(pending)) if total == 1 else None)
         cluster = self.ctx.cluster
+        first = True
         while pending:
             names = sorted(pending)
-            units = self._fetch_units(names)
-            need_states = [n for n in names if pending[n].hash or pending[n].target == "launched"]
-            states = self._fetch_states(need_states) if need_states else {}
+            states: dict[str, list[Record]] = {name: [] for name in names}
+            for state in rounds.states():
+                if state.get("name") in states:
+                    states[state["name"]].append(state)
             last_states.update(states)
-            if any(pending[n].target != "inactive" for n in names):
-                reasons = cluster.unplaceable()
+            # the units are read again only when the states cannot tell: a unit no longer
+            # reported (destroyed? moved?), or one that must be seen unplaced (unload)
+            if first or any(
+                (n in reported and not states[n])
+                or (pending[n].target == "inactive" and (units.get(n) or {}).get("machineID"))
+                for n in names
+            ):
+                units.update(self._fetch_units(names))
+                first = False
+            reported.update(n for n in names if states[n])
+            if any(not states[n] and pending[n].target != "inactive" for n in names):
+                reasons = cluster.unplaceable()  # only unplaced units have reasons
             now = time.monotonic()
             for name in names:
                 goal = pending[name]
@@ -177,9 +237,9 @@ class Waiter:
                     errors.append(f"unit {name} was destroyed while waiting for it to be {goal.target}")
                     del pending[name]
                     continue
-                if _reached(unit, goal, states.get(name, [])):
-                    machine = unit.get("machineID") or ""
-                    line = f"Unit {name} {unit.get('currentState') or goal.target}"
+                current, machine = _current_state(unit, goal, states[name])
+                if _reached(current, machine, goal, states[name]):
+                    line = f"Unit {name} {current}"
                     if machine:
                         line += f" on {self.legend(machine)}"
                     self.say(line)
@@ -189,12 +249,12 @@ class Waiter:
                 if reason and goal.target != "inactive" and shown_reasons.get(name) != reason:
                     shown_reasons[name] = reason
                     self.note(f"Unit {name} cannot be placed: {reason} (still waiting)")
-                failed = _failed_state(unit, states.get(name, []))
+                failed = _failed_state(states[name])
                 if failed is None:
                     failed_since.pop(name, None)
                 elif goal.target == "launched" and name not in failed_shown:
-                    first = failed_since.setdefault(name, now)
-                    if now - first >= FAILED_NOTICE_AFTER:
+                    first_failed = failed_since.setdefault(name, now)
+                    if now - first_failed >= FAILED_NOTICE_AFTER:
                         failed_shown.add(name)
                         self.note(
                             f"Unit {name} failed on {self.legend(failed['machineID'])} "
@@ -213,8 +273,6 @@ class Waiter:
                 if stuck:
                     label += f", {stuck} cannot be placed"
             self.show(label)
-            self.sleep(interval)
-            interval = min(MAX_POLL, interval * 1.5)
         self.done()
         for name in sorted(pending):
             goal = pending[name]
@@ -231,11 +289,11 @@ class Waiter:
     # -- global units (restart) -------------------------------------------------------------
 
     def wait_global(self, name: str, what: str, condition: Callable[[list[Record]], bool]) -> list[Record] | None:
-        """Poll the unit's states on every machine until ``condition`` holds; return them
-        (``None`` when the attempts ran out)."""
-        interval = FIRST_POLL
+        """Look at the unit's states on every machine, after each change, until
+        ``condition`` holds; return them (``None`` when the attempts ran out)."""
+        rounds = self.rounds(name)
         while True:
-            states = self.ctx.cluster.states(unit=name)
+            states = [s for s in rounds.states() if s.get("name") == name]
             if condition(states):
                 self.done()
                 return states
@@ -243,8 +301,6 @@ class Waiter:
                 self.done()
                 return None
             self.show(f"Waiting for global unit {name} to be {what} on every machine")
-            self.sleep(interval)
-            interval = min(MAX_POLL, interval * 1.5)
 
 
 def _goal_word(pending: dict[str, Goal]) -> str:
@@ -256,19 +312,33 @@ def _triple(state: Record) -> str:
     return "/".join(state.get(k) or "-" for k in ("systemdLoadState", "systemdActiveState", "systemdSubState"))
 
 
-def _failed_state(unit: Record, states: list[Record]) -> Record | None:
-    machine = unit.get("machineID") or ""
-    for state in states:
-        if state.get("machineID") == machine and state.get("systemdActiveState") == "failed":
-            return state
-    return None
+def _failed_state(states: list[Record]) -> Record | None:
+    """The state of a machine where systemd has the unit failed, if any."""
+    return next((s for s in states if s.get("systemdActiveState") == "failed"), None)
 
 
-def _reached(unit: Record, goal: Goal, states: list[Record]) -> bool:
-    if (unit.get("currentState") or "inactive") != goal.target:
+def _current_state(unit: Record, goal: Goal, states: list[Record]) -> tuple[str, str]:
+    """The unit's ``currentState`` as the API derives it (fleetd.model.wire.current_state:
+    ``launched`` when systemd has it active on a machine it is placed on, ``loaded`` when
+    reported there, else ``inactive``) from the states just read, and that machine.
+
+    Where it is placed: for ``inactive`` (unload) the unit as read this round (it was read
+    again because it was placed); otherwise the machines reporting it, as agents report
+    only the units placed on them (the unit record may be older than the placement)."""
+    if goal.target == "inactive":
+        placed = unit.get("machineID") or ""
+        states = [s for s in states if placed and s.get("machineID") == placed]
+    if not states:
+        return "inactive", ""
+    active = [s for s in states if is_active(s)]
+    chosen = (active or states)[0]
+    return ("launched" if active else "loaded"), chosen.get("machineID") or ""
+
+
+def _reached(current: str, machine: str, goal: Goal, states: list[Record]) -> bool:
+    if current != goal.target:
         return False
-    if goal.hash:
-        machine = unit.get("machineID") or ""
+    if goal.hash:  # after --replace: the machine runs the new body
         return any(s.get("machineID") == machine and s.get("hash") == goal.hash for s in states)
     return True
 
@@ -277,4 +347,4 @@ def is_active(state: Record) -> bool:
     return (state.get("systemdActiveState") or "") in ACTIVE
 
 
-__all__ = ["ATTEMPT_SECONDS", "Goal", "Progress", "Waiter", "is_active"]
+__all__ = ["ATTEMPT_SECONDS", "Goal", "Progress", "Rounds", "Waiter", "is_active"]

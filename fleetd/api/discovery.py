@@ -135,6 +135,14 @@ RESOURCES: dict[str, Any] = {
                 "path": "units/{unitName}",
                 "parameters": {"unitName": {"type": "string", "location": "path", "required": True}},
             },
+            "Batch": {
+                "httpMethod": "POST",
+                "path": "units:batch",
+                "description": (
+                    'beyond fleet: {"units": [Set bodies with their name], "destroy": [names], "replace": bool}, '
+                    "every unit checked before anything is written (see /fleet/v1/openapi.json)"
+                ),
+            },
         }
     },
     "UnitState": {
@@ -147,6 +155,10 @@ RESOURCES: dict[str, Any] = {
                     "unitName": {"type": "string", "location": "query"},
                     "nextPageToken": _PAGE_TOKEN,
                     "pageSize": _PAGE_SIZE,
+                    # beyond fleet: a long-poll after the X-Fleet-Index of a previous answer
+                    "wait": {"type": "boolean", "location": "query"},
+                    "index": {"type": "integer", "location": "query"},
+                    "timeout": {"type": "integer", "location": "query"},
                 },
                 "response": _ref("UnitStatePage"),
             },

@@ -19,7 +19,7 @@ from fleetctl.arguments import (
 from fleetctl.config import Config
 from fleetctl.errors import FleetctlError
 from fleetctl.tunnel import jump_spec, split_host_port, ssh_options
-from fleetctl.waiting import Goal, Progress, _reached
+from fleetctl.waiting import Goal, Progress, _current_state, _reached
 
 
 @pytest.mark.parametrize(
@@ -128,14 +128,27 @@ def test_progress_updates_one_line_on_a_terminal_only() -> None:
 
 
 def test_when_a_goal_is_reached() -> None:
-    unit = {"name": "a.service", "currentState": "launched", "machineID": "m1"}
-    assert _reached(unit, Goal("a.service", "launched"), [])
-    assert not _reached(unit, Goal("a.service", "loaded"), [])
-    assert not _reached({"name": "a.service", "currentState": "", "machineID": ""}, Goal("a.service", "loaded"), [])
-    assert _reached({"name": "a.service", "currentState": "", "machineID": ""}, Goal("a.service", "inactive"), [])
+    """currentState is worked out from the states as the API does (active where it runs:
+    launched; reported: loaded; else inactive); an unload looks only at where the unit is
+    placed as last read."""
+    unit = {"name": "a.service", "machineID": "m1"}
+    active = {"machineID": "m1", "systemdActiveState": "active", "hash": "old"}
+    stopped = {"machineID": "m1", "systemdActiveState": "inactive", "hash": "old"}
+    launched = Goal("a.service", "launched")
+    assert _current_state(unit, launched, [active]) == ("launched", "m1")
+    assert _current_state(unit, launched, [stopped]) == ("loaded", "m1")
+    assert _current_state(unit, launched, []) == ("inactive", "")
+    # not yet seen placed when the unit was read: the machine reporting it is where it runs
+    assert _current_state({"name": "a.service", "machineID": ""}, launched, [active]) == ("launched", "m1")
+    # an unload: once unplaced the unit is inactive, even while its machine still reports it
+    unload = Goal("a.service", "inactive")
+    assert _current_state({"name": "a.service", "machineID": ""}, unload, [active]) == ("inactive", "")
+    assert _current_state(unit, unload, [active]) == ("launched", "m1")
+    assert _reached("launched", "m1", launched, [active])
+    assert not _reached("launched", "m1", Goal("a.service", "loaded"), [active])
+    assert _reached("inactive", "", unload, [])
     # after --replace: only once the unit's machine runs the new body
-    old = {"machineID": "m1", "hash": "old"}
     new = {"machineID": "m1", "hash": "new"}
-    assert not _reached(unit, Goal("a.service", "launched", "new"), [old])
-    assert _reached(unit, Goal("a.service", "launched", "new"), [new])
-    assert not _reached(unit, Goal("a.service", "launched", "new"), [{"machineID": "m2", "hash": "new"}])
+    assert not _reached("launched", "m1", Goal("a.service", "launched", "new"), [active])
+    assert _reached("launched", "m1", Goal("a.service", "launched", "new"), [new])
+    assert not _reached("launched", "m1", Goal("a.service", "launched", "new"), [{"machineID": "m2", "hash": "new"}])
