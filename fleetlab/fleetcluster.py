@@ -13,12 +13,15 @@ lab bridge so that hosts can reach it.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import shlex
+import socket
 import sys
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fleetlab.etcd import EtcdCluster
@@ -62,6 +65,24 @@ Service=fleetd.service
 WantedBy=sockets.target
 """
     return {"fleetd.service": service, "fleetd.socket": socket}
+
+
+SHIPPED_UNITS = Path(__file__).resolve().parents[1] / "units"
+
+
+def shipped_fleetd_units(python: str, config_path: str) -> dict[str, str]:
+    """``units/fleetd.service`` and ``units/fleetd.socket`` exactly as shipped, but for the
+    ExecStart line (this interpreter, and the lab's config file): no TCP API, no extra
+    setting, so a test on these hosts shows what an installation from the shipped units
+    can do."""
+    units = {name: (SHIPPED_UNITS / name).read_text() for name in ("fleetd.service", "fleetd.socket")}
+    lines = units["fleetd.service"].splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("ExecStart=")]
+    if len(starts) != 1:
+        raise ValueError(f"{SHIPPED_UNITS}/fleetd.service: expected one ExecStart= line, found {len(starts)}")
+    lines[starts[0]] = f"ExecStart={shlex.quote(python)} -m fleetd.cli --config {config_path}\n"
+    units["fleetd.service"] = "".join(lines)
+    return units
 
 
 @dataclass
@@ -118,6 +139,9 @@ class FleetCluster:
     agent_ttl: str = "3s"
     metadata: list[dict[str, str]] = field(default_factory=list)
     extra_config: dict[str, str] = field(default_factory=dict)
+    #: install units/fleetd.service and fleetd.socket as shipped (no TCP API: the cluster is
+    #: then observed through each host's unix socket)
+    shipped_units: bool = False
     lab: HostLab | None = None
     etcd: EtcdCluster | None = None
     hosts: list[FleetHost] = field(default_factory=list)
@@ -171,7 +195,12 @@ class FleetCluster:
         config_dir = host.root_path / "run/fleet"
         config_dir.mkdir(parents=True, exist_ok=True)
         (config_dir / "fleet.conf").write_text(self.config_text(fleet_host.metadata, fleet_host.ip))
-        for unit, text in fleetd_units(sys.executable, "/run/fleet/fleet.conf", host.ip).items():
+        units = (
+            shipped_fleetd_units(sys.executable, "/run/fleet/fleet.conf")
+            if self.shipped_units
+            else fleetd_units(sys.executable, "/run/fleet/fleet.conf", host.ip)
+        )
+        for unit, text in units.items():
             host.put_unit(unit, text, reload=False)
         host.systemctl("daemon-reload")
         host.systemctl("start", "fleetd.socket", "fleetd.service")
@@ -195,8 +224,19 @@ class FleetCluster:
     def api(self, path: str, host: FleetHost | None = None, timeout: float = 5.0) -> Any:
         """GET a fleet API path (``/fleet/v1/...``) from a host over TCP; JSON decoded."""
         target = host or self.live_hosts()[0]
-        with urllib.request.urlopen(f"{target.endpoint}{path}", timeout=timeout) as response:
-            body = response.read()
+        if self.shipped_units:  # no TCP API: its unix socket, seen from outside the host
+            connection = UnixHTTPConnection(target.api_socket, timeout=timeout)
+            try:
+                connection.request("GET", path)
+                answer = connection.getresponse()
+                body = answer.read()
+                if answer.status >= 400:
+                    raise OSError(f"GET {path} on {target.name}: {answer.status} {body[:200]!r}")
+            finally:
+                connection.close()
+        else:
+            with urllib.request.urlopen(f"{target.endpoint}{path}", timeout=timeout) as response:
+                body = response.read()
         return json.loads(body) if body else None
 
     def live_hosts(self) -> list[FleetHost]:
@@ -249,6 +289,20 @@ class FleetCluster:
     def etcd_endpoints(self) -> list[str]:
         assert self.etcd is not None
         return self.etcd.endpoints
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (fleetd's API socket)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
 
 
 def fleetd_log(host: FleetHost, lines: int = 80) -> str:

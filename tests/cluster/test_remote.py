@@ -1,0 +1,137 @@
+"""Remote journal and status on hosts that run exactly the shipped units.
+
+Each host runs ``units/fleetd.service`` and ``units/fleetd.socket`` as shipped (only
+ExecStart points at this checkout): the API is the unix socket alone, and nothing is set up
+for machine-to-machine access. fleetctl runs inside one host, as a user logged in there
+would, with its defaults, and reads the journal and status of a unit running on another
+host: its fleetd relays to the other machine's peer listener, with the cluster's own
+secret. Exit codes come back as the remote tool's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetlab.fleetcluster import FleetCluster, FleetHost
+from fleetlab.wait import wait_until
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER_PORT = 54729  # the default peer_port: nothing in the lab's fleet.conf sets it
+
+
+@pytest.fixture(scope="module")
+def shipped(hosts_supported: None) -> Iterator[FleetCluster]:
+    with FleetCluster(size=2, lab_prefix="fremote", agent_ttl="3s", shipped_units=True) as cluster:
+        yield cluster
+
+
+def fleetctl(
+    host: FleetHost, *args: str, cwd: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """fleetctl run inside ``host`` with no endpoint given: the default unix socket."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return host.host.run([sys.executable, "-m", "fleetctl", *args], check=False, env=env, cwd=cwd, timeout=timeout)
+
+
+def test_the_lab_runs_the_shipped_units_unchanged_but_for_execstart(shipped: FleetCluster) -> None:
+    host = shipped.hosts[0]
+    for name in ("fleetd.service", "fleetd.socket"):
+        shipped_text = (ROOT / "units" / name).read_text().splitlines()
+        installed = host.host.run(["systemctl", "cat", name]).stdout.splitlines()[1:]  # after "# /path"
+        differing = [line for line in installed if line not in shipped_text]
+        assert all(line.startswith("ExecStart=") for line in differing), differing
+    sockets = host.host.run(["systemctl", "show", "-p", "Listen", "fleetd.socket"]).stdout
+    assert sockets.strip() == "Listen=/run/fleet.sock (Stream)"  # no TCP API
+
+
+def test_journal_and_status_of_a_unit_on_another_machine(shipped: FleetCluster, tmp_path: Path) -> None:
+    here, there = shipped.hosts
+    unit = (
+        f"[Unit]\nDescription=remote\n\n[Service]\nExecStart=/bin/sh -c 'echo hello-from-{there.name}; "
+        f"exec sleep infinity'\n\n[X-Fleet]\nMachineID={there.machine_id}\n"
+    )
+    workdir = here.host.root_path / "run/remote-test"  # the host's own /run, seen from here
+    workdir.mkdir(exist_ok=True)
+    (workdir / "remote.service").write_text(unit)
+    result = fleetctl(here, "start", "/run/remote-test/remote.service")
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: there.running("remote.service"), 30, "remote.service to run on the other host")
+
+    def journal_has_line() -> bool:
+        found = fleetctl(here, "journal", "remote.service")
+        return found.returncode == 0 and f"hello-from-{there.name}" in found.stdout
+
+    wait_until(journal_has_line, 30, "the remote journal to show the unit's line")
+    status = fleetctl(here, "status", "remote.service")
+    assert status.returncode == 0, status.stderr
+    assert "remote.service - remote" in status.stdout and "Active: active (running)" in status.stdout
+
+    # a follow streams from the other machine until fleetctl is stopped
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")} | {"PYTHONPATH": str(ROOT)}
+    argv = ["nsenter", "-t", str(here.host.pid), "-m", "-u", "-p", "-n", sys.executable, "-m", "fleetctl"]
+    follow = subprocess.Popen(
+        [*argv, "journal", "-f", "--lines=5", "remote.service"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert follow.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in follow.stdout], daemon=True).start()
+        shown: list[str] = []
+
+        def hello_shown() -> bool:
+            while not lines.empty():
+                shown.append(lines.get())
+            return any(f"hello-from-{there.name}" in line for line in shown)
+
+        wait_until(hello_shown, 20, "the followed journal to show the unit's line")
+        assert follow.poll() is None  # still following
+    finally:
+        os.killpg(follow.pid, signal.SIGTERM)
+        follow.communicate(timeout=30)
+
+    # stopped: systemctl status's code 3 comes back, as fleet's did over SSH
+    assert fleetctl(here, "stop", "remote.service").returncode == 0
+    wait_until(lambda: not there.running("remote.service"), 30, "remote.service to stop")
+    status = fleetctl(here, "status", "remote.service")
+    assert status.returncode == 3 and "inactive" in status.stdout, (status.returncode, status.stdout, status.stderr)
+    assert fleetctl(here, "destroy", "remote.service").returncode == 0
+
+
+def test_the_peer_listener_refuses_unsigned_requests(shipped: FleetCluster) -> None:
+    here, there = shipped.hosts
+    url = f"http://{there.ip}:{PEER_PORT}/fleet/v1/machines/{there.machine_id}/status/fleetd.service"
+    probe = (
+        "import urllib.request, urllib.error, sys\n"
+        f"try:\n    urllib.request.urlopen({url!r}, timeout=5)\nexcept urllib.error.HTTPError as e:\n"
+        "    print(e.code, e.read().decode())\n"
+    )
+    result = here.host.run([sys.executable, "-c", probe], check=False)
+    code, _, body = result.stdout.partition(" ")
+    assert code == "401" and "signed" in json.loads(body)["error"]["message"], result.stdout + result.stderr
+
+
+def test_an_unknown_machine_is_named_not_relayed(shipped: FleetCluster) -> None:
+    here = shipped.hosts[0]
+    machines = shipped.api("/fleet/v1/machines", here)["machines"]
+    assert {m["id"] for m in machines} == {h.machine_id for h in shipped.hosts}
+    bogus = "f" * 32
+    with pytest.raises(OSError, match="404"):
+        shipped.api(f"/fleet/v1/machines/{bogus}/status/x.service", here)
