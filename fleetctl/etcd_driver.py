@@ -197,14 +197,18 @@ class EtcdClient:
         return results
 
     def node_transports(self, machine: Record) -> list[Transport]:
-        ip = machine.get("primaryIP") or ""
-        if not ip:
-            return []
-        endpoint: Endpoint = parse_endpoint(DEFAULT_ENDPOINT).on_host(ip)
+        """The local fleetd's socket first (it relays to the unit's machine, as with the
+        API driver), then that machine's own API at its IP."""
         timeout = self.config.request_timeout or None
-        # learnt from etcd, and no API endpoint was given: the token only over TLS
-        token = self.config.bearer_token()
-        return [learnt_transport(endpoint, [], token, timeout=timeout, debug=self.config.debug)]
+        local = parse_endpoint(DEFAULT_ENDPOINT)
+        result = [Transport(local, timeout=timeout, debug=self.config.debug)]
+        ip = machine.get("primaryIP") or ""
+        if ip:
+            endpoint: Endpoint = local.on_host(ip)
+            # learnt from etcd, and no API endpoint was given: the token only over TLS
+            token = self.config.bearer_token()
+            result.append(learnt_transport(endpoint, [], token, timeout=timeout, debug=self.config.debug))
+        return result
 
     def close(self) -> None:
         try:

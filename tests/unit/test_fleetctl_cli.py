@@ -309,7 +309,9 @@ def test_node_transports_withhold_the_token_from_learnt_http_addresses() -> None
 
     machine = {"id": "a" * 32, "primaryIP": "10.0.0.2", "metadata": {}}
     given = parse(["--endpoint", "http://10.0.0.1:54728", "--api-token", "tok", "list-units"], environ={}).config
-    [learnt] = ApiClient(given).node_transports(machine)
+    # first the fleetd fleetctl talks to (it relays to the unit's machine), then the machine
+    relay, learnt = ApiClient(given).node_transports(machine)
+    assert (relay.endpoint.url, relay.token) == ("http://10.0.0.1:54728", "tok")
     assert (learnt.endpoint.url, learnt.token, learnt.token_withheld) == ("http://10.0.0.2:54728", None, True)
     hint = unauthorized_hint(learnt)
     assert "did not send its API token to http://10.0.0.2:54728" in hint
@@ -318,11 +320,11 @@ def test_node_transports_withhold_the_token_from_learnt_http_addresses() -> None
     both = parse(
         ["--endpoint", "http://10.0.0.1:54728,http://10.0.0.2:54728", "--api-token", "tok", "status", "x"], environ={}
     )
-    [named] = ApiClient(both.config).node_transports(machine)
+    _, named = ApiClient(both.config).node_transports(machine)
     assert (named.token, named.token_withheld) == ("tok", False)
     # https: sent, to the same port
     tls = parse(["--endpoint", "https://10.0.0.1:4443", "--api-token", "tok", "list-units"], environ={}).config
-    [secure] = ApiClient(tls).node_transports(machine)
+    _, secure = ApiClient(tls).node_transports(machine)
     assert (secure.endpoint.url, secure.token) == ("https://10.0.0.2:4443", "tok")
     # through the unix socket: the machine's port 54728 over http, no token
     local = parse(["--api-token", "tok", "list-units"], environ={}).config
@@ -330,8 +332,11 @@ def test_node_transports_withhold_the_token_from_learnt_http_addresses() -> None
     assert socket_transport.endpoint.is_unix and machine_transport.token is None and machine_transport.token_withheld
     # no token configured: nothing withheld, the usual hint
     plain = parse(["--endpoint", "http://10.0.0.1:54728", "list-units"], environ={}).config
-    [learnt] = ApiClient(plain).node_transports(machine)
+    _, learnt = ApiClient(plain).node_transports(machine)
     assert not learnt.token_withheld and "pass the API token with --api-token-file" in unauthorized_hint(learnt)
+    # the unit's machine is the one fleetctl talks to: asked once
+    [only] = ApiClient(plain).node_transports({**machine, "primaryIP": "10.0.0.1"})
+    assert only.endpoint.url == "http://10.0.0.1:54728"
 
 
 @pytest.mark.parametrize("spelling", ["API", "api", "Api"])
@@ -376,3 +381,17 @@ def test_list_unit_files_accepts_tmachine_with_fleets_warning() -> None:
         "UNIT\t\tDSTATE\t\tSTATE\t\tTMACHINE",
         "a.service\tlaunched\tlaunched\tm1.../10.0.0.1",
     ]
+
+
+def test_the_etcd_driver_asks_the_local_fleetd_first_for_journal_and_status() -> None:
+    from fleetctl.etcd_driver import EtcdClient
+
+    config = parse(["--driver", "etcd", "list-units"], environ={}).config
+    client = EtcdClient(config)
+    try:
+        local, direct = client.node_transports({"id": "a" * 32, "primaryIP": "10.0.0.2", "metadata": {}})
+        assert (local.endpoint.url, direct.endpoint.url) == ("unix:///var/run/fleet.sock", "http://10.0.0.2:54728")
+        [only] = client.node_transports({"id": "a" * 32, "primaryIP": "", "metadata": {}})
+        assert only.endpoint.is_unix
+    finally:
+        client.close()
