@@ -125,7 +125,7 @@ SCHEMAS: dict[str, Any] = {
                 "enum": [*_STATES, "", None],
                 "description": (
                     "absent, null or empty (as fleet's client submits): a new unit is created inactive, "
-                    "a replaced unit keeps its desired state, and without new options it is a 409"
+                    "new options replacing a unit make it inactive, and without new options it is a 409"
                 ),
             },
             "options": {

@@ -10,6 +10,7 @@ decides again when another writer got there first. Records are shaped by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from fleetd.api.errors import ApiError, refused
 from fleetd.api.params import json_body, listing, page, query_bool, unit_name
 from fleetd.model.limits import MAX_UNIT_BYTES, options_size, too_large
 from fleetd.model.submit import Action, Refusal, Submission, SubmitError, desired_state, submission
+from fleetd.model.unit import DesiredState
 from fleetd.model.wire import units_json, unreadable_unit_json
 from fleetd.registry.registry import Registry
 
@@ -97,6 +99,19 @@ async def _apply(registry: Registry, request: Submission, replace_asked: bool) -
     return 204
 
 
+async def _new_body_without_state(registry: Registry, wanted: Submission) -> Submission:
+    """A PUT of new options without ``desiredState`` stores the unit as a new one, as fleet's
+    API does: inactive, even when it replaces a loaded or launched unit (fleet's client then
+    waits for ``currentState`` inactive before it loads or starts the new version). The same
+    options without ``desiredState`` stay a 409, which :func:`decide` answers."""
+    if not wanted.desired_missing or wanted.unit is None:
+        return wanted
+    existing = await registry.get_unit(wanted.name)
+    if existing is None or existing.file == wanted.unit.file:
+        return wanted
+    return dataclasses.replace(wanted, desired=DesiredState.INACTIVE, desired_missing=False)
+
+
 def _check_content_type(request: web.Request) -> None:
     """415 unless exactly one Content-Type whose media type is application/json, as fleet's
     API checks a PUT (parameters such as ``; charset=utf-8`` are allowed)."""
@@ -113,6 +128,7 @@ async def put_unit(request: web.Request) -> web.Response:
     name = unit_name(request.match_info["name"])
     wanted, replace_asked = await _read_submission(request, name)
     try:
+        wanted = await _new_body_without_state(registry, wanted)
         return web.Response(status=await _apply(registry, wanted, replace_asked))
     except SubmitError as exc:
         raise _refused(exc) from None

@@ -250,10 +250,11 @@ async def test_put_without_desired_state_as_fleets_client_submits(client: TestCl
     assert stored is not None and stored.desired is DesiredState.INACTIVE
     assert (await put(client, "b.service", desiredState="", options=opts(SERVICE))).status == 201
     assert (await put(client, "a.service", desiredState="launched")).status == 204
-    # new options without a desired state: the file is replaced, the desired state kept
+    # new options without a desired state: the file is replaced and, as fleet stores a new
+    # unit, made inactive (fleet's client waits for that before it loads or starts it again)
     assert (await put(client, "a.service", options=opts(SERVICE2))).status == 201
     stored = await registry.get_unit("a.service")
-    assert stored is not None and stored.desired is DesiredState.LAUNCHED
+    assert stored is not None and stored.desired is DesiredState.INACTIVE
     assert stored.file == parse_unit_file(SERVICE2)
     # an existing unit with no new options and no desired state: fleet's 409
     before = await snapshot(registry)

@@ -129,6 +129,29 @@ async def test_a_new_version_of_a_unit_replaces_it_with_201(client: TestClient, 
     assert "desiredState" in await go_error(response, 409)
 
 
+async def test_replace_as_fleetctl_makes_the_new_version_inactive_first(client: TestClient, registry: Registry) -> None:
+    # fleetctl load/start --replace of a loaded or launched unit: Units.Set with the new
+    # options only (no desiredState). fleet stores it as a new unit (desired inactive), its
+    # client waits for currentState inactive, then sets the target state it wants.
+    put = f"{BASE}units/a.service?{ALT}"
+    for target in ("loaded", "launched"):
+        await client.put(put, data=go_body(name="a.service", options=go_options(SERVICE)), headers=PUT_HEADERS)
+        await client.put(put, data=go_body(name="a.service", desiredState=target), headers=PUT_HEADERS)
+        body = go_body(name="a.service", options=go_options(SERVICE2))
+        assert b"desiredState" not in body
+        assert (await client.put(put, data=body, headers=PUT_HEADERS)).status == 201
+        stored = await registry.get_unit("a.service")
+        assert stored is not None and stored.file == parse_unit_file(SERVICE2)
+        assert stored.desired is DesiredState.INACTIVE
+        unit = await (await client.get(put, headers=HEADERS)).json()
+        assert (unit["desiredState"], unit["currentState"]) == ("inactive", "inactive")
+        response = await client.put(put, data=go_body(name="a.service", desiredState=target), headers=PUT_HEADERS)
+        assert response.status == 204
+        stored = await registry.get_unit("a.service")
+        assert stored is not None and stored.desired == target
+        assert (await client.delete(put, headers=HEADERS)).status == 204
+
+
 async def test_unknown_unit_without_options_is_409(client: TestClient) -> None:
     body = go_body(name="nope.service", desiredState="launched")
     response = await client.put(f"{BASE}units/nope.service?{ALT}", data=body, headers=PUT_HEADERS)
