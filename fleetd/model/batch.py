@@ -96,6 +96,7 @@ class Batch:
 
 
 def _entry_name(entry: Any) -> str:
+    """A unit entry's ``name``, or a ``destroy`` entry (a name itself), checked."""
     name = entry.get("name") if isinstance(entry, dict) else entry
     if not isinstance(name, str) or not name:
         raise SubmitError(Refusal.INVALID, "needs a unit name (a non-empty string)")
@@ -165,6 +166,8 @@ def parse_batch(body: Any) -> Batch:
     for index, entry in enumerate(destroy if isinstance(destroy, list) else []):
         label = f"destroy[{index}]"
         try:
+            if not isinstance(entry, str):
+                raise SubmitError(Refusal.INVALID, "must be a unit name (a string)")
             name = _entry_name(entry)
         except SubmitError as exc:
             problems.append(Problem(label, exc.kind, exc.message))

@@ -2,12 +2,13 @@
 
 Hypothesis generates what clients could send: unit bodies (options with any sections, names
 and values: unicode, lone surrogates, control characters, huge values), unit names,
-desiredState values, PATCH /machines documents, raw bodies and query parameters. Whatever
-is sent, these hold:
+desiredState values, batches of units (POST /units:batch, also as raw bodies), PATCH
+/machines documents, raw bodies and query parameters (the long-poll's among them).
+Whatever is sent, these hold:
 
 - no answer is a 5xx, and every 4xx is fleet's error shape with its own status as code;
 - a refused request (4xx) stored nothing: the units and the machines' metadata are as
-  they were before it;
+  they were before it; a batch is refused or done whole, as its answer says per unit;
 - what was accepted can be read back (GET /units and the unit itself answer 200);
 - after each batch the cluster still places and starts a new unit: a real engine and two
   simulated machines run on the same registry the whole time, so every fuzzed unit the
@@ -370,6 +371,73 @@ def test_patch_machines(live: Live) -> None:
     still_works(live)
 
 
+batch_entries = st.one_of(
+    st.builds(lambda name, body: {**body, "name": name} if isinstance(body, dict) else body, unit_names, unit_bodies),
+    st.builds(lambda name, body: {**body, "name": name}, unit_names, plausible_bodies),
+    any_json,
+)
+batch_bodies = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "units": st.lists(batch_entries, max_size=6) | any_json,
+            "destroy": st.lists(unit_names | st.sampled_from(["hello.service", "web@1.service"]), max_size=4)
+            | any_json,
+            "replace": st.booleans() | any_json,
+        },
+    ),
+    any_json,
+)
+
+
+def _batch_all_or_nothing(live: Live, body: bytes) -> None:
+    """A refused batch stored nothing; an accepted one did what it says for every unit."""
+    before = {u.name: u for u in live.units()}
+    status, answer = live.request("POST", "/fleet/v1/units:batch", None, body)
+    check_answer(status, answer)
+    after = {u.name: u for u in live.units()}
+    if status >= 400:
+        assert after == before, (status, answer[:300])
+        return
+    for entry in json.loads(answer)["units"]:
+        if entry["result"] in ("destroyed", "absent"):
+            assert entry["name"] not in after, entry
+        else:
+            assert entry["name"] in after, entry
+            read_status, read = live.request("GET", f"/fleet/v1/units/{_path_segment(entry['name'])}")
+            assert read_status == 200, read[:500]
+
+
+def test_post_batches(live: Live) -> None:
+    fresh = itertools.count()
+
+    @FUZZ
+    @given(body=batch_bodies, fresh_names=st.sampled_from([True, True, False]))
+    def post(body: Any, fresh_names: bool) -> None:
+        if fresh_names and isinstance(body, dict) and isinstance(body.get("units"), list):
+            # names not used yet, so each body itself decides (a few repeat on purpose)
+            body["units"] = [
+                {**entry, "name": f"fuzzb{next(fresh) // 2}.service"}
+                if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                else entry
+                for entry in body["units"]
+            ]
+        _batch_all_or_nothing(live, _json(body))
+
+    post()
+    still_works(live)
+
+
+def test_post_raw_batches(live: Live) -> None:
+    @FUZZ
+    @given(body=raw_bodies())
+    def post(body: bytes) -> None:
+        _batch_all_or_nothing(live, body)
+
+    post()
+    still_works(live)
+
+
 QUERY_VALUES = st.one_of(
     URL_TEXT,
     st.sampled_from(["0", "1", "-1", "10000", "10001", "²", "١٢", "9" * 30, "true", "yes", "", " 5", "+5", "1e3"]),
@@ -386,6 +454,24 @@ def test_list_queries(live: Live) -> None:
     @given(path=list_paths, query=list_queries)
     def get(path: str, query: dict[str, str]) -> None:
         check_answer(*live.request("GET", path, query))
+
+    get()
+    still_works(live)
+
+
+def test_state_long_polls(live: Live) -> None:
+    """Hostile wait/index/timeout values: never a 5xx, and a valid wait is over within its
+    timeout (drawn at 1 s here so the property stays fast)."""
+    waits = st.dictionaries(
+        st.sampled_from(["wait", "index", "timeout", "unitName", "machineID", "pageSize"]),
+        st.one_of(QUERY_VALUES, st.sampled_from(["true", "1", "0", "5", "6", "-1", "99999999999999999999"])),
+        max_size=5,
+    ).map(lambda query: {**query, "timeout": "1"} if query.get("timeout") in ("5", "4", "3", "2") else query)
+
+    @FUZZ
+    @given(query=waits)
+    def get(query: dict[str, str]) -> None:
+        check_answer(*live.request("GET", "/fleet/v1/state", query))
 
     get()
     still_works(live)

@@ -1,6 +1,8 @@
 """The API's bounds, against a real etcd: the unit and body size limits (413), malformed
 query values and JSON (400, never 500), the all-or-nothing PATCH /machines (404 for an
-unknown machine, nothing changed) and the limit on concurrent journal follows (429)."""
+unknown machine, nothing changed), the limit on concurrent journal follows (429), and
+the batch route's limits and malformed batches (nothing stored) and the long-poll's
+malformed parameters."""
 
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ from test_api import LOCAL, OTHER, SERVICE, THIRD, _client, error_of, opts, put,
 from fleetd.api import Node
 from fleetd.api.extensions import JOURNAL_FOLLOWS
 from fleetd.model.limits import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_UNITS,
     MAX_JOURNAL_FOLLOWS,
     MAX_JSON_DEPTH,
     MAX_PATCH_MACHINES,
     MAX_PATCH_OPERATIONS,
     MAX_REQUEST_BYTES,
+    MAX_STATE_WAIT_SECONDS,
     MAX_UNIT_BYTES,
     OPTION_OVERHEAD_BYTES,
     options_size,
@@ -246,3 +251,87 @@ async def test_concurrent_follows_are_bounded(client: TestClient) -> None:
     again = await client.get(url, params={"follow": "true"})
     assert again.status == 200
     again.close()
+
+
+# -- POST /units:batch and the GET /state long-poll ------------------------------------------------
+
+BATCH = "/fleet/v1/units:batch"
+
+
+async def test_the_batch_limits_are_413_naming_them(client: TestClient, registry: Registry) -> None:
+    many = [f"n{i}.service" for i in range(MAX_BATCH_UNITS + 1)]
+    message = await error_of(await client.post(BATCH, json={"destroy": many}), 413)
+    assert str(MAX_BATCH_UNITS) in message
+    pad = b'{"units": [], "pad": "' + b"x" * MAX_BATCH_BYTES + b'"}'
+    assert str(MAX_BATCH_BYTES) in await error_of(await client.post(BATCH, data=pad, headers=JSON_TYPE), 413)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the bound still holds
+        for _ in range(MAX_BATCH_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    await error_of(await client.post(BATCH, data=chunks(), headers=JSON_TYPE), 413)
+    # larger than one unit's request, within the batch's: accepted
+    body = {"units": [{"name": f"s{i}.service", "options": opts(SERVICE)} for i in range(MAX_BATCH_UNITS)]}
+    response = await client.post(BATCH, json=body)
+    assert response.status == 200 and len((await response.json())["units"]) == MAX_BATCH_UNITS
+    await error_of(await client.post(BATCH, data=b"{}", headers={"Content-Type": "text/plain"}), 415)
+    await error_of(await client.get(BATCH), 405)
+    assert len(await snapshot(registry)) == MAX_BATCH_UNITS
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000,
+        "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1),
+        b'{"units": [{"name": "a.service", "options": [{"section": "S", "name": "n", "value": "\xff"}]}]}',
+        json.dumps({"units": [{"name": "a.service", "desiredState": "loaded", "options": [{"value": "\ud800"}]}]}),
+        "null",
+        "[]",
+        '"units"',
+        json.dumps({"units": {"name": "a.service"}}),
+        json.dumps({"units": [None]}),
+        json.dumps({"units": [{"name": 7}]}),
+        json.dumps({"units": [{"name": "a.service", "desiredState": ["loaded"], "options": []}]}),
+        json.dumps({"units": [{"name": "a.service", "desiredState": "loaded", "options": {"section": "S"}}]}),
+        json.dumps({"units": [{"name": "a.service", "options": [[]]}]}),
+        json.dumps({"units": [{"name": "../../x.service", "options": opts(SERVICE)}]}),
+        json.dumps({"units": [{"name": "a.service", "options": opts(SERVICE)}], "replace": "yes"}),
+        json.dumps({"units": [{"name": "a.service", "options": opts(SERVICE)}], "destroy": ["a.service"]}),
+        json.dumps({"units": [{"name": "a.service", "options": opts(SERVICE)}], "destroy": [{"name": "b.service"}]}),
+        json.dumps({"destroy": "a.service"}),
+    ],
+)
+async def test_malformed_batches_are_400_and_store_nothing(
+    client: TestClient, registry: Registry, body: str | bytes
+) -> None:
+    await error_of_batch(await client.post(BATCH, data=body, headers=JSON_TYPE), 400)
+    assert await snapshot(registry) == []
+
+
+async def error_of_batch(response: Any, code: int) -> None:
+    """fleet's error shape, with the per-unit problems a refused batch adds."""
+    assert response.status == code, await response.text()
+    error = (await response.json())["error"]
+    assert error["code"] == code and isinstance(error["message"], str) and error["message"]
+    assert set(error) <= {"code", "message", "units", "written"}
+    for problem in error.get("units", []):
+        assert problem["code"] == code and problem["message"] and isinstance(problem["name"], str)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"wait": "true"},
+        {"wait": "true", "index": "-1"},
+        {"wait": "true", "index": "x"},
+        {"wait": "true", "index": "²"},
+        {"wait": "maybe", "index": "1"},
+        {"wait": "true", "index": "1", "timeout": "0"},
+        {"wait": "true", "index": "1", "timeout": str(MAX_STATE_WAIT_SECONDS + 1)},
+        {"wait": "true", "index": "9" * 30},
+        {"wait": "true", "index": "1", "unitName": "../x"},
+    ],
+)
+async def test_bad_wait_parameters_are_400(client: TestClient, params: dict[str, str]) -> None:
+    await error_of(await client.get("/fleet/v1/state", params=params), 400)
