@@ -102,3 +102,12 @@ def test_docs_index_lists_every_document() -> None:
     text = (DOCS / "README.md").read_text()
     missing = sorted(p.name for p in DOCS.glob("*.md") if p.name != "README.md" and f"]({p.name})" not in text)
     assert not missing, f"docs/README.md does not list {missing}"
+
+
+def test_relative_links_in_the_docs_lead_to_files() -> None:
+    broken = []
+    for doc in [SAMPLE.parent / "README.md", SAMPLE.parent / "examples" / "README.md", *DOCS.glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(SAMPLE.parent)}: {target}")
+    assert not broken, f"links to missing files: {broken}"
