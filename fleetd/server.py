@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleetd import __version__
 from fleetd.agent.agent import Agent
@@ -32,6 +32,9 @@ from fleetd.model.state import MachineState
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import connect
 from fleetd.registry.registry import Registry
+
+if TYPE_CHECKING:
+    from fleetd.api.peer_tls import PeerIdentity
 
 log = logging.getLogger("fleetd")
 
@@ -211,6 +214,8 @@ class Daemon:
         self.agent: Agent | None = None
         self.engine: Engine | None = None
         self.peer_problem: str | None = None  # why the peer listener is not listening
+        # the peer listener's key and certificate, made at start (published with the machine)
+        self.peer_identity: PeerIdentity | None = None
         # Set once every part runs: a failure before is a startup error (one line), after
         # it a crash (a traceback in the log).
         self.started = False
@@ -228,7 +233,8 @@ class Daemon:
         )
 
     def machine_state(self) -> MachineState:
-        return MachineState(self.machine_id, self.public_ip, dict(self.config.metadata), __version__)
+        cert = self.peer_identity.cert_pem if self.peer_identity is not None else ""
+        return MachineState(self.machine_id, self.public_ip, dict(self.config.metadata), __version__, cert)
 
     async def run(self, reload_pending: Callable[[], bool] = lambda: False) -> None:
         """Run until SIGTERM/SIGINT. ``reload_pending`` tells whether a SIGHUP came in
@@ -265,6 +271,10 @@ class Daemon:
         lease_file = os.path.join(
             os.path.dirname(self.config.units_directory.rstrip("/")) or "/run/fleet", "agent.lease"
         )
+        if self.config.peer_port:
+            from fleetd.api.peer_tls import make_identity
+
+            self.peer_identity = make_identity(self.machine_id)
         agent = Agent(registry, manager, self.machine_state(), settings, lease_file=lease_file)
         node = NodeState(self.machine_id, agent, self.config.systemd_user)
         try:  # bound before the loops start, so "address in use" leaves nothing running
@@ -467,8 +477,9 @@ class Daemon:
             return None
         from fleetd.api.peer_listener import start_peer_listener
 
+        context = self.peer_identity.server_context if self.peer_identity is not None else None
         try:
-            server = await start_peer_listener(registry, node, ip, port)
+            server = await start_peer_listener(registry, node, ip, port, context)
         except Exception as exc:  # noqa: BLE001 - reported, and fleetd goes on without it
             self.peer_problem = f"cannot listen on {ip}:{port} (peer_port): {exc}"
             log.error("no peer listener: %s; journal and status of this machine work only from here", self.peer_problem)

@@ -12,8 +12,8 @@ A signature is HMAC-SHA256 over the method, the path with its query (which names
 target machine and the unit), the sender's machine id, the time and a random nonce. The
 key never crosses the network; a request older or newer than ``MAX_SKEW`` seconds, or a
 nonce seen before within that window, is refused, so a captured request cannot be sent
-again. The link is not encrypted: journal lines cross the network in clear (see
-docs/remote.md for what that means and how to keep it on a private network).
+again. The link is TLS (:mod:`fleetd.api.peer_tls`): each fleetd serves a certificate
+made at start and published in its machine record, and a relay trusts exactly that one.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from aiohttp import web
 
 from fleetd.api.context import STATE
 from fleetd.api.errors import ApiError
+from fleetd.api.peer_tls import pinned_context
 from fleetd.model.state import MachineState
 from fleetd.registry.registry import Registry
 
@@ -171,8 +172,24 @@ class PeerRelay:
         headers = signed_headers(secret, "GET", path_qs, self.machine_id)
         host = f"[{machine.public_ip}]" if ":" in machine.public_ip else machine.public_ip
         timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=None if stream else READ_TIMEOUT)
+        scheme, context = "http", None
+        if machine.peer_cert:  # TLS, trusting only the certificate the machine published
+            try:
+                context = pinned_context(machine.peer_cert)
+            except ValueError as exc:
+                raise ApiError(
+                    502, f"cannot relay to machine {machine.id}: its record in etcd holds an {exc}"
+                ) from None
+            scheme = "https"
+        url = f"{scheme}://{host}:{self.port}{path_qs}"
         try:
-            answer = await self._client().get(f"http://{host}:{self.port}{path_qs}", headers=headers, timeout=timeout)
+            answer = await self._client().get(url, headers=headers, timeout=timeout, ssl=context or True)
+        except aiohttp.ClientSSLError as exc:
+            raise ApiError(
+                502,
+                f"the peer listener of machine {machine.id} at {where} did not present the certificate that "
+                f"machine published in etcd ({exc}); is another process answering on that address?",
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ApiError(
                 502,

@@ -8,6 +8,7 @@ cannot loop between machines.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -61,10 +62,13 @@ def make_peer_app(registry: Registry, node: NodeInfo) -> web.Application:
     return app
 
 
-async def start_peer_listener(registry: Registry, node: NodeInfo, host: str, port: int) -> ApiServer:
+async def start_peer_listener(
+    registry: Registry, node: NodeInfo, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> ApiServer:
     """Serve :func:`make_peer_app` on ``host:port`` (the machine's public IP: other
-    machines must reach it, and nothing else needs to)."""
-    return await start_api(make_peer_app(registry, node), [TcpListener(host, port)])
+    machines must reach it, and nothing else needs to), over TLS with ``ssl_context``
+    (the daemon's :class:`~fleetd.api.peer_tls.PeerIdentity`)."""
+    return await start_api(make_peer_app(registry, node), [TcpListener(host, port, ssl_context)])
 
 
 def install_relay(app: web.Application, registry: Registry, machine_id: str, port: int) -> PeerRelay:

@@ -23,6 +23,10 @@ MIB = 1024 * KIB
 #: and its global copy, written in one transaction, under etcd's 1.5 MiB request limit.
 MAX_UNIT_BYTES = 64 * KIB
 
+# A machine's peer certificate (PEM) in its record: a P-256 one is under 1 KiB; the bound
+# keeps a hand-written record from bloating every reader of the machine list.
+MAX_PEER_CERT_BYTES = 8 * 1024
+
 #: What each option costs beyond its text: the API and etcd hold every option as
 #: ``{"section": ..., "name": ..., "value": ...}``, so a unit of many tiny options is not
 #: cheap even when its rendered file is short.
@@ -124,6 +128,7 @@ __all__ = [
     "MAX_PAGE_TOKEN_LENGTH",
     "MAX_PATCH_MACHINES",
     "MAX_PATCH_OPERATIONS",
+    "MAX_PEER_CERT_BYTES",
     "MAX_REQUEST_BYTES",
     "MAX_STATE_WAITERS",
     "MAX_STATE_WAIT_SECONDS",

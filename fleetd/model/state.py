@@ -34,6 +34,9 @@ class MachineState:
     public_ip: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
     version: str = ""
+    # the PEM certificate its peer listener serves (relays trust exactly this one); empty
+    # for a fleetd without one (peer_port=0, or an older version)
+    peer_cert: str = field(default="", hash=False, repr=False)
 
     @property
     def short_id(self) -> str:

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from fleetd.model.limits import MAX_PEER_CERT_BYTES
 from fleetd.model.state import MachineState, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile
@@ -51,14 +52,15 @@ def decode_stored_unit(raw: bytes, what: str = "unit record") -> StoredUnit:
 
 
 def encode_machine(machine: MachineState) -> bytes:
-    return dumps(
-        {
-            "id": machine.id,
-            "publicIP": machine.public_ip,
-            "metadata": dict(machine.metadata),
-            "version": machine.version,
-        }
-    )
+    record = {
+        "id": machine.id,
+        "publicIP": machine.public_ip,
+        "metadata": dict(machine.metadata),
+        "version": machine.version,
+    }
+    if machine.peer_cert:  # beyond fleet's record; fleet's readers ignore it
+        record["peerCert"] = machine.peer_cert
+    return dumps(record)
 
 
 def decode_machine(raw: bytes, what: str = "machine record") -> MachineState:
@@ -71,7 +73,10 @@ def decode_machine(raw: bytes, what: str = "machine record") -> MachineState:
         raise RecordError(f"{what}: publicIP and version must be strings")
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise RecordError(f"{what}: metadata must map names to strings")
-    return MachineState(machine_id, public_ip, dict(metadata), version)
+    peer_cert = data.get("peerCert", "")
+    if not isinstance(peer_cert, str) or len(peer_cert) > MAX_PEER_CERT_BYTES:
+        raise RecordError(f"{what}: peerCert must be a PEM certificate of at most {MAX_PEER_CERT_BYTES} bytes")
+    return MachineState(machine_id, public_ip, dict(metadata), version, peer_cert)
 
 
 def encode_metadata(metadata: Mapping[str, str]) -> bytes:

@@ -115,17 +115,25 @@ def test_journal_and_status_of_a_unit_on_another_machine(shipped: FleetCluster, 
     assert fleetctl(here, "destroy", "remote.service").returncode == 0
 
 
-def test_the_peer_listener_refuses_unsigned_requests(shipped: FleetCluster) -> None:
+def test_the_peer_listener_speaks_only_tls_and_refuses_unsigned_requests(shipped: FleetCluster) -> None:
     here, there = shipped.hosts
-    url = f"http://{there.ip}:{PEER_PORT}/fleet/v1/machines/{there.machine_id}/status/fleetd.service"
+    path = f"/fleet/v1/machines/{there.machine_id}/status/fleetd.service"
     probe = (
-        "import urllib.request, urllib.error, sys\n"
-        f"try:\n    urllib.request.urlopen({url!r}, timeout=5)\nexcept urllib.error.HTTPError as e:\n"
+        "import ssl, sys, urllib.request, urllib.error\n"
+        "try:\n"
+        "    urllib.request.urlopen(sys.argv[1], timeout=5, context=ssl._create_unverified_context())\n"
+        "except urllib.error.HTTPError as e:\n"
         "    print(e.code, e.read().decode())\n"
+        "except OSError as e:\n"
+        "    print('refused', e)\n"
     )
-    result = here.host.run([sys.executable, "-c", probe], check=False)
-    code, _, body = result.stdout.partition(" ")
-    assert code == "401" and "signed" in json.loads(body)["error"]["message"], result.stdout + result.stderr
+    for scheme, expected in (("https", "401"), ("http", "refused")):
+        url = f"{scheme}://{there.ip}:{PEER_PORT}{path}"
+        result = here.host.run([sys.executable, "-c", probe, url], check=False)
+        code, _, body = result.stdout.partition(" ")
+        assert code == expected, (url, result.stdout, result.stderr)
+        if code == "401":
+            assert "signed" in json.loads(body)["error"]["message"]
 
 
 def test_an_unknown_machine_is_named_not_relayed(shipped: FleetCluster) -> None:

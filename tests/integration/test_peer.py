@@ -20,6 +20,7 @@ from fleetd.api import Node, TcpListener, make_app, start_api
 from fleetd.api.listeners import ApiServer
 from fleetd.api.peer import MAX_SKEW, signed_headers
 from fleetd.api.peer_listener import install_relay, start_peer_listener
+from fleetd.api.peer_tls import make_identity, pinned_context
 from fleetd.model.state import MachineState
 from fleetd.registry.etcd_registry import EtcdRegistry
 from fleetd.registry.keys import Keys
@@ -52,6 +53,7 @@ class Pair:
     api: ApiServer  # machine A's API, which relays
     peer: ApiServer  # machine B's peer listener
     session: aiohttp.ClientSession
+    lease: int  # the machines' lease
 
     @property
     def api_url(self) -> str:
@@ -59,21 +61,25 @@ class Pair:
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer.tcp_port()}"
+        return f"https://127.0.0.1:{self.peer.tcp_port()}"
+
+
+IDENTITY = make_identity(B)  # made once: a key pair per test would only cost time
+PINNED = pinned_context(IDENTITY.cert_pem)
 
 
 @pytest.fixture
 async def pair(registry: EtcdRegistry) -> AsyncIterator[Pair]:
-    peer = await start_peer_listener(registry, node(B), "127.0.0.1", 0)
+    peer = await start_peer_listener(registry, node(B), "127.0.0.1", 0, IDENTITY.server_context)
     lease = await registry.grant_lease(30)
-    await registry.register_machine(MachineState(B, "127.0.0.1", {}, "test"), lease)
+    await registry.register_machine(MachineState(B, "127.0.0.1", {}, "test", IDENTITY.cert_pem), lease)
     await registry.register_machine(MachineState(C, "", {}, "test"), lease)  # no IP: cannot be reached
     app = make_app(registry, node(A))
     install_relay(app, registry, A, peer.tcp_port())
     api = await start_api(app, [TcpListener("127.0.0.1", 0)])
     session = aiohttp.ClientSession()
     try:
-        yield Pair(registry, api, peer, session)
+        yield Pair(registry, api, peer, session, lease)
     finally:
         await session.close()
         await api.close()
@@ -130,7 +136,7 @@ async def test_an_unreachable_peer_is_a_502_naming_the_machine(pair: Pair) -> No
 
 
 async def _peer_get(pair: Pair, path: str, headers: dict[str, str]) -> tuple[int, str]:
-    async with pair.session.get(pair.peer_url + path, headers=headers) as answer:
+    async with pair.session.get(pair.peer_url + path, headers=headers, ssl=PINNED) as answer:
         body = await answer.json()
         return answer.status, body["error"]["message"] if "error" in body else ""
 
@@ -148,7 +154,7 @@ async def test_the_peer_listener_refuses_what_is_not_signed_with_the_cluster_key
     status, message = await _peer_get(pair, path, old)
     assert status == 401 and "clock" in message
     good = signed_headers(secret, "GET", path, A)
-    async with pair.session.get(pair.peer_url + path, headers=good) as answer:
+    async with pair.session.get(pair.peer_url + path, headers=good, ssl=PINNED) as answer:
         assert answer.status == 200
     status, message = await _peer_get(pair, path, good)
     assert status == 401 and "replayed" in message
@@ -157,7 +163,8 @@ async def test_the_peer_listener_refuses_what_is_not_signed_with_the_cluster_key
 async def test_the_peer_listener_answers_only_for_its_own_machine_and_only_journal_and_status(pair: Pair) -> None:
     secret = await pair.registry.peer_secret()
     for path in (f"/fleet/v1/machines/{A}/status/web.service", "/fleet/v1/units", "/fleet/v1/machines"):
-        async with pair.session.get(pair.peer_url + path, headers=signed_headers(secret, "GET", path, A)) as answer:
+        headers = signed_headers(secret, "GET", path, A)
+        async with pair.session.get(pair.peer_url + path, headers=headers, ssl=PINNED) as answer:
             assert answer.status == 404, path  # no relaying onwards, and no other route
 
 
@@ -166,3 +173,37 @@ async def test_a_weak_secret_in_etcd_is_refused_by_both_sides(pair: Pair, key_pr
     async with pair.session.get(f"{pair.api_url}/machines/{B}/status/web.service") as answer:
         assert answer.status == 503
         assert "peer secret" in (await answer.json())["error"]["message"]
+
+
+async def test_the_peer_link_is_tls_pinned_to_the_published_certificate(pair: Pair) -> None:
+    # the record carries the certificate; plain http to the listener gets nowhere
+    [machine] = [m for m in await pair.registry.machines() if m.id == B]
+    assert machine.peer_cert == IDENTITY.cert_pem
+    with pytest.raises(aiohttp.ClientError):
+        async with pair.session.get(f"http://127.0.0.1:{pair.peer.tcp_port()}/fleet/v1/machines"):
+            pass
+    # a listener with another key on that address (an impostor) is refused by the relay
+    impostor = make_identity(B)
+    await pair.registry.register_machine(MachineState(B, "127.0.0.1", {}, "test", impostor.cert_pem), pair.lease)
+    async with pair.session.get(f"{pair.api_url}/machines/{B}/status/web.service") as answer:
+        assert answer.status == 502
+        assert "did not present the certificate that machine published" in (await answer.json())["error"]["message"]
+
+
+async def test_a_peer_without_a_certificate_is_asked_over_plain_http(registry: EtcdRegistry) -> None:
+    # a fleetd that publishes none (an older version) still answers a relay
+    peer = await start_peer_listener(registry, node(B), "127.0.0.1", 0)
+    lease = await registry.grant_lease(30)
+    await registry.register_machine(MachineState(B, "127.0.0.1", {}, "test"), lease)
+    app = make_app(registry, node(A))
+    install_relay(app, registry, A, peer.tcp_port())
+    api = await start_api(app, [TcpListener("127.0.0.1", 0)])
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{api.tcp_port()}/fleet/v1/machines/{B}/status/web.service"
+            async with session.get(url) as answer:
+                assert answer.status == 200 and answer.headers["X-Fleet-Exit-Code"] == "3"
+    finally:
+        await api.close()
+        await peer.close()
+        await registry.revoke_lease(lease)
