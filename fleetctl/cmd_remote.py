@@ -20,6 +20,7 @@ from fleetctl.client import Record
 from fleetctl.cmd_units import Units, report, resolve_names
 from fleetctl.context import Context
 from fleetctl.errors import ApiError, FleetctlError, NotReachable, UsageError
+from fleetctl.follow import Follower
 from fleetctl.output import is_global, machine_legend
 from fleetctl.transport import API, ConnectFailed, Transport, error_message, unauthorized_hint
 from fleetctl.tunnel import ensure_known_hosts_dir, jump_spec, ssh_options
@@ -194,11 +195,26 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
 # -- journal ----------------------------------------------------------------------------------
 
 
-def _journal_path(target: Target, args: argparse.Namespace) -> str:
-    query = {"lines": str(args.lines), "output": args.journal_output}
+def _journal_path(target: Target, args: argparse.Namespace, lines: int | None = None) -> str:
+    query = {"lines": str(args.lines if lines is None else lines), "output": args.journal_output}
     if args.follow:
         query["follow"] = "true"
     return f"/machines/{quote(target.machine_id)}/journal/{quote(target.unit, safe='@:')}?{urlencode(query)}"
+
+
+def _follow(
+    ctx: Context, record: Record, targets: list[Target], machines: dict[str, Record], args: argparse.Namespace
+) -> int:
+    """``journal -f``: stays with the unit when it moves (and, for a global unit, takes in
+    machines that start running it); see :mod:`fleetctl.follow`."""
+    name = record["name"]
+
+    def open_stream(machine: Record, lines: int) -> tuple[object, object]:
+        target = Target(name, machine)
+        return open_on_machine(ctx, machine, _journal_path(target, args, lines), stream=True)
+
+    follower = Follower(ctx, name, args.lines, open_stream, prefix_lines=is_global(record))
+    return follower.run({t.machine_id for t in targets}, machines)
 
 
 def _lines(response: object) -> Iterator[str]:
@@ -227,6 +243,12 @@ def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
         targets = targets_of(ctx, record, machines)
     except FleetctlError as exc:
         return report(ctx, [str(exc)])
+    if args.follow:
+        try:
+            return _follow(ctx, record, targets, machines, args)
+        except FleetctlError as exc:  # not even the first stream could be opened
+            report(ctx, [str(exc)])
+            return failure_code(exc)
     if len(targets) == 1 and not is_global(record):
         try:
             transport, response = open_on_machine(
@@ -246,33 +268,24 @@ def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _journal_many(ctx: Context, targets: list[Target], args: argparse.Namespace) -> int:
-    """A global unit: every machine's journal, each line prefixed with the machine's short
-    id; with --follow all machines at once, lines printed as they come."""
+    """A global unit without --follow: every machine's journal, read at once, printed
+    machine by machine with each line prefixed by the machine's short id."""
     lock = threading.Lock()
     errors: list[str] = []
     collected: dict[str, list[str]] = {}
-    reader_gone = threading.Event()  # stdout closed (fleetctl journal -f x | head): stop all
 
     def read(target: Target) -> None:
         prefix = f"{short_id(target.machine_id)}: "
         lines: list[str] = []
         collected[target.machine_id] = lines
         try:
-            transport, response = open_on_machine(ctx, target.machine, _journal_path(target, args), stream=args.follow)
+            transport, response = open_on_machine(ctx, target.machine, _journal_path(target, args))
         except FleetctlError as exc:
             with lock:
                 errors.append(str(exc))
             return
         try:
-            for line in _lines(response):
-                if args.follow:
-                    with lock:
-                        ctx.out.write(prefix + line + "\n")
-                        ctx.out.flush()
-                else:
-                    lines.append(prefix + line)
-        except BrokenPipeError:
-            reader_gone.set()
+            lines.extend(prefix + line for line in _lines(response))
         except OSError as exc:
             with lock:
                 errors.append(f"reading the journal from {short_id(target.machine_id)} failed: {exc}")
@@ -283,10 +296,8 @@ def _journal_many(ctx: Context, targets: list[Target], args: argparse.Namespace)
     for thread in threads:
         thread.start()
     for thread in threads:
-        while thread.is_alive() and not reader_gone.is_set():
+        while thread.is_alive():
             thread.join(0.2)  # a timeout keeps Ctrl-C working in the main thread
-    if reader_gone.is_set():
-        raise BrokenPipeError
     for target in targets:
         for line in collected.get(target.machine_id, []):
             ctx.out.write(line + "\n")

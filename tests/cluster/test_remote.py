@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +144,59 @@ def test_an_unknown_machine_is_named_not_relayed(shipped: FleetCluster) -> None:
     bogus = "f" * 32
     with pytest.raises(OSError, match="404"):
         shipped.api(f"/fleet/v1/machines/{bogus}/status/x.service", here)
+
+
+def test_journal_follow_goes_on_from_the_machine_a_unit_moves_to(shipped: FleetCluster) -> None:
+    """The unit's machine leaves (its fleetd stops, and with it the unit); the engine starts
+    the unit on the other machine, and a `journal -f` started before goes on from there."""
+    unit = (
+        "[Unit]\nDescription=mover\n\n[Service]\n"
+        "ExecStart=/bin/sh -c 'i=0; while true; do echo \"tick $i on $(hostname)\"; i=$((i+1)); sleep 0.2; done'\n"
+    )
+    first = shipped.hosts[0]
+    workdir = first.host.root_path / "run/remote-test"
+    workdir.mkdir(exist_ok=True)
+    (workdir / "mover.service").write_text(unit)
+    assert fleetctl(first, "start", "/run/remote-test/mover.service").returncode == 0
+    wait_until(lambda: len(shipped.where("mover.service")) == 1, 30, "mover.service to run on one host")
+    [old_name] = shipped.where("mover.service")
+    old = next(h for h in shipped.hosts if h.name == old_name)
+    survivor = next(h for h in shipped.hosts if h is not old)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")} | {"PYTHONPATH": str(ROOT)}
+    argv = ["nsenter", "-t", str(survivor.host.pid), "-m", "-u", "-p", "-n", sys.executable, "-m", "fleetctl"]
+    follow = subprocess.Popen(
+        [*argv, "journal", "-f", "--lines=1", "--output=cat", "mover.service"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    shown: list[str] = []
+
+    def seen(predicate: object) -> bool:
+        while not lines.empty():
+            shown.append(lines.get().rstrip("\n"))
+        return any(predicate(line) for line in shown)  # type: ignore[operator]
+
+    try:
+        assert follow.stdout is not None
+        stream = follow.stdout
+        threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+        wait_until(lambda: seen(lambda line: line.endswith(f"on {old.name}")), 20, "ticks from the first machine")
+        old.host.systemctl("stop", "fleetd.socket", "fleetd.service")  # the machine leaves; its units stop
+        wait_until(lambda: survivor.running("mover.service"), 30, "mover.service to move to the other host")
+        active_at = time.monotonic()
+        wait_until(lambda: seen(lambda line: line.endswith(f"on {survivor.name}")), 20, "ticks from the new machine")
+        latency = time.monotonic() - active_at
+        marker = f"-- mover.service moved to {survivor.machine_id[:8]}.../{survivor.ip} --"
+        assert marker in shown, shown[-20:]
+        after = shown[shown.index(marker) + 1 :]
+        assert after and all(f"on {survivor.name}" in line for line in after if line.startswith("tick")), after
+        print(f"journal -f streamed from the new machine {latency:.2f} s after the unit was active there")
+    finally:
+        os.killpg(follow.pid, signal.SIGTERM)
+        follow.communicate(timeout=30)
+        old.host.systemctl("start", "fleetd.socket", "fleetd.service")
+        fleetctl(first, "destroy", "mover.service")

@@ -7,14 +7,17 @@ running engine and agents is in test_fleetctl_blocking.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import socket
 import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ from fleetctl_support import (
     write_units,
 )
 
+from fleetd.model.state import ScheduledUnit
 from fleetd.model.unit import DesiredState
 from fleetlab.etcd import EtcdCluster
 
@@ -687,6 +691,94 @@ def test_journal_follow_of_a_global_unit_follows_every_machine(fleet: Fleet, tmp
         assert {"113f16a7: tick", "22aa33bb: tick"} <= seen, seen
     finally:
         process.terminate()
+        process.wait(10)
+
+
+class Lines:
+    """A process's stdout lines, collected by a thread, awaited with a deadline."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert process.stdout is not None
+        stream = process.stdout
+        threading.Thread(target=lambda: [self._queue.put(line.rstrip("\n")) for line in stream], daemon=True).start()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 15) -> int:
+        """Index of the first line (old or new) that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index, line in enumerate(self.seen):
+                if predicate(line):
+                    return index
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no such line within {timeout} s; seen: {self.seen[-20:]}")
+            with contextlib.suppress(queue.Empty):
+                self.seen.append(self._queue.get(timeout=min(remaining, 0.5)))
+
+
+def _follow(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fleetctl.main", "journal", "-f", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_journal_follow_stays_with_a_unit_that_moves(fleet: Fleet, tmp_path: Path) -> None:
+    first = fleet.add_api(M1, host="127.0.0.1")
+    second = fleet.add_api(M2, host="127.0.0.2", port=first.port)
+    for api in (first, second):
+        fleet.add_machine(api.machine_id, api.host)
+    write_units(tmp_path, {"hello.service": HELLO})
+    env = {"FLEETCTL_ENDPOINT": f"{first.tcp},{second.tcp}", "FLEETCTL_API_TOKEN": TOKEN}
+    assert fleetctl("submit", "hello.service", env=env, cwd=tmp_path).code == 0
+    fleet.place(M1, "hello.service")
+    process = _follow(env, "-n", "1", "hello.service")
+    try:
+        lines = Lines(process)
+        lines.wait_for(lambda line: line.startswith("tick") and line.endswith("on 113f"))
+        # the engine moves it: one transaction takes it from M1 and gives it to M2
+        unit = fleet.run(fleet.registry.get_unit("hello.service"))  # type: ignore[union-attr]
+        placed = ScheduledUnit("hello.service", unit.file, DesiredState.LAUNCHED)
+        assert fleet.leadership is not None
+        fleet.run(fleet.registry.apply_schedule(fleet.leadership, [(M2, placed)], [(M1, "hello.service")]))  # type: ignore[union-attr]
+        marker = lines.wait_for(lambda line: line == "-- hello.service moved to 22aa33bb.../127.0.0.2 --")
+        moved = lines.wait_for(lambda line: line.endswith("on 22aa"))
+        assert moved > marker
+        after = lines.seen[marker + 1 :]
+        assert not any(line.endswith("on 113f") for line in after[1:]), after  # the old stream was stopped
+        # destroyed: the stream ends, and so does fleetctl, with status 0
+        assert fleetctl("destroy", "hello.service", env=env).code == 0
+        lines.wait_for(lambda line: line == "-- hello.service was destroyed --")
+        assert process.wait(15) == 0
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def test_journal_follow_of_a_global_unit_takes_in_machines_that_join(fleet: Fleet, tmp_path: Path) -> None:
+    first = fleet.add_api(M1, host="127.0.0.1")
+    second = fleet.add_api(M2, host="127.0.0.2", port=first.port)
+    for api in (first, second):
+        fleet.add_machine(api.machine_id, api.host)
+    write_units(tmp_path, {"global.service": GLOBAL})
+    env = {"FLEETCTL_ENDPOINT": f"{first.tcp},{second.tcp}", "FLEETCTL_API_TOKEN": TOKEN}
+    assert fleetctl("submit", "global.service", env=env, cwd=tmp_path).code == 0
+    fleet.publish(state("global.service", M1))
+    process = _follow(env, "-n", "1", "global.service")
+    try:
+        lines = Lines(process)
+        lines.wait_for(lambda line: line.startswith("113f16a7: tick"))
+        fleet.publish(state("global.service", M2))
+        marker = lines.wait_for(lambda line: line == "-- global.service now runs on 22aa33bb.../127.0.0.2 too --")
+        assert lines.wait_for(lambda line: line.startswith("22aa33bb: tick")) > marker
+        lines.wait_for(lambda line: line.startswith("113f16a7: tick") and lines.seen.index(line) > marker)
+    finally:
+        process.kill()
         process.wait(10)
 
 
