@@ -1,11 +1,14 @@
-"""Benchmark: how long does ``fleetctl list-units`` take on a loaded cluster?
+"""Benchmark: how long do ``fleetctl list-units`` and ``list-unit-files`` take on a loaded
+cluster?
 
 A real cluster (fleetlab.fleetcluster: etcd plus N namespaced systemd hosts, each
 running fleetd from its units; needs root). U units with desired state ``launched`` are
 submitted at once (Registry.create_units on the cluster's etcd), and the benchmark waits
 until every one is active on its host. Then ``fleetctl --endpoint http://<host ip>:54728
-list-units`` runs 10 times as a subprocess and the wall time of each run is measured.
-The last line is ``list_units_s_median=<float>`` (seconds).
+list-units`` and ``list-unit-files`` run 10 times each as subprocesses, alternating (so a
+burst of load on the machine hits both alike), and the wall time of each run is measured.
+The last lines are ``list_units_s_median=<float>`` and ``list_unit_files_s_median=<float>``
+(seconds), each after its runs, min and max.
 
     python bench/list_units.py --hosts 5 --units 1000
 
@@ -58,21 +61,26 @@ async def submit_and_wait(endpoints: list[str], units: int, body: str, timeout: 
         await registry.close()
 
 
-def time_list_units(endpoint: str, runs: int, expected_rows: int) -> list[float]:
-    command = [sys.executable, "-m", "fleetctl.main", "--endpoint", endpoint, "list-units"]
+COMMANDS = ("list-units", "list-unit-files")
+
+
+def time_listings(endpoint: str, runs: int, expected_rows: int) -> dict[str, list[float]]:
+    """Wall time of each run of each command, the commands alternating run by run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
     env["PYTHONPATH"] = os.path.join(os.path.dirname(__file__), "..") + os.pathsep + env.get("PYTHONPATH", "")
-    timings = []
+    timings: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(runs):
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        elapsed = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"fleetctl list-units failed ({done.returncode}): {done.stderr.strip()}")
-        rows = len(done.stdout.splitlines()) - 1
-        if rows != expected_rows:
-            raise RuntimeError(f"fleetctl list-units printed {rows} rows, expected {expected_rows}")
-        timings.append(elapsed)
+        for name in COMMANDS:
+            command = [sys.executable, "-m", "fleetctl.main", "--endpoint", endpoint, name]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            elapsed = time.perf_counter() - started
+            if done.returncode != 0:
+                raise RuntimeError(f"fleetctl {name} failed ({done.returncode}): {done.stderr.strip()}")
+            rows = len(done.stdout.splitlines()) - 1
+            if rows != expected_rows:
+                raise RuntimeError(f"fleetctl {name} printed {rows} rows, expected {expected_rows}")
+            timings[name].append(elapsed)
     return timings
 
 
@@ -100,10 +108,11 @@ def main() -> None:
         )
         print(f"start_all_s={took:.2f} ({args.units / took:.0f} units/s)", flush=True)
         endpoint = cluster.hosts[0].endpoint
-        timings = time_list_units(endpoint, args.runs, args.units)
-        print("runs_s=" + ",".join(f"{t:.3f}" for t in timings))
-        print(f"list_units_s_min={min(timings):.3f}")
-        print(f"list_units_s_median={statistics.median(timings):.3f}")
+        for name, timings in time_listings(endpoint, args.runs, args.units).items():
+            key = name.replace("-", "_")
+            print(f"{key}_runs_s=" + ",".join(f"{t:.3f}" for t in timings))
+            print(f"{key}_s_min={min(timings):.3f} {key}_s_max={max(timings):.3f}")
+            print(f"{key}_s_median={statistics.median(timings):.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -82,10 +82,13 @@ class UnitInfo:
 
 @lru_cache(maxsize=16384)
 def _unit_info(name: str, options_key: tuple[tuple[str, str, str], ...]) -> UnitInfo:
-    from fleetd.model.unitfile import UnitFile  # the model is light: no I/O libraries
+    from fleetd.model.unitfile import UnitFile, UnitOption  # the model is light: no I/O libraries
     from fleetd.model.wire import is_global_unit
 
-    file = UnitFile.from_options({"section": s, "name": n, "value": v} for s, n, v in options_key)
+    # Built without from_options' checks: these options come from a unit the cluster
+    # already decoded and checked that way, and the checks were half of list-unit-files'
+    # rendering time with 1,000 units. The hash is the same either way.
+    file = UnitFile(tuple(UnitOption(s, n, v) for s, n, v in options_key))
     # only a unit with an [X-Fleet] Global= line can be global: skip the full parse otherwise
     maybe_global = any(s == "X-Fleet" and n == "Global" for s, n, _ in options_key)
     return UnitInfo(file.hash(), maybe_global and is_global_unit(name, file), file.description or "")

@@ -71,6 +71,9 @@ class EtcdRegistry(Registry):
         # unit, so the engine's thousands of placement events decode to the very object
         # it already has (no JSON parse; equality is then an identity check).
         self._memo: dict[str, tuple[bytes, StoredUnit]] = {}
+        # key -> (stored bytes, decoded state): listings read every state each time (GET
+        # /state, GET /units for currentState), and most are unchanged since the last one
+        self._state_memo: dict[str, tuple[bytes, UnitState]] = {}
         # unreadable records already logged (key -> the bad value), and how many by kind
         self._reported: dict[str, bytes] = {}
         self._bad_counts: dict[str, int] = {}
@@ -108,6 +111,16 @@ class EtcdRegistry(Registry):
             self._memo.clear()
         self._memo[name] = (raw, unit)
         return unit
+
+    def _state(self, kv: KeyValue) -> UnitState:
+        cached = self._state_memo.get(kv.key)
+        if cached is not None and cached[0] == kv.value:
+            return cached[1]
+        state = decode_state(kv.value, f"unit state at {kv.key}")
+        if len(self._state_memo) >= MEMO_LIMIT:
+            self._state_memo.clear()
+        self._state_memo[kv.key] = (kv.value, state)
+        return state
 
     def _unit_event(self, key: str, name: str, raw: bytes | None, what: str) -> UnitEvent:
         if raw is None:
@@ -495,13 +508,13 @@ class EtcdRegistry(Registry):
     async def unit_states(self, name: str | None = None) -> list[UnitState]:
         prefix = self._keys.unit_states(name) if name else self._keys.states
         items, _ = await self._etcd.get_prefix(prefix)
-        found = self._readable("unit state", items, lambda kv: decode_state(kv.value, f"unit state at {kv.key}"))
+        found = self._readable("unit state", items, self._state)
         return sorted(found, key=lambda s: (s.name, s.machine_id))
 
     async def unit_states_at(self, name: str | None = None) -> tuple[list[UnitState], int]:
         prefix = self._keys.unit_states(name) if name else self._keys.states
         items, revision = await self._etcd.get_prefix(prefix)
-        found = self._readable("unit state", items, lambda kv: decode_state(kv.value, f"unit state at {kv.key}"))
+        found = self._readable("unit state", items, self._state)
         return sorted(found, key=lambda s: (s.name, s.machine_id)), revision
 
     async def wait_unit_changes(self, after: int) -> int:
