@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import aetcd
+import aetcd.client
 import aetcd.exceptions
 import aetcd.rpc
+import aetcd.rtypes
 import aetcd.transactions
 import aetcd.watcher
 from aetcd import rpc
@@ -77,6 +79,14 @@ class Client(aetcd.Client):
             },
         )
         self._config = config
+
+    @aetcd.client._handle_errors  # type: ignore[attr-defined]
+    @aetcd.client._ensure_connected  # type: ignore[attr-defined]
+    async def get_page(self, start: bytes, end: bytes, limit: int, keys_only: bool = False) -> Any:
+        """A range read of at most ``limit`` keys in key order (aetcd has no limit)."""
+        request = rpc.RangeRequest(key=start, range_end=end, limit=limit, keys_only=keys_only)
+        response = await self.kvstub.Range(request, timeout=self._timeout, metadata=self.metadata)
+        return aetcd.rtypes.GetRange(response.header, response.kvs, response.more, response.count)
 
     async def connect(self) -> None:
         if self._connected.is_set():

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from fleetd.model.history import HistoryEvent, decode_event, encode_event
 from fleetd.model.limits import MAX_PEER_CERT_BYTES
 from fleetd.model.state import MachineState, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
@@ -133,3 +135,36 @@ def decode_peer_secret(raw: bytes, what: str = "peer secret") -> bytes:
     if len(secret) < PEER_SECRET_BYTES:
         raise RecordError(f"{what}: {len(secret)} bytes, at least {PEER_SECRET_BYTES} are needed")
     return secret
+
+
+def encode_history_event(event: HistoryEvent) -> bytes:
+    return dumps(encode_event(event))
+
+
+def decode_history_event(raw: bytes, event_id: str) -> HistoryEvent:
+    what = f"event {event_id}"
+    try:
+        return decode_event(_object(raw, what), event_id)
+    except ValueError as exc:
+        if isinstance(exc, RecordError):
+            raise
+        raise RecordError(f"{what}: {exc}") from None
+
+
+class EventIds:
+    """Ids for stored events: the time in microseconds first (so ids sort by time across
+    writers), then this writer's random tag and counter (so two events of one microsecond
+    never collide, and one writer's events keep their order)."""
+
+    def __init__(self) -> None:
+        self.tag = secrets.token_hex(4)
+        self.count = 0
+
+    def next(self, when: float) -> str:
+        self.count += 1
+        return f"{max(0, int(when * 1_000_000)):016d}-{self.tag}-{self.count:08x}"
+
+
+def event_id_before(when: float) -> str:
+    """The smallest id of an event at ``when`` or later: ids below it are older."""
+    return f"{max(0, int(when * 1_000_000)):016d}"

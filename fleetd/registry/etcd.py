@@ -230,6 +230,22 @@ class Etcd:
         items = [KeyValue(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease) for kv in result]
         return items, int(result.header.revision)
 
+    async def get_page(
+        self, start: str, end: str, limit: int, keys_only: bool = False
+    ) -> tuple[list[KeyValue], bool, int]:
+        """At most ``limit`` keys from ``start`` (inclusive) to ``end`` (exclusive) in key
+        order; whether more remain; the revision the read saw."""
+        result = await self._call("get_page", start.encode(), end.encode(), limit, keys_only)
+        items = [
+            KeyValue(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease) for kv in result.kvs
+        ]
+        return items, bool(result.more), int(result.header.revision)
+
+    async def delete_range(self, start: str, end: str) -> int:
+        """Delete every key from ``start`` to ``end`` (exclusive); how many were deleted."""
+        result = await self._call("delete_range", start.encode(), end.encode())
+        return int(getattr(result, "deleted", 0) or 0)
+
     async def revision(self) -> int:
         """The current store revision (a cheap ranged read of one key)."""
         result = await self._call("get_range", b"\x00", b"\x00\x01")

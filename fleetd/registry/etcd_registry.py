@@ -20,6 +20,7 @@ from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Refusal, Submiss
 from fleetd.model.unit import DesiredState
 from fleetd.registry.codec import (
     PEER_SECRET_BYTES,
+    EventIds,
     RecordError,
     decode_machine,
     decode_metadata,
@@ -44,6 +45,7 @@ from fleetd.registry.errors import (
     UnreadableRecord,
 )
 from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, EtcdError, KeyValue, chunks, op_size
+from fleetd.registry.etcd_history import EtcdHistory
 from fleetd.registry.keys import Keys
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
 
@@ -63,9 +65,10 @@ FEW_READS = 16
 BATCH_UNITS_PER_TXN = (MAX_TXN_OPS - 1) // 2
 
 
-class EtcdRegistry(Registry):
+class EtcdRegistry(EtcdHistory, Registry):
     def __init__(self, etcd: Etcd, prefix: str | None = None) -> None:
         self._etcd = etcd
+        self._event_ids = EventIds()
         self._keys = Keys(prefix) if prefix else Keys()
         # name -> (stored bytes, decoded unit): a placement holds the same bytes as its
         # unit, so the engine's thousands of placement events decode to the very object

@@ -10,6 +10,7 @@
 <prefix>engine/leader               engine leadership              (engine's lease)
 <prefix>engine/unplaceable/<name>   why the engine cannot place a unit (engine-written)
 <prefix>peer/secret                 key that signs requests between fleetds (created once)
+<prefix>events/<id>                 history: one decision each, ids in time order (pruned)
 ```
 
 Per-machine schedule prefixes let an agent watch only its own placements; the engine
@@ -63,6 +64,10 @@ class Keys:
     @property
     def unplaceable_prefix(self) -> str:
         return f"{self.prefix}engine/unplaceable/"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events/"
 
     @property
     def peer_secret(self) -> str:

@@ -22,14 +22,15 @@ import bisect
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleetd.model.batch import decide_all, templates_to_read
+from fleetd.model.history import HistoryEvent, clipped
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import Action, Decision, Submission
 from fleetd.model.unit import DesiredState
-from fleetd.registry.codec import PEER_SECRET_BYTES
+from fleetd.registry.codec import PEER_SECRET_BYTES, EventIds, event_id_before
 from fleetd.registry.errors import (
     LeaseNotFound,
     MachineIdInUse,
@@ -44,8 +45,9 @@ from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, Plac
 
 # Record keys are tuples: (kind, *names). Kinds mirror the etcd layout's prefixes.
 Key = tuple[str, ...]
-UNITS, GLOBALS, MACHINES, METADATA, SCHEDULE, STATES, LEADER, UNPLACEABLE, PEER = (
+UNITS, GLOBALS, MACHINES, METADATA, SCHEDULE, STATES, LEADER, UNPLACEABLE, PEER, EVENTS = (
     "units", "global", "machines", "machine-metadata", "schedule", "states", "leader", "unplaceable", "peer",
+    "events",
 )  # fmt: skip
 
 
@@ -73,6 +75,7 @@ class _Change:
 
 class MemoryRegistry(Registry):
     def __init__(self) -> None:
+        self._event_ids = EventIds()
         self._store: dict[Key, _Entry] = {}
         self._revision = 1  # etcd's first revision of an empty store
         self._history: list[_Change] = []
@@ -431,6 +434,46 @@ class MemoryRegistry(Registry):
     async def unplaceable(self) -> dict[str, str]:
         await self._request()
         return {key[1]: entry.value for key, entry in self._items(UNPLACEABLE)}
+
+    # -- history -----------------------------------------------------------------------------
+
+    async def record_events(self, events: Sequence[HistoryEvent]) -> list[HistoryEvent]:
+        await self._request()
+        stored = [replace(clipped(e), id=self._event_ids.next(e.time)) for e in events]
+        if stored:
+            self._commit([((EVENTS, e.id), e, 0) for e in stored])
+        return stored
+
+    async def events(
+        self, after: str = "", limit: int = 1000, unit: str | None = None
+    ) -> tuple[list[HistoryEvent], str, int]:
+        await self._request()
+        ids = sorted(key[1] for key in self._store if key[0] == EVENTS and key[1] > after)
+        found: list[HistoryEvent] = []
+        for index, event_id in enumerate(ids):
+            event = self._store[(EVENTS, event_id)].value
+            if unit is None or event.unit == unit:
+                found.append(event)
+            if len(found) >= limit:
+                return found, (event_id if index < len(ids) - 1 else ""), self._revision
+        return found, "", self._revision
+
+    async def watch_events(self, revision: int) -> AsyncIterator[list[HistoryEvent]]:
+        async for batch in self._watch(lambda k: k[0] == EVENTS, revision):
+            found = [c.value for c in batch if c.value is not None]
+            if found:
+                yield found
+
+    async def prune_events(self, keep: int, before: float) -> int:
+        await self._request()
+        ids = sorted(key[1] for key in self._store if key[0] == EVENTS)
+        cut = event_id_before(before)
+        old = [i for i in ids if i < cut]
+        rest = [i for i in ids if i >= cut]
+        gone = old + rest[: max(0, len(rest) - max(0, keep))]
+        if gone:
+            self._commit([((EVENTS, i), None, 0) for i in gone])
+        return len(gone)
 
     async def peer_secret(self) -> bytes:
         await self._request()

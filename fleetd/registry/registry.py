@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fleetd.model.history import HistoryEvent
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Submission, decide, gave_up, template_to_read
 from fleetd.model.unit import DesiredState
@@ -359,6 +360,31 @@ class Registry(ABC):
     @abstractmethod
     async def unplaceable(self) -> dict[str, str]:
         """unit name -> the engine's reason it cannot be placed (what users are shown)."""
+
+    # history ----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def record_events(self, events: Sequence[HistoryEvent]) -> list[HistoryEvent]:
+        """Store events; each gets an ``id`` that sorts after every id stored before it by
+        this registry (and, across writers, by time). Returns them with their ids."""
+
+    @abstractmethod
+    async def events(
+        self, after: str = "", limit: int = 1000, unit: str | None = None
+    ) -> tuple[list[HistoryEvent], str, int]:
+        """Events in id order after the id ``after`` (all when empty), at most ``limit``,
+        only ``unit``'s when given. Also the id to read on from ("" when there is no more)
+        and the revision to :meth:`watch_events` after. Unreadable records are skipped
+        (and reported once)."""
+
+    @abstractmethod
+    def watch_events(self, revision: int) -> AsyncIterator[list[HistoryEvent]]:
+        """Events stored after ``revision``, in order, as they are stored."""
+
+    @abstractmethod
+    async def prune_events(self, keep: int, before: float) -> int:
+        """Delete every event older than ``before`` (Unix time) and all but the newest
+        ``keep``; returns how many were deleted."""
 
     # between fleetds --------------------------------------------------------------------
 

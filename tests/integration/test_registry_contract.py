@@ -543,3 +543,46 @@ async def test_unit_changes_are_waited_for_after_a_revision(registry: Registry) 
     _, now = await registry.unit_states_at()
     async with asyncio.timeout(10):
         assert await registry.wait_unit_changes(now + 1000) == now
+
+
+# -- history --------------------------------------------------------------------------------
+
+
+async def test_events_are_stored_in_order_filtered_paged_and_watched(registry: Registry) -> None:
+    from fleetd.model.history import EventKind, HistoryEvent
+
+    _, _, revision = await registry.events()
+    watch = registry.watch_events(revision + 1)
+    base = 1_800_000_000.0
+    written = await registry.record_events(
+        [
+            HistoryEvent(base, EventKind.PLACED, "a.service", M1, "least loaded of 2 candidates", 1),
+            HistoryEvent(base, EventKind.PLACED, "b.service", M2, "", None),  # same microsecond
+            HistoryEvent(base + 1, EventKind.MACHINE_LOST, "", M1, "lease expired"),
+            HistoryEvent(base + 2, EventKind.MOVED, "a.service", M2, "machine 11111111 lost", 1),
+        ]
+    )
+    assert [e.id for e in written] == sorted(e.id for e in written) and len({e.id for e in written}) == 4
+    events, cursor, _ = await registry.events()
+    assert events == written and cursor == ""
+    only_a, _, _ = await registry.events(unit="a.service")
+    assert [e.event for e in only_a] == [EventKind.PLACED, EventKind.MOVED]
+    first, cursor, _ = await registry.events(limit=3)
+    assert first == written[:3] and cursor == written[2].id
+    rest, cursor, _ = await registry.events(after=cursor)
+    assert rest == written[3:] and cursor == ""
+    assert await collect(watch, 4) == written
+    await watch.aclose()  # type: ignore[attr-defined]
+
+
+async def test_events_are_pruned_by_age_and_count(registry: Registry) -> None:
+    from fleetd.model.history import EventKind, HistoryEvent
+
+    base = 1_800_000_000.0
+    await registry.record_events([HistoryEvent(base + i, EventKind.STARTED, f"u{i}.service") for i in range(10)])
+    assert await registry.prune_events(keep=100, before=base + 3) == 3  # older than base + 3
+    events, _, _ = await registry.events()
+    assert [e.unit for e in events] == [f"u{i}.service" for i in range(3, 10)]
+    assert await registry.prune_events(keep=4, before=0) == 3  # the newest 4 stay
+    events, _, _ = await registry.events()
+    assert [e.unit for e in events] == [f"u{i}.service" for i in range(6, 10)]
