@@ -20,6 +20,7 @@ from fleetd.api.batch import post_batch
 from fleetd.api.context import DEFAULT_TOKEN_LIMIT, STATE, ApiState, NodeInfo
 from fleetd.api.discovery import discovery_document
 from fleetd.api.errors import ApiError
+from fleetd.api.events import EVENT_FOLLOWS, EventFollows, list_events
 from fleetd.api.extensions import JOURNAL_FOLLOWS, FollowSlots, journal, list_unplaceable, status
 from fleetd.api.machines import list_machines, patch_machines
 from fleetd.api.metrics import metrics
@@ -59,6 +60,7 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
     app[STATE] = ApiState(registry, node, max(1, int(token_limit)))
     app[TOKEN_RULES] = TokenRules()
     app[JOURNAL_FOLLOWS] = FollowSlots()
+    app[EVENT_FOLLOWS] = EventFollows()
     app[STATE_WAITS] = WaitSlots()
 
     async def stop_streams(app: web.Application) -> None:
@@ -79,6 +81,7 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
         app.router.add_get(f"{prefix}/machines/{{machine}}/journal/{{name}}", journal)
         app.router.add_get(f"{prefix}/machines/{{machine}}/status/{{name}}", status)
         app.router.add_get(f"{prefix}/unplaceable", list_unplaceable)
+        app.router.add_get(f"{prefix}/events", list_events)
         app.router.add_get(f"{prefix}/discovery", discovery)
         app.router.add_get(f"{prefix}/openapi.json", openapi)
         app.router.add_route("*", prefix, no_method)

@@ -94,6 +94,27 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {"units": {"type": "object", "additionalProperties": _STRING}},
     },
+    "EventPage": {
+        "id": "EventPage",
+        "type": "object",
+        "properties": {
+            "events": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "time": _STRING,
+                        "unit": _STRING,
+                        "machine": _STRING,
+                        "event": _STRING,
+                        "reason": _STRING,
+                        "revision": {"type": "integer"},
+                    },
+                },
+            },
+            "nextPageToken": _STRING,
+        },
+    },
     "Error": {
         "id": "Error",
         "type": "object",
@@ -203,6 +224,22 @@ RESOURCES: dict[str, Any] = {
         }
     },
     "Unplaceable": {"methods": {"List": {"httpMethod": "GET", "path": "unplaceable", "response": _ref("Unplaceable")}}},
+    "Events": {
+        "methods": {
+            "List": {
+                "httpMethod": "GET",
+                "path": "events",
+                "description": "the cluster's history, oldest first; follow=true streams it (one JSON event per line)",
+                "parameters": {
+                    "unitName": {"type": "string", "location": "query"},
+                    "follow": {"type": "boolean", "location": "query"},
+                    "nextPageToken": _PAGE_TOKEN,
+                    "pageSize": _PAGE_SIZE,
+                },
+                "response": _ref("EventPage"),
+            }
+        }
+    },
     "Discovery": {"methods": {"Get": {"httpMethod": "GET", "path": "discovery"}}},
     "OpenAPI": {
         "methods": {

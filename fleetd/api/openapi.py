@@ -25,6 +25,7 @@ from fleetd.api.extensions import FOLLOW_RETRY_AFTER
 from fleetd.api.machines import MACHINE_ID_PATTERN, METADATA_KEY_PATTERN
 from fleetd.api.state import INDEX_HEADER, MAX_INDEX, WAIT_RETRY_AFTER
 from fleetd.model.batch import ABSENT, ACTION_WORDS, DESTROYED
+from fleetd.model.history import EventKind
 from fleetd.model.journal import DEFAULT_JOURNAL_LINES, DEFAULT_JOURNAL_OUTPUT, JOURNAL_OUTPUTS, MAX_JOURNAL_LINES
 from fleetd.model.limits import (
     MAX_BATCH_BYTES,
@@ -229,6 +230,28 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "units": {"type": "array", "items": _schema("Unit")},
             "nextPageToken": _string("present when there are more; pass it back for the next page", minLength=1),
+        },
+    },
+    "HistoryEvent": {
+        "type": "object",
+        "required": ["time", "unit", "machine", "event", "reason", "revision"],
+        "additionalProperties": False,
+        "properties": {
+            "time": _string("when it was decided, RFC 3339 in UTC with milliseconds"),
+            "unit": _string("the unit it concerns (empty for a machine's event)"),
+            "machine": _string("the machine it concerns (may be empty)"),
+            "event": {"type": "string", "enum": [str(kind) for kind in EventKind]},
+            "reason": _string("why, in words"),
+            "revision": {"type": ["integer", "null"], "minimum": 0, "description": "the unit's revision, when known"},
+        },
+    },
+    "EventPage": {
+        "type": "object",
+        "required": ["events"],
+        "additionalProperties": False,
+        "properties": {
+            "events": {"type": "array", "items": _schema("HistoryEvent")},
+            "nextPageToken": _string("present when there may be more; pass it back for the next page", minLength=1),
         },
     },
     "UnitState": {
@@ -714,6 +737,28 @@ PATHS: dict[str, Any] = {
                 "501",
             ),
         },
+    },
+    "/fleet/v1/events": {
+        "get": {
+            "operationId": "Events.List",
+            "summary": "the cluster's history, oldest first, a page at a time (beyond fleet)",
+            "description": (
+                "Decisions of the engine and the agents: placed, moved, started, failed, machine-lost, ... "
+                "kept within the cluster's retention (count and age). With follow=true the answer is a "
+                "stream instead (application/x-ndjson, one event per line, the stored ones and then each new "
+                "one as it is recorded, without end; at most a bounded number at once, 429 beyond): not "
+                "described as a parameter here, since a stream without end is no request/response pair."
+            ),
+            "parameters": [
+                _query(
+                    "unitName",
+                    _string(pattern=UNIT_NAME_PATTERN, maxLength=MAX_NAME_LENGTH),
+                    "only this unit's events",
+                ),
+                *_PAGING,
+            ],
+            "responses": _responses({"200": _json("a page of events", _schema("EventPage"))}, "400"),
+        }
     },
     "/fleet/v1/unplaceable": {
         "get": {
