@@ -122,3 +122,33 @@ class Supervisor:
         self._stopping = True
         await cancel_and_wait(self._running.values())
         self._running.clear()
+
+
+# -- coalescing bursts --------------------------------------------------------------------
+
+
+async def settle(dirty: asyncio.Event, quiet: float, limit: float, stop: Callable[[], bool] = lambda: False) -> int:
+    """Wait until ``dirty`` has stayed unset for ``quiet`` seconds (or ``limit`` seconds
+    passed in all, or ``stop()``); clears it and returns how many windows it waited.
+
+    A burst of watch events (a thousand units written in many etcd transactions) then
+    becomes ONE planning pass instead of one per transaction: for the agent that is one
+    daemon-reload for the whole burst, and each reload costs systemd time that grows with
+    the units it has loaded. A lone event waits ``quiet`` once, as a fixed debounce did;
+    ``limit`` bounds the wait while events never stop coming.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    windows = 0
+    while True:
+        dirty.clear()
+        windows += 1
+        remaining = deadline - loop.time()
+        if remaining <= 0 or stop():
+            return windows
+        try:
+            async with asyncio.timeout(min(quiet, remaining)):
+                await dirty.wait()
+        except TimeoutError:
+            dirty.clear()
+            return windows

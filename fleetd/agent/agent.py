@@ -22,7 +22,7 @@ from fleetd.agent.manager import UnitManager
 from fleetd.agent.plan import AgentTask, Current, Desired, Load, Unload, agent_plan
 from fleetd.agent.states import StatePublisher
 from fleetd.agent.wanted import Wanted, apply_event
-from fleetd.aio import Supervisor, cancel_and_wait
+from fleetd.aio import Supervisor, cancel_and_wait, settle
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit
 from fleetd.registry.registry import MachineIdInUse, Registry, Resync
 from fleetd.settings import Settings
@@ -271,8 +271,8 @@ class Agent:
                     await self._dirty.wait()
             except TimeoutError:
                 self._dirty_names = None  # the periodic pass looks at everything
-            await asyncio.sleep(self.settings.debounce)
-            self._dirty.clear()
+            # one pass for a whole burst of placements: one daemon-reload, not one per slice
+            await settle(self._dirty, self.settings.debounce, SETTLE_LIMIT)
             names, self._dirty_names = self._dirty_names, set()
             try:
                 await self.reconcile(names)
@@ -392,6 +392,8 @@ class Agent:
 
 
 LOGGED_TASKS = 50
+# Longest the agent waits for a burst of schedule events to end before it acts (seconds).
+SETTLE_LIMIT = 0.5
 # Backoff of whole reconcile passes that fail (the service manager unreachable).
 RECONCILE_RETRY_MIN = 0.5
 RECONCILE_RETRY_MAX = 10.0

@@ -141,6 +141,9 @@ def schedule_changes(view: ClusterView, current_reasons: dict[str, str]) -> Sche
             continue
         if view.stored.get((machine_id, name)) != view.units[name]:
             changes.puts.append((machine_id, view.units[name]))
+    # grouped by machine: each agent's share lands in as few transactions as possible,
+    # so it sees its burst at once (one pass, one daemon-reload) rather than in slices
+    changes.puts.sort(key=lambda put: put[0])
     wanted = dict(result.unplaceable)
     wanted.update(view.invalid)
     for name, reason in wanted.items():

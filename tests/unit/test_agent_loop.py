@@ -357,3 +357,26 @@ async def test_an_expired_lease_is_noticed_even_when_keepalives_claim_it_lives(
 
     await eventually(back, 5, "the agent to register and publish again")
     assert agent.status.lease != old
+
+
+# -- bursts ------------------------------------------------------------------------------------
+
+
+async def test_a_burst_of_placements_in_many_writes_is_loaded_and_started_in_one_pass(
+    registry: MemoryRegistry, tasks: list[asyncio.Task[None]]
+) -> None:
+    # The engine writes a burst in several transactions, a few milliseconds apart. The
+    # agent must act once for all of them: one load (one daemon-reload on systemd, whose
+    # cost grows with every unit it has loaded) and one batch of starts.
+    quiet = 0.05
+    settings = Settings(agent_ttl=30, engine_ttl=30, agent_reconcile_interval=30, debounce=quiet)
+    term = await engine_term(registry)
+    manager = RecordingManager()
+    await running(Agent(registry, manager, MachineState(ME), settings), tasks)
+    manager.log.clear()
+    names = [f"u{i:03}.service" for i in range(200)]
+    for chunk in range(8):  # lasts longer than the quiet window, with no gap as long
+        await registry.apply_schedule(term, [(ME, scheduled(n)) for n in names[chunk * 25 : (chunk + 1) * 25]], [])
+        await asyncio.sleep(quiet / 5)  # the engine's pace, part of the scenario
+    await wait_until_async(lambda: len(manager.starts) == 200, 5, "200 units started")
+    assert manager.log == [("load", names), ("start", names)]

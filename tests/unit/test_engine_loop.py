@@ -243,3 +243,74 @@ async def test_a_steady_cluster_is_not_rewritten(sim: SimCluster) -> None:
     await asyncio.sleep(0.05)
     assert engine.stats.writes == writes  # ... writes nothing
     assert all(c.key[0] == "states" for c in registry._history if c.revision > revision)
+
+
+# -- bursts ------------------------------------------------------------------------------------
+
+
+class CountingSchedule(MemoryRegistry):
+    """Counts the engine's schedule writes (one ``apply_schedule`` per planning pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applies = 0
+
+    async def apply_schedule(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.applies += 1
+        return await super().apply_schedule(*args, **kwargs)
+
+
+async def test_a_burst_written_in_many_transactions_is_placed_in_one_pass() -> None:
+    # fleetctl's 1,000 units reach etcd in many transactions, a few milliseconds apart;
+    # the engine must wait for the burst to end and place it all at once (one pass, one
+    # schedule write), or every agent gets its share in slices, one daemon-reload each.
+    quiet = 0.05
+    settings = Settings(
+        agent_ttl=30, engine_ttl=30, engine_reconcile_interval=5, engine_resync_interval=3600, debounce=quiet
+    )
+    registry = CountingSchedule()
+    lease = await registry.grant_lease(30)
+    machines = [str(i) * 32 for i in range(3)]
+    for machine in machines:
+        await registry.register_machine(MachineState(machine), lease)
+    engine = Engine(registry, "e1", settings)
+    task = asyncio.create_task(engine.run())
+    try:
+        await wait_until_async(lambda: engine.leading.is_set() and engine.stats.plans >= 1, 5, "the first pass")
+        plans, applies = engine.stats.plans, registry.applies
+        # 8 transactions of 50 units, quiet/5 apart: the burst lasts longer than the
+        # quiet window, but no gap in it is as long
+        for chunk in range(8):
+            names = [f"u{chunk}-{i}.service" for i in range(50)]
+            await registry.create_units((StoredUnit(n, BODY, DesiredState.LAUNCHED), False) for n in names)
+            await asyncio.sleep(quiet / 5)  # the writer's pace, part of the scenario
+
+        async def all_placed() -> bool:
+            return len(await registry.placements()) == 400
+
+        await eventually(all_placed, 5, "400 units placed")
+        assert engine.stats.plans - plans == 1
+        assert registry.applies - applies == 1
+        assert engine.stats.settle_windows > engine.stats.plans  # it did wait the burst out
+        placements = await registry.placements()
+        counts = sorted(sum(1 for ids in placements.values() if m in ids) for m in machines)
+        assert counts == [133, 133, 134]
+    finally:
+        engine.stop()
+        await asyncio.wait_for(task, 5)
+
+
+def test_a_passes_placements_are_written_grouped_by_machine() -> None:
+    # each agent then finds its whole share in as few etcd transactions as possible
+    from fleetd.engine.reconcile import ClusterView, schedule_changes
+    from fleetd.registry import MachineEvent
+
+    view = ClusterView()
+    for machine in ("b" * 32, "a" * 32, "c" * 32):
+        view.apply_machine(MachineEvent(machine, MachineState(machine)))
+    for i in range(30):
+        unit = StoredUnit(f"u{i:02}.service", BODY, DesiredState.LAUNCHED)
+        view.apply_unit(UnitEvent(unit.name, unit))
+    machines = [machine for machine, _ in schedule_changes(view, {}).puts]
+    assert len(machines) == 30
+    assert machines == sorted(machines)
