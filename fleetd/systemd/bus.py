@@ -35,13 +35,23 @@ UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
 DBUS = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
 
-#: What we listen to: the manager's signals (UnitNew, UnitRemoved, JobRemoved, Reloading),
-#: PropertiesChanged of every unit object (one rule, filtered by path in Python), and
-#: systemd's name changing owner (a re-exec or restart of the manager).
+#: The manager's signals the adapter acts on. Not JobNew nor UnitFilesChanged: a start of a
+#: thousand units would send a thousand JobNew for nothing.
+MANAGER_SIGNALS = ("UnitNew", "UnitRemoved", "JobRemoved", "Reloading")
+
+#: What we listen to: those manager signals, PropertiesChanged of the Unit interface of
+#: every unit object (one rule, filtered by path in Python), and systemd's name changing
+#: owner (a re-exec or restart of the manager). ``arg0`` keeps the bus from sending the
+#: Service/Socket/Slice interfaces' PropertiesChanged, which only the Unit interface's
+#: ActiveState/SubState matter to us: about a third of the signals of a burst of starts,
+#: each a large message to decode.
 MATCH_RULES = (
-    f"type='signal',sender='{SYSTEMD}',path='{SYSTEMD_PATH}',interface='{MANAGER}'",
+    *(
+        f"type='signal',sender='{SYSTEMD}',path='{SYSTEMD_PATH}',interface='{MANAGER}',member='{member}'"
+        for member in MANAGER_SIGNALS
+    ),
     f"type='signal',sender='{SYSTEMD}',interface='{PROPERTIES}',member='PropertiesChanged',"
-    f"path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}'",
+    f"path_namespace='{UNIT_PATH_PREFIX.rstrip('/')}',arg0='{UNIT}'",
     f"type='signal',sender='{DBUS}',interface='{DBUS}',member='NameOwnerChanged',arg0='{SYSTEMD}'",
 )
 
