@@ -367,11 +367,11 @@ class ApiClient:
         query: dict[str, str] = {"pageSize": str(PAGE_SIZE)}
         if unit:
             query["unitName"] = unit
-        if index is not None:
-            # within the request timeout, whatever the caller asks
-            limit = MAX_STATE_WAIT_SECONDS
-            if self.config.request_timeout:
-                limit = min(limit, max(1, int(self.config.request_timeout - 1)))
+        # a long-poll (whole seconds) must end a second within the request timeout
+        limit = MAX_STATE_WAIT_SECONDS
+        if self.config.request_timeout:
+            limit = min(limit, int(self.config.request_timeout - 1))
+        if index is not None and limit >= 1:
             query.update(wait="true", index=str(index), timeout=str(max(1, min(limit, int(timeout)))))
         response = self._check(self.request("GET", f"/state?{urlencode(query)}"), 200)
         data = response.json() or {}
@@ -381,6 +381,8 @@ class ApiClient:
             query = {k: v for k, v in query.items() if k not in ("wait", "index", "timeout")}
             query["nextPageToken"] = data["nextPageToken"]
             states += self._pages("/state", "states", query)
+        if limit < 1:  # a request timeout under 2 s leaves no room to wait: poll
+            return states, None
         return states, int(header) if header.isdigit() else None
 
     def bulk(self, calls: Sequence[Callable[[], T]]) -> list[T | BaseException]:

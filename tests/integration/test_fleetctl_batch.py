@@ -191,3 +191,13 @@ def test_the_etcd_driver_writes_through_submit_many_and_watches(
     result = fleetctl("destroy", *names, env=env)
     assert result.code == 0, result.err
     assert lab.fleet.units() == {}
+
+
+def test_a_request_timeout_too_short_to_wait_in_polls(lab: Lab, tmp_path: Path) -> None:
+    """A long-poll must end within the request timeout: under 2 s fleetctl polls instead."""
+    env, recorded = lab.serve()
+    names = instances(tmp_path, 3)
+    result = fleetctl("--request-timeout", "1.5", "start", *names, env=env, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert launched(result.out) == sorted(names)
+    assert recorded.waits() == 0 and recorded.count("GET", "/fleet/v1/state") >= 1
