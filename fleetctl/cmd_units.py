@@ -90,8 +90,9 @@ def cmd_submit_load_start(ctx: Context, args: argparse.Namespace) -> int:
     attempts = _block_attempts(args)
     local = [i for i in items if not i.is_global and i.name not in failed]
     if attempts is None:
+        written = {i.name for i in triggered}  # by name: comparing Items is slow with 1,000s
         for item in local:
-            if item in triggered:
+            if item.name in written:
                 ctx.print(f"Triggered unit {item.name} {command}")
         return report(ctx, errors)
     goals = [Goal(i.name, target, i.file.hash() if i.replace and i.file is not None else None) for i in local]
@@ -155,8 +156,9 @@ def cmd_stop_unload(ctx: Context, args: argparse.Namespace) -> int:
     local = [r for r in records if not is_global(r) and r["name"] not in failed]
     attempts = _block_attempts(args)
     if attempts is None:
+        changed = {r["name"] for r in change}  # by name: comparing records is slow with 1,000s
         for record in local:
-            if record in change:
+            if record["name"] in changed:
                 ctx.print(f"Triggered unit {record['name']} {command}")
         return report(ctx, errors)
     errors += Waiter(ctx, attempts).wait_units([Goal(r["name"], target) for r in local], command)
