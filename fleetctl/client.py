@@ -14,7 +14,7 @@ import http.client
 import json
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -131,6 +131,14 @@ class Cluster(Protocol):
 
     def bulk(self, calls: Sequence[Callable[[], T]]) -> list[T | BaseException]: ...
 
+    def events(self, unit: str | None = None) -> list[Record]:
+        """The cluster's history (``GET /events``), oldest first, every page."""
+        ...
+
+    def follow_events(self, unit: str | None = None) -> Iterator[Record]:
+        """The history, then each new event as it is recorded, without end."""
+        ...
+
     def node_transports(self, machine: Record) -> list[Transport]: ...
 
     def close(self) -> None: ...
@@ -229,6 +237,27 @@ class ApiClient:
 
     def machines(self) -> list[Record]:
         return self._pages("/machines", "machines")
+
+    def events(self, unit: str | None = None) -> list[Record]:
+        return self._pages("/events", "events", {"unitName": unit} if unit else None)
+
+    def follow_events(self, unit: str | None = None) -> Iterator[Record]:
+        query = {"follow": "true", **({"unitName": unit} if unit else {})}
+        transport = self.transport
+        response = transport.open("GET", f"{API}/events?{urlencode(query)}")
+        if response.status != 200:
+            self._check(
+                Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()), 200
+            )
+        sock = transport._connection().sock
+        if sock is not None:
+            sock.settimeout(None)  # a quiet cluster may record nothing for a long time
+        try:
+            while line := response.readline():
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            transport.close()
 
     def units(self) -> list[Record]:
         return self._pages("/units", "units")

@@ -182,6 +182,21 @@ COMMANDS: tuple[Command, ...] = (
         "[path to command] for full details.",
     ),
     Command(
+        "history",
+        "Show what happened to units and machines in the cluster, and why",
+        "[options] [<unit>...]",
+        "fleetctl.cmd_history:cmd_history",
+        (
+            *_LIST,
+            Flag("follow", "bool", "Keep printing events as they are recorded.", False, short="f"),
+        ),
+        (("units", "*", "UNIT"),),
+        "Shows the cluster's history, oldest first: where units were placed and moved and why, when they "
+        "started, stopped or failed, and which machines joined or were lost. With units (names or globs such "
+        "as 'web@*'), only their events; a destroyed unit's history is still shown. --output json prints a "
+        "list of {time, unit, machine, event, reason, revision} objects (with -f, one object per line).",
+    ),
+    Command(
         "journal",
         "Print the journal of a unit in the cluster to stdout",
         "[options] <unit>",

@@ -11,7 +11,8 @@ status still come from each machine's own fleetd API (etcd does not hold them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from fleetctl.client import Record, UnitWrite
@@ -19,6 +20,7 @@ from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
 from fleetctl.transport import Transport, learnt_transport
 from fleetd.model.batch import BatchError
+from fleetd.model.history import event_json
 from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.submit import SubmitError, desired_state, submission
 from fleetd.model.wire import machine_json, select_states, state_json, units_json, unreadable_unit_json
@@ -169,6 +171,38 @@ class EtcdClient:
 
     def destroy_units(self, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         return list(self._run(self.registry.destroy_units(names), extra=len(names) / 100)), {}
+
+    def events(self, unit: str | None = None) -> list[Record]:
+        result: list[Record] = []
+        after = ""
+        while True:
+            found, after, _ = self._run(self.registry.events(after, 1000, unit))
+            result += [event_json(e) for e in found]
+            if not after:
+                return result
+
+    def follow_events(self, unit: str | None = None) -> Iterator[Record]:
+        """The stored events, then an etcd watch from the revision of the first read."""
+        after, revision, shown = "", 0, ""
+        while True:
+            found, after, seen = self._run(self.registry.events(after, 1000, unit))
+            revision = revision or seen
+            for event in found:
+                shown = max(shown, event.id)
+                yield event_json(event)
+            if not after:
+                break
+        watch = self.registry.watch_events(revision + 1).__aiter__()
+        try:
+            while True:
+                batch = self.loop.run_until_complete(anext(watch))
+                for event in batch:
+                    if event.id > shown and (unit is None or event.unit == unit):
+                        shown = event.id
+                        yield event_json(event)
+        finally:
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(watch.aclose())  # type: ignore[attr-defined]
 
     def wait_states(
         self, index: int | None, timeout: float, unit: str | None = None

@@ -83,12 +83,18 @@ class Config:
     # the journal and status of its own units, so fleetctl needs no SSH and no TCP API
     # (docs/remote.md); 0 turns it off.
     peer_port: int = 54729
+    # Beyond fleet: the history's retention (GET /fleet/v1/events, fleetctl history): the
+    # newest this many events, none older than this (the engine leader prunes).
+    history_max_events: int = 10_000
+    history_max_age: float = 7 * 24 * 3600.0
 
     def settings(self) -> Settings:
         return Settings(
             agent_ttl=self.agent_ttl,
             engine_ttl=self.agent_ttl,
             engine_reconcile_interval=self.engine_reconcile_interval,
+            history_keep=self.history_max_events,
+            history_max_age=self.history_max_age,
         )
 
 
@@ -198,11 +204,11 @@ for _field in fields(Config):
         PARSERS[_field.name] = parse_metadata
     elif _field.name in ("etcd_servers", "api_listen"):
         PARSERS[_field.name] = parse_list
-    elif _field.name in ("agent_ttl", "engine_reconcile_interval", "etcd_request_timeout"):
+    elif _field.name in ("agent_ttl", "engine_reconcile_interval", "etcd_request_timeout", "history_max_age"):
         PARSERS[_field.name] = parse_duration
     elif _field.name in ("systemd_user", "disable_engine", "stop_units_on_exit", "api_require_token"):
         PARSERS[_field.name] = parse_bool
-    elif _field.name in ("token_limit", "verbosity"):
+    elif _field.name in ("token_limit", "verbosity", "history_max_events"):
         PARSERS[_field.name] = _parse_int
     elif _field.name == "peer_port":
         PARSERS[_field.name] = _parse_port
@@ -223,8 +229,10 @@ def _apply(config: Config, name: str, raw: str, where: str) -> Config:
         value = PARSERS[name](raw)
     except ValueError as exc:
         raise ConfigError(f"{where}: {name}: {exc}") from None
-    if name in ("agent_ttl",) and value <= 0:
+    if name in ("agent_ttl", "history_max_age") and value <= 0:
         raise ConfigError(f"{where}: {name}: must be positive")
+    if name == "history_max_events" and value < 0:
+        raise ConfigError(f"{where}: {name}: must be 0 or more (0 keeps no history)")
     changes = {name: value}
     if name in _PARTNER:
         changes[_PARTNER[name]] = ""

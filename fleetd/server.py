@@ -28,6 +28,7 @@ from fleetd.agent.agent import Agent
 from fleetd.aio import TaskHealth, cancel_and_wait
 from fleetd.config import Config
 from fleetd.engine.engine import Engine
+from fleetd.history import HistoryRecorder
 from fleetd.model.state import MachineState
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import connect
@@ -275,7 +276,9 @@ class Daemon:
             from fleetd.api.peer_tls import make_identity
 
             self.peer_identity = make_identity(self.machine_id)
-        agent = Agent(registry, manager, self.machine_state(), settings, lease_file=lease_file)
+        history = HistoryRecorder(registry)
+        agent = Agent(registry, manager, self.machine_state(), settings, lease_file=lease_file, history=history)
+        agent.supervisor.start("history", history.run)
         node = NodeState(self.machine_id, agent, self.config.systemd_user)
         try:  # bound before the loops start, so "address in use" leaves nothing running
             api_server = await self.start_api(registry, node, listeners)
@@ -289,7 +292,7 @@ class Daemon:
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(agent.run(), name="agent")]
         engine: Engine | None = None
         if not self.config.disable_engine:
-            engine = Engine(registry, self.machine_id, settings)
+            engine = Engine(registry, self.machine_id, settings, history=history)
             agent.supervisor.start("engine", engine.run)
         self.agent, self.engine = agent, engine
         self.started = True
@@ -321,6 +324,9 @@ class Daemon:
             if self.config.stop_units_on_exit:
                 with contextlib.suppress(Exception):
                     await agent.leave(unload_units=True)
+            with contextlib.suppress(Exception):  # what was decided last is not lost
+                async with asyncio.timeout(2):
+                    await history.flush()
             await api_server.close()
             if peer is not None:
                 await peer.close()

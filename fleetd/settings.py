@@ -29,6 +29,10 @@ class Settings:
     agent_reconcile_interval: float = 30.0
     # Coalescing window for bursts of watch events before planning (seconds).
     debounce: float = 0.02
+    # History retention (the engine leader prunes to it): the newest this many events,
+    # none older than this many seconds.
+    history_keep: int = 10_000
+    history_max_age: float = 7 * 24 * 3600.0
 
     def keepalive_interval(self, ttl: float) -> float:
         return max(0.2, ttl / 3.0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from fleetd.agent.manager import UnitManager
 from fleetd.agent.plan import AgentTask, Load, Start, Stop, Unload
+from fleetd.model.history import EventKind, HistoryEvent
 from fleetd.model.unitfile import UnitFile
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 MIN_RETRY = 1.0
 MAX_RETRY = 60.0
 ORDER: tuple[type[AgentTask], ...] = (Unload, Load, Stop, Start)
+# what a done task is in the history (loading and unloading are not decisions of note)
+HISTORY_KINDS: dict[type[AgentTask], EventKind] = {Start: EventKind.STARTED, Stop: EventKind.STOPPED}
 
 
 @dataclass
@@ -49,11 +52,16 @@ class Executor:
         manager: UnitManager,
         on_change: Callable[[str], None] = lambda name: None,
         clock: Callable[[], float] = time.monotonic,
+        machine_id: str = "",
     ) -> None:
         """``on_change(name)`` is called when a unit's failure appears or clears (its
-        published state must change)."""
+        published state must change; its failure goes into the history from there).
+        ``record`` (set by the agent) takes the history events of what was done:
+        started, stopped."""
         self.manager = manager
         self.on_change = on_change
+        self.machine_id = machine_id
+        self.record: Callable[[list[HistoryEvent]], None] | None = None
         self.clock = clock
         self.min_retry = MIN_RETRY
         self.max_retry = MAX_RETRY
@@ -79,6 +87,7 @@ class Executor:
         """Run ``tasks`` in fleet's order. ``files``: the unit files to load; ``hashes``:
         each unit's desired hash (what a failure is remembered against)."""
         failed: set[str] = set()
+        reasons = {(type(t), t.unit): t.reason for t in tasks}
         for kind in ORDER:
             names = [t.unit for t in tasks if isinstance(t, kind) and t.unit not in failed]
             if not names:
@@ -104,6 +113,16 @@ class Executor:
                         except Exception as one:  # noqa: BLE001 - recorded against that unit
                             self._failed(kind, name, one, hashes)
                             failed.add(name)
+            if self.record is not None and kind in HISTORY_KINDS and done:
+                refused = self.manager.failures()  # a job systemd refused is a failure, not a start
+                now, event = time.time(), HISTORY_KINDS[kind]
+                self.record(
+                    [
+                        HistoryEvent(now, event, n, self.machine_id, reasons.get((kind, n), ""))
+                        for n in done
+                        if n not in refused
+                    ]
+                )
             for name in done:
                 if kind is not Unload and name in self.failures:
                     del self.failures[name]

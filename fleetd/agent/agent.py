@@ -23,6 +23,7 @@ from fleetd.agent.plan import AgentTask, Current, Desired, Load, Unload, agent_p
 from fleetd.agent.states import StatePublisher
 from fleetd.agent.wanted import Wanted, apply_event
 from fleetd.aio import Supervisor, cancel_and_wait, settle
+from fleetd.history import HistoryRecorder
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit
 from fleetd.registry.registry import MachineIdInUse, Registry, Resync
 from fleetd.settings import Settings
@@ -53,6 +54,8 @@ class Agent:
     # Where the lease id is kept across restarts, so a restarted fleetd adopts its own
     # registration (and its running units) instead of waiting for it to expire.
     lease_file: str | None = None
+    # where this machine's history goes (started, stopped, failed); None records nothing
+    history: HistoryRecorder | None = None
 
     def __post_init__(self) -> None:
         self.wanted = Wanted()
@@ -62,7 +65,7 @@ class Agent:
         self.states = StatePublisher(
             self.registry, self.manager, self.machine.id, self.settings, self._lease, self._unit_errors
         )
-        self.executor = Executor(self.manager, on_change=self.states.touch)
+        self.executor = Executor(self.manager, on_change=self.states.touch, machine_id=self.machine.id)
         self._lease_lost = asyncio.Event()
         self.states.on_lease_lost = self._on_lease_lost
         self._stopping = asyncio.Event()
@@ -70,6 +73,8 @@ class Agent:
         self.static_metadata = dict(self.machine.metadata)
         self._dynamic: dict[str, str] = {}
         self.manager.subscribe(self.states.changed)
+        if self.history is not None:
+            self.executor.record = self.states.record = self.history.record
 
     @property
     def machine_id(self) -> str:

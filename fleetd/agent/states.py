@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from fleetd.agent.manager import LocalUnit, SystemdState, UnitManager
+from fleetd.model.history import EventKind, HistoryEvent
 from fleetd.model.state import UnitState
 from fleetd.registry.registry import LeaseNotFound, Registry
 from fleetd.settings import Settings
@@ -47,6 +49,10 @@ class StatePublisher:
         self._dirty = asyncio.Event()
         # called when a write meets an expired lease (the agent then registers again)
         self.on_lease_lost: Callable[[], None] = lambda: None
+        # history: the agent sets it; a unit's failure (systemd's "failed", or an error
+        # fleet met acting on it) is recorded once, when it appears or changes
+        self.record: Callable[[list[HistoryEvent]], None] | None = None
+        self._failure_seen: dict[str, str] = {}
 
     def changed(self, name: str, state: SystemdState) -> None:
         """The service manager's callback: remember the latest state, publish soon."""
@@ -94,6 +100,7 @@ class StatePublisher:
                         gone.append(name)
                 elif self.published.get(name) != record:
                     changed.append(record)
+            self._record_failures(changed, gone)
             lease = self._lease()
             if not (changed or gone) or lease is None:
                 if changed or gone:  # not registered: keep them for when it is
@@ -137,6 +144,25 @@ class StatePublisher:
             return UnitState(name, self.machine_id, error_hash, "error", "inactive", "dead", error)
         now = state or unit.state
         return UnitState(name, self.machine_id, unit.hash, now.load, now.active, now.sub, error)
+
+    def _record_failures(self, changed: list[UnitState], gone: list[str]) -> None:
+        """History: each failure once, when it appears or its reason changes."""
+        events = []
+        for record in changed:
+            if record.error:
+                why = record.error
+            elif record.active_state == "failed":
+                why = f"systemd: failed ({record.sub_state})"
+            else:
+                self._failure_seen.pop(record.name, None)
+                continue
+            if self._failure_seen.get(record.name) != why:
+                self._failure_seen[record.name] = why
+                events.append(HistoryEvent(time.time(), EventKind.FAILED, record.name, self.machine_id, why))
+        for name in gone:
+            self._failure_seen.pop(name, None)
+        if events and self.record is not None:
+            self.record(events)
 
     def _keep(self, records: list[UnitState], gone: list[str]) -> None:
         for record in records:

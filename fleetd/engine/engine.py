@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetd.aio import cancel_and_wait, settle
+from fleetd.engine.history import machine_events, schedule_events
 from fleetd.engine.reconcile import ClusterView, schedule_changes
+from fleetd.history import HistoryRecorder, prune_history
 from fleetd.registry.registry import Leadership, NotLeader, Registry, Resync
 from fleetd.settings import Settings
 
@@ -52,6 +54,8 @@ class Engine:
     machine_id: str
     settings: Settings = field(default_factory=Settings)
     stats: EngineStats = field(default_factory=EngineStats)
+    # where the leader's decisions go (fleetd.history); None records nothing
+    history: HistoryRecorder | None = None
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
@@ -126,6 +130,9 @@ class Engine:
                 asyncio.create_task(self._follow(registry.watch_placements(revision + 1), "apply_placement", lost))
             )
             tasks.append(asyncio.create_task(self._timer()))
+            if self.history is not None:  # the leader keeps the history within its retention
+                keep, age = self.settings.history_keep, self.settings.history_max_age
+                tasks.append(asyncio.create_task(prune_history(self.registry, keep, age)))
             await self._plan_loop(leadership, lost)
         finally:
             await cancel_and_wait(tasks)
@@ -169,8 +176,11 @@ class Engine:
         try:
             async for batch in events:
                 apply = getattr(self.view, method)  # the view is replaced on a resync
+                before = self._machine_ips() if method == "apply_machine" else None
                 for event in batch:
                     apply(event)
+                if before is not None and self.history is not None:
+                    self.history.record(machine_events(before, self._machine_ips(), time.time()))
                 self._dirty.set()
         except asyncio.CancelledError:
             raise
@@ -180,6 +190,9 @@ class Engine:
             log.warning("engine watch (%s) failed; reloading", method, exc_info=True)
         lost.set()  # simplest correct recovery: re-run the term from a fresh read
         self._dirty.set()
+
+    def _machine_ips(self) -> dict[str, str]:
+        return {machine_id: m.public_ip for machine_id, m in self.view.machines.items()}
 
     async def _timer(self) -> None:
         """The safety net: a full re-read from etcd every ``engine_resync_interval``.
@@ -231,6 +244,8 @@ class Engine:
         except NotLeader:
             log.warning("engine on %s was deposed; its writes were refused", self.machine_id)
             raise
+        if self.history is not None:
+            self.history.record(schedule_events(changes.tasks, changes.reasons, time.time()))
         # reflect our own writes now instead of waiting for their watch events
         self.view.record_own_writes(changes)
         for name, reason in changes.reasons.items():
