@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError, refused
 from fleetd.api.params import json_body, listing, page, query_bool, unit_name
+from fleetd.model.errors import UnitFileError
 from fleetd.model.limits import MAX_UNIT_BYTES, options_size, too_large
 from fleetd.model.submit import Action, Refusal, Submission, SubmitError, desired_state, submission
 from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import parse_unit_file
 from fleetd.model.wire import units_json, unreadable_unit_json
 from fleetd.registry.registry import Registry
 
@@ -49,9 +52,35 @@ async def get_unit(request: web.Request) -> web.Response:
     return web.json_response(units_json([unit], placements, states)[0])
 
 
-async def _read_submission(request: web.Request, name: str) -> tuple[Submission, bool]:
-    """The PUT body and whether ``?replace`` was asked, validated in the order fleet's API
-    checks them."""
+def _continued_value(value: object) -> object:
+    """A value fleet's client read from lines continued with a trailing backslash: its
+    parser (go-systemd's) keeps the lines as written, joined by backslash-newline, where
+    fleetd's parser joins them as systemd does. Read such a value as fleetd reads that
+    file, so a unit with a multi-line ``ExecStart=`` can be submitted; anything else with a
+    line break is left to be refused."""
+    if not isinstance(value, str) or "\n" not in value:
+        return value
+    if not all(line.rstrip().endswith("\\") for line in value.split("\n")[:-1]):
+        return value
+    try:
+        parsed = parse_unit_file(f"[Service]\nX={value}\n").options
+    except UnitFileError:
+        return value
+    return parsed[0].value if len(parsed) == 1 else value
+
+
+def _continued_values(options: list[Any]) -> tuple[list[Any], bool]:
+    """``options`` with :func:`_continued_value` applied to each value, and whether any
+    value changed."""
+    result = [
+        {**o, "value": _continued_value(o["value"])} if isinstance(o, dict) and "value" in o else o for o in options
+    ]
+    return result, result != options
+
+
+async def _read_submission(request: web.Request, name: str) -> tuple[Submission, bool, bool]:
+    """The PUT body, whether ``?replace`` was asked and whether a continued value was
+    joined (:func:`_continued_value`), validated in the order fleet's API checks them."""
     body = await json_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object {name, desiredState, options}")
@@ -68,6 +97,9 @@ async def _read_submission(request: web.Request, name: str) -> tuple[Submission,
         problem = too_large(options_size(options), MAX_UNIT_BYTES, f"unit {name}")
         if problem:
             raise ApiError(413, problem)
+    joined = False
+    if isinstance(options, list):
+        options, joined = _continued_values(options)
     try:
         target = desired_state(body.get("desiredState"), required=False)
         # a plain PUT replaces, as in fleet; ?replace=true (fleetd's own clients) also does
@@ -77,7 +109,7 @@ async def _read_submission(request: web.Request, name: str) -> tuple[Submission,
         raise _refused(exc) from None
     for warning in result.warnings:
         log.info("unit %s: %s", name, warning)
-    return result, asked
+    return result, asked, joined
 
 
 def _refused(exc: SubmitError) -> ApiError:
@@ -99,15 +131,17 @@ async def _apply(registry: Registry, request: Submission, replace_asked: bool) -
     return 204
 
 
-async def _new_body_without_state(registry: Registry, wanted: Submission) -> Submission:
+async def _new_body_without_state(registry: Registry, wanted: Submission, joined: bool) -> Submission:
     """A PUT of new options without ``desiredState`` stores the unit as a new one, as fleet's
     API does: inactive, even when it replaces a loaded or launched unit (fleet's client then
     waits for ``currentState`` inactive before it loads or starts the new version). The same
-    options without ``desiredState`` stay a 409, which :func:`decide` answers."""
+    options without ``desiredState`` stay a 409, which :func:`decide` answers, unless a
+    continued value was ``joined``: fleet's client then sees the stored unit as different
+    from its file and sends it as a new version (``--replace``)."""
     if not wanted.desired_missing or wanted.unit is None:
         return wanted
     existing = await registry.get_unit(wanted.name)
-    if existing is None or existing.file == wanted.unit.file:
+    if existing is None or (existing.file == wanted.unit.file and not joined):
         return wanted
     return dataclasses.replace(wanted, desired=DesiredState.INACTIVE, desired_missing=False)
 
@@ -126,9 +160,9 @@ async def put_unit(request: web.Request) -> web.Response:
     registry = api_state(request).registry
     _check_content_type(request)
     name = unit_name(request.match_info["name"])
-    wanted, replace_asked = await _read_submission(request, name)
+    wanted, replace_asked, joined = await _read_submission(request, name)
     try:
-        wanted = await _new_body_without_state(registry, wanted)
+        wanted = await _new_body_without_state(registry, wanted, joined)
         return web.Response(status=await _apply(registry, wanted, replace_asked))
     except SubmitError as exc:
         raise _refused(exc) from None

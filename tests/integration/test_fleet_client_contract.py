@@ -152,6 +152,35 @@ async def test_replace_as_fleetctl_makes_the_new_version_inactive_first(client: 
         assert (await client.delete(put, headers=HEADERS)).status == 204
 
 
+async def test_a_value_continued_over_lines_as_fleetctl_reads_it(client: TestClient, registry: Registry) -> None:
+    # a unit file with "ExecStart=/bin/sh -c \\" and an indented next line: fleet's client
+    # (go-systemd's parser) sends the value with the lines as written, backslash-newline
+    # between them. fleetd stores it as its own parser reads that file.
+    text = "[Service]\nExecStart=/bin/sh -c \\\n    'sleep 1000'\n"
+    continued = [
+        {"section": "Service", "name": "ExecStart", "value": "/bin/sh -c \\\n    'sleep 1000'"},
+    ]
+    put = f"{BASE}units/a.service?{ALT}"
+    response = await client.put(put, data=go_body(name="a.service", options=continued), headers=PUT_HEADERS)
+    assert response.status == 201, await response.text()
+    stored = await registry.get_unit("a.service")
+    assert stored is not None and stored.file == parse_unit_file(text)
+    assert stored.file.to_options()[0]["value"] == "/bin/sh -c 'sleep 1000'"
+    # start --replace of the same file: fleet's client sees the stored unit differ from its
+    # file and sends it again as a new version; it then waits for inactive, then starts it
+    await client.put(put, data=go_body(name="a.service", desiredState="launched"), headers=PUT_HEADERS)
+    response = await client.put(put, data=go_body(name="a.service", options=continued), headers=PUT_HEADERS)
+    assert response.status in (201, 204), await response.text()
+    stored = await registry.get_unit("a.service")
+    assert stored is not None and stored.desired is DesiredState.INACTIVE and stored.file == parse_unit_file(text)
+    # a line break without a continuation is still refused
+    broken = [{"section": "Service", "name": "ExecStart", "value": "/bin/true\nUser=root"}]
+    response = await client.put(
+        f"{BASE}units/b.service?{ALT}", data=go_body(name="b.service", options=broken), headers=PUT_HEADERS
+    )
+    assert "line break" in await go_error(response, 400)
+
+
 async def test_unknown_unit_without_options_is_409(client: TestClient) -> None:
     body = go_body(name="nope.service", desiredState="launched")
     response = await client.put(f"{BASE}units/nope.service?{ALT}", data=body, headers=PUT_HEADERS)
