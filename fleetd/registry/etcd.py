@@ -230,6 +230,12 @@ class Etcd:
         items = [KeyValue(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease) for kv in result]
         return items, int(result.header.revision)
 
+    async def keys_prefix(self, prefix: str) -> tuple[list[str], int]:
+        """Every key under ``prefix`` without its value (etcd sends none), and the revision:
+        for records whose key says all a reader needs (a placement is machine and unit)."""
+        result = await self._call("get_prefix", prefix.encode(), keys_only=True)
+        return [kv.key.decode() for kv in result], int(result.header.revision)
+
     async def get_page(
         self, start: str, end: str, limit: int, keys_only: bool = False
     ) -> tuple[list[KeyValue], bool, int]:

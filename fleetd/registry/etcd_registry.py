@@ -550,10 +550,12 @@ class EtcdRegistry(EtcdHistory, Registry):
     # the schedule -----------------------------------------------------------------------
 
     async def placements(self) -> dict[str, list[str]]:
-        items, _ = await self._etcd.get_prefix(self._keys.schedule)
+        # keys only: a placement's value is the unit's whole body, and GET /units reads
+        # every placement on every listing
+        keys, _ = await self._etcd.keys_prefix(self._keys.schedule)
         result: dict[str, list[str]] = {}
-        for kv in items:
-            machine_id, name = self._keys.split_placement(kv.key)
+        for key in keys:
+            machine_id, name = self._keys.split_placement(key)
             result.setdefault(name, []).append(machine_id)
         return result
 
