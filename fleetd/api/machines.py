@@ -61,12 +61,26 @@ class MetadataOp:
     value: str | None
 
 
+_MISSING = object()
+
+
+def _field(item: dict[str, Any], name: str) -> Any:
+    """``item``'s member ``name`` as fleet's API (Go's encoding/json) reads it: the key's
+    case does not matter, and of several keys that match the last one counts. fleet's own
+    functional tests send ``{"op", "path", "Value": {"value": ...}}``."""
+    found = _MISSING
+    for key, value in item.items():
+        if key.casefold() == name:
+            found = value
+    return found
+
+
 def _patch_value(item: dict[str, Any], where: str, op: str, key: str) -> str:
-    if "value" not in item:
+    raw = _field(item, "value")
+    if raw is _MISSING:
         raise ApiError(400, f"{where}: {op} needs a value")
-    raw = item["value"]
-    if isinstance(raw, dict) and set(raw) == {"value"}:
-        raw = raw["value"]  # fleet's own client nests it: {"value": {"value": "x"}}
+    if isinstance(raw, dict) and set(raw) and all(k.casefold() == "value" for k in raw):
+        raw = _field(raw, "value")  # fleet's own client nests it: {"value": {"value": "x"}}
     if not isinstance(raw, str):
         raise ApiError(400, f'{where}: value must be a string or {{"value": "<string>"}}')
     if not raw or any(ord(ch) < 32 or ch in ',"' for ch in raw):
@@ -89,13 +103,15 @@ def parse_metadata_patch(body: Any) -> list[MetadataOp]:
         where = f"operation {index}"
         if not isinstance(item, dict):
             raise ApiError(400, f'{where}: expected an object {{"op", "path", "value"}}')
-        op = item.get("op")
+        op = _field(item, "op")
         if op not in ("add", "remove", "replace"):
-            raise ApiError(400, f"{where}: invalid op {op!r}: expected add, remove or replace")
-        path = item.get("path")
+            shown = None if op is _MISSING else op
+            raise ApiError(400, f"{where}: invalid op {shown!r}: expected add, remove or replace")
+        path = _field(item, "path")
         match = _PATCH_PATH_RE.fullmatch(path) if isinstance(path, str) else None
         if match is None:
-            raise ApiError(400, f'{where}: invalid path {path!r}: expected "/<machineID>/metadata/<key>"')
+            shown = None if path is _MISSING else path
+            raise ApiError(400, f'{where}: invalid path {shown!r}: expected "/<machineID>/metadata/<key>"')
         machine_id, key = match.groups()
         if not MACHINE_ID_RE.fullmatch(machine_id):
             raise ApiError(400, f"{where}: invalid machine ID {machine_id!r}")
@@ -133,7 +149,9 @@ async def patch_machines(request: web.Request) -> web.Response:
             await api_state(request).registry.update_machines_metadata(changes)
         except MachineNotFound as exc:
             raise ApiError(404, f"{exc}; nothing was changed") from None
-    return web.Response(status=204)
+    # fleet answers this 204 (its only one) with Content-Type application/json, and its
+    # functional tests check it
+    return web.Response(status=204, content_type="application/json")
 
 
 __all__ = [

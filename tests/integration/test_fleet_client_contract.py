@@ -229,6 +229,55 @@ async def test_list_machines_pages_and_shows_patched_metadata(client: TestClient
     assert machines[1] == {"id": M2, "primaryIP": "10.0.0.1", "metadata": {"zone": "a", "role": "db"}}
 
 
+async def test_patch_machines_as_fleets_functional_tests_send_it(client: TestClient, registry: Registry) -> None:
+    # fleet's functional tests (machines_test.go) PATCH with net/http directly, no
+    # Content-Type, and marshal a struct whose Value field has no json tag: the key is
+    # "Value". fleet's API decodes it with encoding/json, where keys match in any case.
+    lease = await registry.grant_lease(30)
+    for machine in (M1, M2):
+        await registry.register_machine(MachineState(machine, "10.0.0.1", {"hostname": machine[:4]}), lease)
+
+    async def patch(ops: list[dict[str, Any]]) -> Any:
+        return await client.patch(f"{BASE}machines", data=json.dumps(ops).encode())
+
+    response = await patch(
+        [
+            {"op": "add", "path": f"/{M1}/metadata/foo", "Value": {"value": "bar"}},
+            {"op": "replace", "path": f"/{M2}/metadata/ping", "Value": {"value": "splat"}},
+        ]
+    )
+    assert response.status == 204, await response.text()
+    assert response.headers["Content-Type"].startswith("application/json")  # checked by those tests
+    machines = await go_list(client, "machines", "machines")
+    assert [m["metadata"] for m in machines] == [
+        {"hostname": "1111", "foo": "bar"},
+        {"hostname": "2222", "ping": "splat"},
+    ]
+    response = await patch(
+        [
+            {"op": "remove", "path": f"/{M1}/metadata/foo", "Value": {"value": ""}},
+            {"OP": "Remove", "path": f"/{M2}/metadata/ping"},  # an op is matched exactly
+        ]
+    )
+    assert "invalid op" in await go_error(response, 400)
+    response = await patch(
+        [
+            {"op": "remove", "path": f"/{M1}/metadata/foo", "Value": {"value": ""}},
+            {"OP": "remove", "PATH": f"/{M2}/metadata/ping", "value": {"VALUE": ""}},
+        ]
+    )
+    assert response.status == 204, await response.text()
+    machines = await go_list(client, "machines", "machines")
+    assert [m["metadata"] for m in machines] == [{"hostname": "1111"}, {"hostname": "2222"}]
+    # the bad requests of TestMachinesPatchBad: 400 in fleet's error shape
+    for op in (
+        {"op": "noop", "path": f"/{M1}/metadata/foo", "Value": {"value": "bar"}},
+        {"op": "add", "path": f"/{M1}/foo", "Value": {"value": "bar"}},
+        {"op": "add", "path": f"/{M1}/metadata/foo", "Value": {"value": ""}},
+    ):
+        await go_error(await patch([op]), 400)
+
+
 async def test_unit_states_list_filter_and_get(client: TestClient, registry: Registry) -> None:
     lease = await registry.grant_lease(30)
     await registry.publish_states(
