@@ -60,11 +60,16 @@ class UnitState:
 
 @dataclass(frozen=True)
 class StoredUnit:
-    """A unit as the cluster stores it: its body and what the user wants of it."""
+    """A unit as the cluster stores it: its body and what the user wants of it.
+
+    ``revision`` counts the bodies the unit has had: 1 when created, one more with each
+    replace (a change of desired state keeps it); 0 for a record written before revisions
+    were counted. The engine copies it into placements, so an agent knows it too."""
 
     name: str
     file: UnitFile
     desired: DesiredState
+    revision: int = 0
 
     @property
     def hash(self) -> str:

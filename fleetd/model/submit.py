@@ -82,6 +82,8 @@ class Submission:
     # no desiredState was sent (fleet's client on submit): ``desired`` is then inactive for a
     # new unit, a replaced unit keeps its desired state, and a mere re-target is refused
     desired_missing: bool = False
+    # who asked (kept with a new revision): set by the API or the etcd driver
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class Decision:
     stored: StoredUnit
     is_global: bool = False
     warnings: tuple[str, ...] = ()
+    # who asked, kept with a new revision (e.g. "API (fleetctl)", "rollback to 3")
+    origin: str = ""
 
 
 def desired_state(value: Any, *, required: bool = True) -> DesiredState | None:
@@ -127,7 +131,9 @@ def _build(name: str, file: UnitFile) -> tuple[Unit, tuple[str, ...]]:
     return unit, tuple(warnings)
 
 
-def submission(name: str, desired: DesiredState | None, options: object, *, replace: bool = False) -> Submission:
+def submission(
+    name: str, desired: DesiredState | None, options: object, *, replace: bool = False, origin: str = ""
+) -> Submission:
     """Validate a request (rules 2 and 3). ``options`` is the API's list of
     ``{section, name, value}``; ``None`` or ``[]`` means no new body (fleet's own client
     sends ``[]`` that way)."""
@@ -140,7 +146,7 @@ def submission(name: str, desired: DesiredState | None, options: object, *, repl
     if info.is_template and target is not DesiredState.INACTIVE:
         _check(None, target, name)  # "cannot activate template ..."
     if options is None or options == []:
-        return Submission(name, target, None, replace, desired_missing=missing)
+        return Submission(name, target, None, replace, desired_missing=missing, origin=origin)
     if not isinstance(options, list):
         raise SubmitError(Refusal.INVALID, "options must be a list of {section, name, value}")
     try:
@@ -148,7 +154,7 @@ def submission(name: str, desired: DesiredState | None, options: object, *, repl
     except UnitFileError as exc:
         raise SubmitError(Refusal.INVALID, f"unit {name}: {exc}") from None
     unit, warnings = _build(name, file)
-    return Submission(name, target, unit, replace, warnings, missing)
+    return Submission(name, target, unit, replace, warnings, missing, origin)
 
 
 def template_to_read(request: Submission, existing: StoredUnit | None) -> str | None:
@@ -188,14 +194,16 @@ def decide(request: Submission, existing: StoredUnit | None, template: StoredUni
         else:
             unit, warnings = _from_template(name, template)
         _check(None, target, name)
-        return Decision(Action.CREATE, StoredUnit(name, unit.file, target), unit.requirements.global_, warnings)
+        stored = StoredUnit(name, unit.file, target, 1)
+        return Decision(Action.CREATE, stored, unit.requirements.global_, warnings, request.origin)
     if request.unit is not None and request.unit.file != existing.file:
         if not request.replace:
             raise SubmitError(Refusal.CONFLICT, f"unit {name} already exists with different contents; use --replace")
         target = existing.desired if request.desired_missing else request.desired
         _check(existing.desired, target, name)
         unit = request.unit
-        return Decision(Action.REPLACE, StoredUnit(name, unit.file, target), unit.requirements.global_)
+        stored = StoredUnit(name, unit.file, target, existing.revision + 1)
+        return Decision(Action.REPLACE, stored, unit.requirements.global_, (), request.origin)
     target = request.desired
     if request.desired_missing:
         raise SubmitError(Refusal.CONFLICT, f"unit {name}: must provide desiredState to update existing unit")
@@ -205,7 +213,7 @@ def decide(request: Submission, existing: StoredUnit | None, template: StoredUni
             Refusal.INVALID, f"unit {name} as stored cannot run: {problem}; destroy it and submit it again"
         )
     action = Action.NOTHING if existing.desired is target else Action.SET_DESIRED
-    return Decision(action, StoredUnit(name, existing.file, target))
+    return Decision(action, StoredUnit(name, existing.file, target, existing.revision))
 
 
 def gave_up(name: str) -> SubmitError:

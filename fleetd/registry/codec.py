@@ -16,6 +16,7 @@ from typing import Any
 
 from fleetd.model.history import HistoryEvent, decode_event, encode_event
 from fleetd.model.limits import MAX_PEER_CERT_BYTES
+from fleetd.model.revisions import UnitRevision, decode_revision, encode_revision
 from fleetd.model.state import MachineState, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile
@@ -42,15 +43,35 @@ def _object(raw: bytes, what: str) -> dict[str, Any]:
 
 
 def encode_unit(unit: StoredUnit) -> bytes:
-    return dumps({"name": unit.name, "options": unit.file.to_options(), "desiredState": str(unit.desired)})
+    record: dict[str, Any] = {"name": unit.name, "options": unit.file.to_options(), "desiredState": str(unit.desired)}
+    if unit.revision:  # beyond fleet's record (its readers ignore it)
+        record["revision"] = unit.revision
+    return dumps(record)
 
 
 def decode_stored_unit(raw: bytes, what: str = "unit record") -> StoredUnit:
     data = _object(raw, what)
+    revision = data.get("revision", 0)
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        raise RecordError(f"{what}: revision must be a whole number")
     try:
-        return StoredUnit(data["name"], UnitFile.from_options(data["options"]), DesiredState(data["desiredState"]))
+        file = UnitFile.from_options(data["options"])
+        return StoredUnit(data["name"], file, DesiredState(data["desiredState"]), revision)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RecordError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def encode_unit_revision(revision: UnitRevision) -> bytes:
+    return dumps(encode_revision(revision))
+
+
+def decode_unit_revision(raw: bytes, what: str) -> UnitRevision:
+    try:
+        return decode_revision(_object(raw, what))
+    except RecordError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise RecordError(f"{what}: {exc}") from None
 
 
 def encode_machine(machine: MachineState) -> bytes:

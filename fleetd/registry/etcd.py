@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Sequence
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import aetcd
 import aetcd.exceptions
 import aetcd.transactions
+import aetcd.utils
 
 from fleetd.registry.aetcd_client import Client, LeaseCompare, WatchRefused
 from fleetd.registry.errors import Resync
@@ -139,6 +141,8 @@ class Etcd:
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Future[None]] = set()
         self.requests = 0  # operations sent, for benchmarks
+        # told of every attempt of every request: (operation, seconds, its error or None)
+        self.observe: Callable[[str, float, BaseException | None], None] = lambda name, seconds, error: None
 
     # -- connection ------------------------------------------------------------------
 
@@ -193,7 +197,7 @@ class Etcd:
             client = await self.client()
             self.requests += 1
             try:
-                return await getattr(client, name)(*args, **kwargs)
+                return await self._attempt(client, name, *args, **kwargs)
             except asyncio.CancelledError:
                 if cancelled_by_caller():
                     raise
@@ -215,6 +219,17 @@ class Etcd:
                 reauthenticated = True
                 log.info("etcd rejected the auth token; authenticating again")
                 await self._drop_client(next_endpoint=False, only=client)
+
+    async def _attempt(self, client: Client, name: str, *args: Any, **kwargs: Any) -> Any:
+        """One attempt of one operation, timed for ``observe`` (fleetd's metrics)."""
+        started, error = time.perf_counter(), None
+        try:
+            return await getattr(client, name)(*args, **kwargs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.observe(name, time.perf_counter() - started, error)
 
     # -- key-value -------------------------------------------------------------------
 
@@ -273,6 +288,10 @@ class Etcd:
 
     def op_delete(self, key: str) -> Any:
         return aetcd.transactions.Delete(key.encode())
+
+    def op_delete_prefix(self, prefix: str) -> Any:
+        """Delete every key under ``prefix`` (one operation of a transaction)."""
+        return aetcd.transactions.Delete(prefix.encode(), range_end=aetcd.utils.prefix_range_end(prefix.encode()))
 
     def op_get(self, key: str) -> Any:
         return aetcd.transactions.Get(key.encode())

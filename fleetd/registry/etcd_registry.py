@@ -11,10 +11,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from fleetd.model.batch import BatchError, Problem, decide_all, templates_to_read
+from fleetd.model.revisions import DEFAULT_KEEP as DEFAULT_REVISIONS_KEEP
+from fleetd.model.revisions import UnitRevision
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Refusal, Submission, gave_up
 from fleetd.model.unit import DesiredState
@@ -27,11 +31,13 @@ from fleetd.registry.codec import (
     decode_peer_secret,
     decode_state,
     decode_stored_unit,
+    decode_unit_revision,
     encode_machine,
     encode_metadata,
     encode_peer_secret,
     encode_state,
     encode_unit,
+    encode_unit_revision,
 )
 from fleetd.registry.errors import (
     LeaseNotFound,
@@ -44,7 +50,17 @@ from fleetd.registry.errors import (
     UnitNotFound,
     UnreadableRecord,
 )
-from fleetd.registry.etcd import MAX_TXN_OPS, BatchWriter, Etcd, EtcdConfig, EtcdError, KeyValue, chunks, op_size
+from fleetd.registry.etcd import (
+    MAX_TXN_BYTES,
+    MAX_TXN_OPS,
+    BatchWriter,
+    Etcd,
+    EtcdConfig,
+    EtcdError,
+    KeyValue,
+    chunks,
+    op_size,
+)
 from fleetd.registry.etcd_history import EtcdHistory
 from fleetd.registry.keys import Keys
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
@@ -58,17 +74,17 @@ MEMO_LIMIT = 65536
 # A batch of up to this many units reads them one by one (at once); a larger one reads every
 # unit in one prefix read, which is cheaper than hundreds of reads.
 FEW_READS = 16
-# A unit's write in a batch is at most two operations (the unit and its global copy, the
-# latter a nested transaction for a desired state), and etcd counts a nested transaction's
-# operations against what the outer one leaves of MAX_TXN_OPS: 63 units (126 operations)
-# leave room for the nested one.
-BATCH_UNITS_PER_TXN = (MAX_TXN_OPS - 1) // 2
+# A unit's write in a batch is up to four operations (its record, its global copy or the
+# nested transaction that updates one, its revision record and the deletion of the oldest
+# kept revision); etcd counts a nested transaction's operations too. Batches are split by
+# operations (see _op_runs), so a batch of creates still takes about 64 units a transaction.
 
 
 class EtcdRegistry(EtcdHistory, Registry):
-    def __init__(self, etcd: Etcd, prefix: str | None = None) -> None:
+    def __init__(self, etcd: Etcd, prefix: str | None = None, revisions_keep: int = DEFAULT_REVISIONS_KEEP) -> None:
         self._etcd = etcd
         self._event_ids = EventIds()
+        self._revisions_keep = max(1, revisions_keep)
         self._keys = Keys(prefix) if prefix else Keys()
         # name -> (stored bytes, decoded unit): a placement holds the same bytes as its
         # unit, so the engine's thousands of placement events decode to the very object
@@ -162,16 +178,24 @@ class EtcdRegistry(EtcdHistory, Registry):
 
     # units ------------------------------------------------------------------------------
 
-    def _unit_ops(self, unit: StoredUnit, is_global: bool) -> list[Any]:
+    def _unit_ops(self, unit: StoredUnit, is_global: bool, origin: str = "") -> list[Any]:
+        """The unit's record (and its global copy), and, for a numbered body, its
+        revision record with the oldest kept one beyond ``revisions_keep`` deleted."""
+        etcd, keys = self._etcd, self._keys
         value = encode_unit(unit)
-        ops = [self._etcd.op_put(self._keys.unit(unit.name), value)]
+        ops = [etcd.op_put(keys.unit(unit.name), value)]
         if is_global:
-            ops.append(self._etcd.op_put(self._keys.global_unit(unit.name), value))
+            ops.append(etcd.op_put(keys.global_unit(unit.name), value))
+        if unit.revision:
+            record = UnitRevision(unit.name, unit.revision, time.time(), origin, unit.file)
+            ops.append(etcd.op_put(keys.revision(unit.name, unit.revision), encode_unit_revision(record)))
+            if unit.revision > self._revisions_keep:
+                ops.append(etcd.op_delete(keys.revision(unit.name, unit.revision - self._revisions_keep)))
         return ops
 
-    async def create_unit(self, unit: StoredUnit, is_global: bool) -> None:
+    async def create_unit(self, unit: StoredUnit, is_global: bool, origin: str = "") -> None:
         ok, _ = await self._etcd.txn(
-            [self._etcd.cmp_absent(self._keys.unit(unit.name))], self._unit_ops(unit, is_global)
+            [self._etcd.cmp_absent(self._keys.unit(unit.name))], self._unit_ops(unit, is_global, origin)
         )
         if not ok:
             raise UnitExists(f"unit {unit.name} already exists")
@@ -181,7 +205,8 @@ class EtcdRegistry(EtcdHistory, Registry):
         etcd, keys = self._etcd, self._keys
         # a global unit takes two operations, so half as many units as operations fit
         sizes = [op_size(keys.unit(u.name), encode_unit(u)) * (2 if g else 1) for u, g in batch]
-        runs = [batch[run.start : run.stop] for run in chunks(sizes, max_ops=MAX_TXN_OPS // 2)]
+        # up to three operations a unit: its record, its global copy, its revision
+        runs = [batch[run.start : run.stop] for run in chunks(sizes, max_ops=MAX_TXN_OPS // 3)]
         in_flight = asyncio.Semaphore(4)
 
         async def write(chunk: list[tuple[StoredUnit, bool]]) -> None:
@@ -191,8 +216,8 @@ class EtcdRegistry(EtcdHistory, Registry):
 
         await asyncio.gather(*(write(run) for run in runs))
 
-    async def replace_unit(self, unit: StoredUnit, is_global: bool) -> None:
-        ops = self._unit_ops(unit, is_global)
+    async def replace_unit(self, unit: StoredUnit, is_global: bool, origin: str = "") -> None:
+        ops = self._unit_ops(unit, is_global, origin)
         if not is_global:
             ops.append(self._etcd.op_delete(self._keys.global_unit(unit.name)))
         await self._etcd.txn([], ops)
@@ -228,7 +253,7 @@ class EtcdRegistry(EtcdHistory, Registry):
             if kv is None:
                 raise UnitNotFound(f"unit {name} not found")
             current = self._stored(kv, name)
-            updated = StoredUnit(current.name, current.file, desired)
+            updated = replace(current, desired=desired)
             value = encode_unit(updated)
             ok, _ = await etcd.txn(
                 [etcd.cmp_mod(kv.key, kv.mod_revision)],
@@ -247,9 +272,32 @@ class EtcdRegistry(EtcdHistory, Registry):
         etcd, keys = self._etcd, self._keys
         ok, _ = await etcd.txn(
             [etcd.cmp_present(keys.unit(name))],
-            [etcd.op_delete(keys.unit(name)), etcd.op_delete(keys.global_unit(name))],
+            [
+                etcd.op_delete(keys.unit(name)),
+                etcd.op_delete(keys.global_unit(name)),
+                etcd.op_delete_prefix(keys.revisions(name)),
+            ],
         )
         return ok
+
+    async def revisions(self, name: str) -> list[UnitRevision]:
+        items, _ = await self._etcd.get_prefix(self._keys.revisions(name))
+        found = []
+        for kv in sorted(items, key=lambda kv: kv.key):
+            try:
+                found.append(decode_unit_revision(kv.value, f"revision {kv.key}"))
+            except RecordError as exc:
+                self._bad("revision", kv.key, kv.value, exc)
+        return found
+
+    async def unit_revision(self, name: str, number: int) -> UnitRevision | None:
+        kv = await self._etcd.get(self._keys.revision(name, number))
+        if kv is None:
+            return None
+        try:
+            return decode_unit_revision(kv.value, f"revision {kv.key}")
+        except RecordError as exc:
+            raise UnreadableRecord(self._bad("revision", kv.key, kv.value, exc)) from None
 
     # units in batches -------------------------------------------------------------------
 
@@ -302,10 +350,10 @@ class EtcdRegistry(EtcdHistory, Registry):
         value = encode_unit(decision.stored)
         if decision.action is Action.CREATE:
             compare = etcd.cmp_absent(key)
-            ops = self._unit_ops(decision.stored, decision.is_global)
+            ops = self._unit_ops(decision.stored, decision.is_global, decision.origin)
         elif decision.action is Action.REPLACE:
             compare = etcd.cmp_mod(key, mod_revision or 0)
-            ops = self._unit_ops(decision.stored, decision.is_global)
+            ops = self._unit_ops(decision.stored, decision.is_global, decision.origin)
             if not decision.is_global:
                 ops.append(etcd.op_delete(keys.global_unit(name)))
         else:  # SET_DESIRED: the global copy follows when there is one
@@ -315,7 +363,7 @@ class EtcdRegistry(EtcdHistory, Registry):
                 etcd.op_put(key, value),
                 etcd.txn_op([etcd.cmp_present(global_key)], [etcd.op_put(global_key, value)]),
             ]
-        size = op_size(key, value) * (2 if decision.is_global or decision.action is Action.SET_DESIRED else 1)
+        size = op_size(key, value) * len(ops)  # a revision record is about the size of the unit
         return compare, ops, size
 
     async def submit_many(self, requests: Sequence[Submission]) -> list[Decision]:
@@ -336,7 +384,9 @@ class EtcdRegistry(EtcdHistory, Registry):
                 else:
                     writes.append((decision, self._batch_write(decision, revisions.get(decision.stored.name))))
             overtaken: set[str] = set()
-            for run in chunks([size for _, (_, _, size) in writes], max_ops=BATCH_UNITS_PER_TXN):
+            # a desired-state change holds a nested transaction: its operation counts too
+            counts = [len(ops) + (d.action is Action.SET_DESIRED) for d, (_, ops, _) in writes]
+            for run in _op_runs([(count, size) for count, (_, (_, _, size)) in zip(counts, writes, strict=True)]):
                 chunk = writes[run.start : run.stop]
                 ok, _ = await self._etcd.txn(
                     [compare for _, (compare, _, _) in chunk], [op for _, (_, ops, _) in chunk for op in ops]
@@ -359,10 +409,16 @@ class EtcdRegistry(EtcdHistory, Registry):
         targets = [name for name in unique if name in present]
         sizes = [op_size(keys.unit(name)) + op_size(keys.global_unit(name)) for name in targets]
         destroyed: list[str] = []
-        for run in chunks(sizes, max_ops=BATCH_UNITS_PER_TXN):
+        for run in chunks(sizes, max_ops=MAX_TXN_OPS // 3):
             chunk = targets[run.start : run.stop]
             ops = [
-                op for name in chunk for op in (etcd.op_delete(keys.unit(name)), etcd.op_delete(keys.global_unit(name)))
+                op
+                for name in chunk
+                for op in (
+                    etcd.op_delete(keys.unit(name)),
+                    etcd.op_delete(keys.global_unit(name)),
+                    etcd.op_delete_prefix(keys.revisions(name)),
+                )
             ]
             await etcd.txn([], ops)
             destroyed.extend(chunk)
@@ -680,9 +736,29 @@ class EtcdRegistry(EtcdHistory, Registry):
             yield [self._placement_event(e.key, e.value) for e in batch]
 
 
-def connect(config: EtcdConfig, prefix: str | None = None) -> EtcdRegistry:
-    """A registry on the etcd cluster ``config`` describes (connects on first use)."""
-    return EtcdRegistry(Etcd(config), prefix)
+def _op_runs(units: Sequence[tuple[int, int]]) -> list[range]:
+    """Split units, each ``(operations, bytes)``, in order, into transactions that etcd
+    takes: at most MAX_TXN_OPS operations (and as many compares, one a unit) and
+    MAX_TXN_BYTES bytes each; a unit bigger than that goes alone."""
+    runs: list[range] = []
+    start, ops, size = 0, 0, 0
+    for index, (unit_ops, unit_size) in enumerate(units):
+        if index > start and (ops + unit_ops > MAX_TXN_OPS or size + unit_size > MAX_TXN_BYTES):
+            runs.append(range(start, index))
+            start, ops, size = index, 0, 0
+        ops += unit_ops
+        size += unit_size
+    if start < len(units):
+        runs.append(range(start, len(units)))
+    return runs
+
+
+def connect(
+    config: EtcdConfig, prefix: str | None = None, revisions_keep: int = DEFAULT_REVISIONS_KEEP
+) -> EtcdRegistry:
+    """A registry on the etcd cluster ``config`` describes (connects on first use);
+    ``revisions_keep``: how many bodies of each unit to keep."""
+    return EtcdRegistry(Etcd(config), prefix, revisions_keep)
 
 
 @contextlib.asynccontextmanager

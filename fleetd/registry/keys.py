@@ -11,6 +11,7 @@
 <prefix>engine/unplaceable/<name>   why the engine cannot place a unit (engine-written)
 <prefix>peer/secret                 key that signs requests between fleetds (created once)
 <prefix>events/<id>                 history: one decision each, ids in time order (pruned)
+<prefix>revisions/<name>/<n>        a unit's bodies, n zero-padded (the newest few kept)
 ```
 
 Per-machine schedule prefixes let an agent watch only its own placements; the engine
@@ -64,6 +65,12 @@ class Keys:
     @property
     def unplaceable_prefix(self) -> str:
         return f"{self.prefix}engine/unplaceable/"
+
+    def revisions(self, name: str) -> str:
+        return f"{self.prefix}revisions/{name}/"
+
+    def revision(self, name: str, number: int) -> str:
+        return f"{self.prefix}revisions/{name}/{number:010d}"
 
     @property
     def events(self) -> str:

@@ -21,12 +21,15 @@ import asyncio
 import bisect
 import itertools
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from fleetd.model.batch import decide_all, templates_to_read
 from fleetd.model.history import HistoryEvent, clipped
+from fleetd.model.revisions import DEFAULT_KEEP as DEFAULT_REVISIONS_KEEP
+from fleetd.model.revisions import UnitRevision
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import Action, Decision, Submission
 from fleetd.model.unit import DesiredState
@@ -45,9 +48,9 @@ from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, Plac
 
 # Record keys are tuples: (kind, *names). Kinds mirror the etcd layout's prefixes.
 Key = tuple[str, ...]
-UNITS, GLOBALS, MACHINES, METADATA, SCHEDULE, STATES, LEADER, UNPLACEABLE, PEER, EVENTS = (
+UNITS, GLOBALS, MACHINES, METADATA, SCHEDULE, STATES, LEADER, UNPLACEABLE, PEER, EVENTS, REVISIONS = (
     "units", "global", "machines", "machine-metadata", "schedule", "states", "leader", "unplaceable", "peer",
-    "events",
+    "events", "revisions",
 )  # fmt: skip
 
 
@@ -76,6 +79,7 @@ class _Change:
 class MemoryRegistry(Registry):
     def __init__(self) -> None:
         self._event_ids = EventIds()
+        self.revisions_keep = DEFAULT_REVISIONS_KEEP
         self._store: dict[Key, _Entry] = {}
         self._revision = 1  # etcd's first revision of an empty store
         self._history: list[_Change] = []
@@ -164,16 +168,33 @@ class MemoryRegistry(Registry):
 
     # -- units ----------------------------------------------------------------------------
 
-    def _unit_changes(self, unit: StoredUnit, is_global: bool) -> list[tuple[Key, Any, int]]:
+    def _unit_changes(self, unit: StoredUnit, is_global: bool, origin: str = "") -> list[tuple[Key, Any, int]]:
         changes: list[tuple[Key, Any, int]] = [((UNITS, unit.name), unit, 0)]
         changes.append(((GLOBALS, unit.name), unit if is_global else None, 0))
+        if unit.revision:
+            record = UnitRevision(unit.name, unit.revision, time.time(), origin, unit.file)
+            changes.append(((REVISIONS, unit.name, f"{unit.revision:010d}"), record, 0))
+            if unit.revision > self.revisions_keep:
+                changes.append(((REVISIONS, unit.name, f"{unit.revision - self.revisions_keep:010d}"), None, 0))
         return changes
 
-    async def create_unit(self, unit: StoredUnit, is_global: bool) -> None:
+    def _revision_keys(self, name: str) -> list[Key]:
+        return sorted(key for key in self._store if key[0] == REVISIONS and key[1] == name)
+
+    async def revisions(self, name: str) -> list[UnitRevision]:
+        await self._request()
+        return [self._store[key].value for key in self._revision_keys(name)]
+
+    async def unit_revision(self, name: str, number: int) -> UnitRevision | None:
+        await self._request()
+        entry = self._store.get((REVISIONS, name, f"{number:010d}"))
+        return None if entry is None else entry.value
+
+    async def create_unit(self, unit: StoredUnit, is_global: bool, origin: str = "") -> None:
         await self._request()
         if (UNITS, unit.name) in self._store:
             raise UnitExists(f"unit {unit.name} already exists")
-        self._commit(self._unit_changes(unit, is_global))
+        self._commit(self._unit_changes(unit, is_global, origin))
 
     async def create_units(self, units: Iterable[tuple[StoredUnit, bool]]) -> None:
         await self._request()
@@ -183,9 +204,9 @@ class MemoryRegistry(Registry):
                 changes += self._unit_changes(unit, is_global)
         self._commit(changes)
 
-    async def replace_unit(self, unit: StoredUnit, is_global: bool) -> None:
+    async def replace_unit(self, unit: StoredUnit, is_global: bool, origin: str = "") -> None:
         await self._request()
-        self._commit(self._unit_changes(unit, is_global))
+        self._commit(self._unit_changes(unit, is_global, origin))
 
     async def get_unit(self, name: str) -> StoredUnit | None:
         await self._request()
@@ -209,7 +230,7 @@ class MemoryRegistry(Registry):
         if entry is None:
             raise UnitNotFound(f"unit {name} not found")
         current = _readable(entry.value)
-        updated = StoredUnit(current.name, current.file, desired)
+        updated = replace(current, desired=desired)
         changes: list[tuple[Key, Any, int]] = [((UNITS, name), updated, 0)]
         if (GLOBALS, name) in self._store:
             changes.append(((GLOBALS, name), updated, 0))
@@ -220,7 +241,8 @@ class MemoryRegistry(Registry):
         await self._request()
         if (UNITS, name) not in self._store:
             return False
-        self._commit([((UNITS, name), None, 0), ((GLOBALS, name), None, 0)])
+        gone = [(key, None, 0) for key in self._revision_keys(name)]
+        self._commit([((UNITS, name), None, 0), ((GLOBALS, name), None, 0), *gone])
         return True
 
     async def submit_many(self, requests: Sequence[Submission]) -> list[Decision]:
@@ -248,7 +270,7 @@ class MemoryRegistry(Registry):
         for decision in decisions:
             unit = decision.stored
             if decision.action in (Action.CREATE, Action.REPLACE):
-                changes += self._unit_changes(unit, decision.is_global)
+                changes += self._unit_changes(unit, decision.is_global, decision.origin)
             elif decision.action is Action.SET_DESIRED:
                 changes.append(((UNITS, unit.name), unit, 0))
                 if (GLOBALS, unit.name) in self._store:
@@ -260,7 +282,11 @@ class MemoryRegistry(Registry):
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         await self._request()
         targets = [name for name in dict.fromkeys(names) if (UNITS, name) in self._store]
-        self._commit(change for name in targets for change in (((UNITS, name), None, 0), ((GLOBALS, name), None, 0)))
+        changes: list[tuple[Key, Any, int]] = []
+        for name in targets:
+            changes += [((UNITS, name), None, 0), ((GLOBALS, name), None, 0)]
+            changes += [(key, None, 0) for key in self._revision_keys(name)]
+        self._commit(changes)
         return targets
 
     # -- leases ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetd.model.history import HistoryEvent
+from fleetd.model.revisions import UnitRevision
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Submission, decide, gave_up, template_to_read
 from fleetd.model.unit import DesiredState
@@ -142,7 +143,7 @@ class Registry(ABC):
     # units ------------------------------------------------------------------------------
 
     @abstractmethod
-    async def create_unit(self, unit: StoredUnit, is_global: bool) -> None:
+    async def create_unit(self, unit: StoredUnit, is_global: bool, origin: str = "") -> None:
         """Store a new unit; refuses with :class:`UnitExists` (changing nothing) when the
         name is taken."""
 
@@ -152,7 +153,7 @@ class Registry(ABC):
         unchanged and skipped, so a retried batch is harmless."""
 
     @abstractmethod
-    async def replace_unit(self, unit: StoredUnit, is_global: bool) -> None:
+    async def replace_unit(self, unit: StoredUnit, is_global: bool, origin: str = "") -> None:
         """Swap a unit's body (``--replace``) keeping the name; creates it when absent."""
 
     @abstractmethod
@@ -194,11 +195,11 @@ class Registry(ABC):
             decision = decide(request, existing, template)
             if decision.action is Action.CREATE:
                 try:
-                    await self.create_unit(decision.stored, decision.is_global)
+                    await self.create_unit(decision.stored, decision.is_global, decision.origin)
                 except UnitExists:
                     continue
             elif decision.action is Action.REPLACE:
-                await self.replace_unit(decision.stored, decision.is_global)
+                await self.replace_unit(decision.stored, decision.is_global, decision.origin)
             elif decision.action is Action.SET_DESIRED:
                 try:
                     await self.set_desired_state(name, request.desired)
@@ -360,6 +361,19 @@ class Registry(ABC):
     @abstractmethod
     async def unplaceable(self) -> dict[str, str]:
         """unit name -> the engine's reason it cannot be placed (what users are shown)."""
+
+    # revisions --------------------------------------------------------------------------
+
+    @abstractmethod
+    async def revisions(self, name: str) -> list[UnitRevision]:
+        """The kept revisions of unit ``name``, oldest first; each create or replace
+        (with a revision number in the unit) adds one in the same transaction, and the
+        oldest beyond the registry's ``revisions_keep`` is deleted there too. A destroyed
+        unit's revisions go with it. Unreadable records are skipped (and reported)."""
+
+    @abstractmethod
+    async def unit_revision(self, name: str, number: int) -> UnitRevision | None:
+        """One kept revision; None when it is not (or no longer) kept."""
 
     # history ----------------------------------------------------------------------------
 

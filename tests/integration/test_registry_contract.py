@@ -474,7 +474,7 @@ async def test_submit_many_decides_every_unit_and_writes_them(registry: Registry
     )
     assert replaced[0].action is Action.REPLACE
     assert (await registry.global_units())[0] == {}
-    assert (await registry.get_unit("all.service")) == unit("all.service", DesiredState.LOADED, OTHER_BODY)
+    assert (await registry.get_unit("all.service")) == StoredUnit("all.service", OTHER_BODY, DesiredState.LOADED, 2)
 
 
 async def test_a_refused_batch_writes_nothing_and_names_every_problem(registry: Registry) -> None:
@@ -586,3 +586,26 @@ async def test_events_are_pruned_by_age_and_count(registry: Registry) -> None:
     assert await registry.prune_events(keep=4, before=0) == 3  # the newest 4 stay
     events, _, _ = await registry.events()
     assert [e.unit for e in events] == [f"u{i}.service" for i in range(6, 10)]
+
+
+# -- revisions ------------------------------------------------------------------------------
+
+
+async def test_each_body_is_a_revision_kept_up_to_the_limit_and_gone_with_the_unit(backend: Backend) -> None:
+    registry = backend.registry
+    bodies = [parse_unit_file(f"[Service]\nExecStart=/bin/sleep {n}\n") for n in range(1, 14)]
+    await registry.submit(submission("r.service", DesiredState.LAUNCHED, bodies[0].to_options(), origin="API (test)"))
+    await registry.submit(submission("r.service", DesiredState.LOADED, None))  # desired state only: no revision
+    assert [r.revision for r in await registry.revisions("r.service")] == [1]
+    first = await registry.unit_revision("r.service", 1)
+    assert first is not None and (first.file, first.origin) == (bodies[0], "API (test)") and first.time > 0
+    for body in bodies[1:]:  # twelve replaces: revisions 2..13, of which the newest 10 stay
+        await registry.submit_many([submission("r.service", DesiredState.LOADED, body.to_options(), replace=True)])
+    kept = await registry.revisions("r.service")
+    assert [r.revision for r in kept] == list(range(4, 14)) and kept[-1].file == bodies[-1]
+    assert (await registry.get_unit("r.service")).revision == 13  # type: ignore[union-attr]
+    assert await registry.unit_revision("r.service", 3) is None
+    await registry.destroy_unit("r.service")
+    assert await registry.revisions("r.service") == []
+    await registry.submit(submission("r.service", DesiredState.LOADED, bodies[0].to_options()))
+    assert [r.revision for r in await registry.revisions("r.service")] == [1]  # a new unit starts again

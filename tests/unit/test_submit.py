@@ -62,14 +62,14 @@ def test_bad_options_and_templates_are_invalid() -> None:
 def test_a_new_unit_is_created_with_its_global_flag() -> None:
     decision = decide(submission("g.service", LAUNCHED, GLOBAL.to_options()), None)
     assert decision.action is Action.CREATE and decision.is_global
-    assert decision.stored == StoredUnit("g.service", GLOBAL, LAUNCHED)
+    assert decision.stored == StoredUnit("g.service", GLOBAL, LAUNCHED, 1)  # revision 1
 
 
 def test_an_instance_without_options_comes_from_its_template() -> None:
     request = submission("web@1.service", LAUNCHED, None)
     assert template_to_read(request, None) == "web@.service"
     decision = decide(request, None, StoredUnit("web@.service", TEMPLATE, INACTIVE))
-    assert decision.action is Action.CREATE and decision.stored == StoredUnit("web@1.service", TEMPLATE, LAUNCHED)
+    assert decision.action is Action.CREATE and decision.stored == StoredUnit("web@1.service", TEMPLATE, LAUNCHED, 1)
     missing = refusal(decide, request, None, None)
     assert missing.kind is Refusal.NOT_FOUND and "neither does its template web@.service" in missing.message
 
@@ -88,11 +88,11 @@ def test_a_plain_unit_without_options_must_exist() -> None:
 
 
 def test_another_body_needs_replace() -> None:
-    existing = StoredUnit("a.service", SERVICE, LAUNCHED)
+    existing = StoredUnit("a.service", SERVICE, LAUNCHED, 4)
     conflict = refusal(decide, submission("a.service", LAUNCHED, OTHER.to_options()), existing)
     assert conflict.kind is Refusal.CONFLICT and conflict.message.endswith("use --replace")
     decision = decide(submission("a.service", LOADED, OTHER.to_options(), replace=True), existing)
-    assert decision.action is Action.REPLACE and decision.stored == StoredUnit("a.service", OTHER, LOADED)
+    assert decision.action is Action.REPLACE and decision.stored == StoredUnit("a.service", OTHER, LOADED, 5)
 
 
 def test_the_same_body_only_changes_the_desired_state() -> None:
@@ -119,15 +119,15 @@ def test_without_a_desired_state_a_new_unit_is_inactive() -> None:
     request = submission("a.service", desired_state(None, required=False), SERVICE.to_options())
     assert request.desired_missing and request.desired is INACTIVE
     decision = decide(request, None)
-    assert decision.action is Action.CREATE and decision.stored == StoredUnit("a.service", SERVICE, INACTIVE)
+    assert decision.action is Action.CREATE and decision.stored == StoredUnit("a.service", SERVICE, INACTIVE, 1)
     assert desired_state("", required=False) is None
     assert refusal(desired_state, None).kind is Refusal.INVALID
 
 
 def test_without_a_desired_state_a_replaced_unit_keeps_its_own() -> None:
-    existing = StoredUnit("a.service", SERVICE, LAUNCHED)
+    existing = StoredUnit("a.service", SERVICE, LAUNCHED, 4)
     decision = decide(submission("a.service", None, OTHER.to_options(), replace=True), existing)
-    assert decision.action is Action.REPLACE and decision.stored == StoredUnit("a.service", OTHER, LAUNCHED)
+    assert decision.action is Action.REPLACE and decision.stored == StoredUnit("a.service", OTHER, LAUNCHED, 5)
 
 
 def test_without_a_desired_state_an_existing_unit_cannot_be_retargeted() -> None:
@@ -135,3 +135,16 @@ def test_without_a_desired_state_an_existing_unit_cannot_be_retargeted() -> None
     for options in (None, SERVICE.to_options()):
         conflict = refusal(decide, submission("a.service", None, options), existing)
         assert conflict.kind is Refusal.CONFLICT and "must provide desiredState" in conflict.message
+
+
+def test_a_change_of_desired_state_keeps_the_revision() -> None:
+    existing = StoredUnit("a.service", SERVICE, LOADED, 3)
+    decision = decide(submission("a.service", LAUNCHED, None), existing)
+    assert decision.action is Action.SET_DESIRED and decision.stored.revision == 3
+    decision = decide(submission("a.service", LAUNCHED, SERVICE.to_options()), existing)  # the same body
+    assert decision.stored.revision == 3
+
+
+def test_the_origin_rides_with_the_decision() -> None:
+    request = submission("a.service", LAUNCHED, SERVICE.to_options(), origin="API (fleetctl)")
+    assert decide(request, None).origin == "API (fleetctl)"
