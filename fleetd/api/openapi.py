@@ -484,7 +484,7 @@ PATHS: dict[str, Any] = {
             "description": (
                 "Validates every entry and decides every unit against the cluster before writing anything; "
                 "any problem refuses the batch with every problem per unit (error.units) and nothing "
-                "changed. Then writes in as few etcd transactions as etcd allows (63 units each): each "
+                "changed. Then writes in as few etcd transactions as etcd allows (128 operations each): each "
                 "transaction is all or nothing and each unit's write in it is conditional on the unit being "
                 "as read, a unit another writer changed meanwhile is decided again; a failure between "
                 "transactions leaves the earlier written (repeating the batch finishes it). Sent with "
