@@ -142,12 +142,12 @@ async def test_a_refused_batch_names_every_problem_and_changes_nothing(client: T
 
 
 async def test_a_writer_interfering_mid_batch_costs_only_the_transaction_it_touched(registry: EtcdRegistry) -> None:
-    """What Registry.submit_many states: each transaction (63 units) is all or nothing and
-    conditional on its units as read; a unit changed by another writer after the read makes
-    its transaction write nothing and is decided again, the other transactions stand, and
-    the refusal names what was written."""
-    names = [f"r{i:03d}.service" for i in range(150)]  # three transactions: 63, 63, 24
-    interloper = "r070.service"  # in the second
+    """What Registry.submit_many states: each transaction (at most 128 operations) is all or
+    nothing and conditional on its units as read; a unit changed by another writer after
+    the read makes its transaction write nothing and is decided again, the other
+    transactions stand, and the refusal names what was written."""
+    names = [f"r{i:03d}.service" for i in range(150)]  # several transactions
+    interloper = "r070.service"
     original = registry._decide_batch
     calls = 0
 
@@ -164,10 +164,14 @@ async def test_a_writer_interfering_mid_batch_costs_only_the_transaction_it_touc
         await registry.submit_many([submission(n, DesiredState.LAUNCHED, opts(SERVICE)) for n in names])
     assert calls == 2
     assert {p.name: p.kind for p in error.value.problems} == {interloper: Refusal.CONFLICT}
-    second = set(names[63:126])
-    assert set(error.value.written) == set(names) - second
+    written = set(error.value.written)
+    # exactly the interloper's transaction is missing: a run of units around it, not all
+    missing = [n for n in names if n not in written]
+    first, last = names.index(missing[0]), names.index(missing[-1])
+    assert interloper in missing and missing == names[first : last + 1]
+    assert 1 < len(missing) < len(names) // 2
     stored = {u.name: u for u in await registry.units()}
-    assert set(stored) == (set(names) - second) | {interloper}
+    assert set(stored) == written | {interloper}
     assert stored[interloper].file == parse_unit_file(SERVICE2)  # the other writer's unit is intact
     # repeating the batch (without the conflicting unit) finishes it
     registry._decide_batch = original  # type: ignore[method-assign]
