@@ -214,7 +214,7 @@ class Registry(ABC):
         submit/load/start/stop/unload of many): read every unit (and the templates new
         instances need), decide all with :func:`fleetd.model.batch.decide_all`, and only
         when none is refused write them, in as few transactions as etcd's limits allow
-        (at most 63 units, 128 operations and 1 MiB each).
+        (at most 128 operations and 1 MiB each; a unit is two to four).
 
         Atomicity: when any unit is refused nothing is written and
         :class:`~fleetd.model.batch.BatchError` names every problem. Each transaction is
