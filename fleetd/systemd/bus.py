@@ -42,9 +42,9 @@ MANAGER_SIGNALS = ("UnitNew", "UnitRemoved", "JobRemoved", "Reloading")
 #: What we listen to: those manager signals, PropertiesChanged of the Unit interface of
 #: every unit object (one rule, filtered by path in Python), and systemd's name changing
 #: owner (a re-exec or restart of the manager). ``arg0`` keeps the bus from sending the
-#: Service/Socket/Slice interfaces' PropertiesChanged, which only the Unit interface's
-#: ActiveState/SubState matter to us: about a third of the signals of a burst of starts,
-#: each a large message to decode.
+#: Service/Socket/Slice interfaces' PropertiesChanged: only the Unit interface's
+#: ActiveState/SubState matter to us, and the others are about a third of the signals of a
+#: burst of starts, each a large message to decode.
 MATCH_RULES = (
     *(
         f"type='signal',sender='{SYSTEMD}',path='{SYSTEMD_PATH}',interface='{MANAGER}',member='{member}'"

@@ -380,3 +380,52 @@ async def test_a_burst_of_placements_in_many_writes_is_loaded_and_started_in_one
         await asyncio.sleep(quiet / 5)  # the engine's pace, part of the scenario
     await wait_until_async(lambda: len(manager.starts) == 200, 5, "200 units started")
     assert manager.log == [("load", names), ("start", names)]
+
+
+class CountingStates(MemoryRegistry):
+    """Counts the agent's writes of unit states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state_writes = 0
+
+    async def publish_states(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.state_writes += 1
+        return await super().publish_states(*args, **kwargs)
+
+
+async def test_states_changing_all_through_a_burst_are_written_in_a_few_batches() -> None:
+    # 200 units going activating -> active over ~0.4 s, a change every quiet/5: written
+    # every quiet window that was ~20 small transactions; at most every PUBLISH_LIMIT,
+    # a handful, and the last states are all there.
+    from fleetd.agent.states import PUBLISH_LIMIT, StatePublisher
+    from fleetd.model.state import SystemdState
+
+    quiet = 0.02
+    registry = CountingStates()
+    lease = await registry.grant_lease(30)
+    manager = SimulatedManager()
+    names = [f"u{i:03}.service" for i in range(200)]
+    await manager.load(dict.fromkeys(names, BODY))
+    settings = Settings(agent_ttl=30, debounce=quiet)
+    publisher = StatePublisher(registry, manager, ME, settings, lambda: lease)
+    task = asyncio.create_task(publisher.run())
+    try:
+        started = asyncio.get_running_loop().time()
+        for index in range(0, 200, 2):
+            for name in names[index : index + 2]:
+                publisher.changed(name, SystemdState("loaded", "activating", "start"))
+            await asyncio.sleep(quiet / 5)  # systemd's pace, part of the scenario
+            for name in names[index : index + 2]:
+                publisher.changed(name, SystemdState("loaded", "active", "running"))
+        lasted = asyncio.get_running_loop().time() - started
+
+        async def all_active() -> bool:
+            return sum(1 for s in await registry.unit_states() if s.active_state == "active") == 200
+
+        await eventually(all_active, 5, "200 active states written")
+        assert lasted > 4 * quiet
+        assert registry.state_writes <= lasted / PUBLISH_LIMIT + 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
