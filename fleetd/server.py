@@ -29,9 +29,10 @@ from fleetd.aio import TaskHealth, cancel_and_wait
 from fleetd.config import Config
 from fleetd.engine.engine import Engine
 from fleetd.history import HistoryRecorder
+from fleetd.metrics import Metrics
 from fleetd.model.state import MachineState
-from fleetd.registry.etcd import EtcdConfig
-from fleetd.registry.etcd_registry import connect
+from fleetd.registry.etcd import Etcd, EtcdConfig
+from fleetd.registry.etcd_registry import EtcdRegistry
 from fleetd.registry.registry import Registry
 
 if TYPE_CHECKING:
@@ -255,12 +256,16 @@ class Daemon:
         # is refused before the machine joins the cluster.
         check_readable_files(self.config)
         listeners = self.api_listeners()
+        # this fleetd's series, exported by GET /metrics (docs/metrics.md)
+        metrics = Metrics(process=True)
         try:
-            registry = connect(self.etcd_config(), self.config.etcd_key_prefix)
+            etcd = Etcd(self.etcd_config())
         except ValueError as exc:  # a malformed endpoint; an unreachable etcd is retried later
             raise StartupError(
                 f"etcd_servers: {exc}", hint="use e.g. http://10.0.0.1:2379,http://10.0.0.2:2379"
             ) from exc
+        etcd.observe = metrics.etcd_request
+        registry = EtcdRegistry(etcd, self.config.etcd_key_prefix)
         manager = SystemdManager(
             units_directory=self.config.units_directory.rstrip("/") or "/", user=self.config.systemd_user
         )
@@ -278,10 +283,11 @@ class Daemon:
             self.peer_identity = make_identity(self.machine_id)
         history = HistoryRecorder(registry)
         agent = Agent(registry, manager, self.machine_state(), settings, lease_file=lease_file, history=history)
+        agent.executor.metrics, metrics.agent = metrics, agent
         agent.supervisor.start("history", history.run)
         node = NodeState(self.machine_id, agent, self.config.systemd_user)
         try:  # bound before the loops start, so "address in use" leaves nothing running
-            api_server = await self.start_api(registry, node, listeners)
+            api_server = await self.start_api(registry, node, listeners, metrics)
         except Exception as exc:
             await manager.close()
             await registry.close()
@@ -292,7 +298,8 @@ class Daemon:
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(agent.run(), name="agent")]
         engine: Engine | None = None
         if not self.config.disable_engine:
-            engine = Engine(registry, self.machine_id, settings, history=history)
+            engine = Engine(registry, self.machine_id, settings, history=history, metrics=metrics)
+            metrics.engine = engine
             agent.supervisor.start("engine", engine.run)
         self.agent, self.engine = agent, engine
         self.started = True
@@ -457,11 +464,14 @@ class Daemon:
                     exposed,
                 )
 
-    async def start_api(self, registry: Registry, node: NodeState, listeners: list[Any]) -> ApiServerHandle:
-        """Serve the API on ``listeners`` (from :meth:`api_listeners`)."""
+    async def start_api(
+        self, registry: Registry, node: NodeState, listeners: list[Any], metrics: Metrics | None = None
+    ) -> ApiServerHandle:
+        """Serve the API on ``listeners`` (from :meth:`api_listeners`); ``metrics``: the
+        daemon's series, which its ``/metrics`` exports."""
         from fleetd.api import make_app, start_api
 
-        app = make_app(registry, node, token_limit=self.config.token_limit)
+        app = make_app(registry, node, token_limit=self.config.token_limit, metrics=metrics)
         if self.config.peer_port:
             from fleetd.api.peer_listener import install_relay
 

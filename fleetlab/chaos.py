@@ -309,12 +309,12 @@ def observe_host(fh: FleetHost, api_timeout: float = 3.0) -> HostView:
         view.fleetd = f"/metrics does not answer: {exc}"
         return view
     if status == 200 and isinstance(text, str):
-        down = [
-            line.split()[0] for line in text.splitlines() if line.startswith("fleet_task_up{") and line.endswith(" 0")
-        ]
+        # values print as floats ("0.0"): compare numbers, not text
+        samples = [line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("fleet_")]
+        down = [name for name, value in samples if name.startswith("fleet_task_up{") and float(value) == 0]
         if down:
             view.fleetd = f"tasks down: {', '.join(sorted(down))}"
-        elif any(line.strip() == "fleet_node_serving 0" for line in text.splitlines()):
+        elif any(name == "fleet_node_serving" and float(value) == 0 for name, value in samples):
             view.fleetd = "/metrics says fleet_node_serving 0 while its API answers 200"
     return view
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from fleetd.agent.manager import UnitManager
 from fleetd.agent.plan import AgentTask, Load, Start, Stop, Unload
+from fleetd.metrics import Metrics
 from fleetd.model.history import EventKind, HistoryEvent
 from fleetd.model.unitfile import UnitFile
 
@@ -66,6 +67,7 @@ class Executor:
         self.min_retry = MIN_RETRY
         self.max_retry = MAX_RETRY
         self.failures: dict[str, Failure] = {}
+        self.metrics = Metrics()  # the daemon sets its own: systemd calls are timed there
 
     def held_back(self, name: str, hash_: str) -> bool:
         """Whether to leave this unit alone for now: it failed, its retry time has not
@@ -94,7 +96,8 @@ class Executor:
                 continue
             call = self._call(kind, files)
             try:
-                await call(names)
+                with self.metrics.systemd_batch(kind.verb):
+                    await call(names)
                 done = names
             except Exception as exc:  # noqa: BLE001 - one bad unit may fail a batch: isolate it
                 if len(names) == 1:
@@ -108,7 +111,8 @@ class Executor:
                     done = []
                     for name in names:
                         try:
-                            await call([name])
+                            with self.metrics.systemd_batch(kind.verb):
+                                await call([name])
                             done.append(name)
                         except Exception as one:  # noqa: BLE001 - recorded against that unit
                             self._failed(kind, name, one, hashes)

@@ -23,11 +23,12 @@ from fleetd.api.errors import ApiError
 from fleetd.api.events import EVENT_FOLLOWS, EventFollows, list_events
 from fleetd.api.extensions import JOURNAL_FOLLOWS, FollowSlots, journal, list_unplaceable, status
 from fleetd.api.machines import list_machines, patch_machines
-from fleetd.api.metrics import metrics
+from fleetd.api.metrics import metrics as metrics_handler
 from fleetd.api.middleware import fleet_middleware
 from fleetd.api.openapi import openapi_document
 from fleetd.api.state import STATE_WAITS, WaitSlots, get_state, list_states
 from fleetd.api.units import delete_unit, get_unit, list_units, put_unit
+from fleetd.metrics import Metrics
 from fleetd.model.limits import MAX_REQUEST_BYTES
 from fleetd.registry.registry import Registry
 
@@ -53,11 +54,16 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_TOKEN_LIMIT) -> web.Application:
+def make_app(
+    registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_TOKEN_LIMIT, metrics: Metrics | None = None
+) -> web.Application:
     """The API application: fleet's ``/fleet/v1`` routes plus journal, status,
-    unplaceable and ``/metrics``. ``token_limit`` is the page size of every list."""
+    unplaceable and ``/metrics``. ``token_limit`` is the page size of every list;
+    ``metrics``: the daemon's series (without it, the application has its own)."""
     app = web.Application(middlewares=[fleet_middleware], client_max_size=MAX_BODY)
-    app[STATE] = ApiState(registry, node, max(1, int(token_limit)))
+    metrics = Metrics() if metrics is None else metrics
+    metrics.node, metrics.store = node, registry
+    app[STATE] = ApiState(registry, node, max(1, int(token_limit)), metrics)
     app[TOKEN_RULES] = TokenRules()
     app[JOURNAL_FOLLOWS] = FollowSlots()
     app[EVENT_FOLLOWS] = EventFollows()
@@ -85,7 +91,7 @@ def make_app(registry: Registry, node: NodeInfo, *, token_limit: int = DEFAULT_T
         app.router.add_get(f"{prefix}/discovery", discovery)
         app.router.add_get(f"{prefix}/openapi.json", openapi)
         app.router.add_route("*", prefix, no_method)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_route("*", "/", no_method)  # fleet's baseHandler: 405 on "/" itself
     return app
 

@@ -1,4 +1,4 @@
-"""What every API handler is given: the registry, the local node, and per-app counters.
+"""What every API handler is given: the registry, the local node, and the metrics.
 
 Kept apart from :mod:`fleetd.api.app` (which imports every handler module) so that the
 handlers can reach their :class:`ApiState` without importing the application that routes
@@ -7,7 +7,6 @@ to them.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -15,6 +14,7 @@ from typing import Protocol, runtime_checkable
 from aiohttp import web
 
 from fleetd.aio import TaskHealth
+from fleetd.metrics import Metrics
 from fleetd.registry.registry import Registry
 
 DEFAULT_TOKEN_LIMIT = 100
@@ -76,13 +76,14 @@ class Node:
 
 @dataclass
 class ApiState:
-    """One application's dependencies and mutable state: ``requests`` counts answers by
-    (method, status) for ``/metrics``; ``closing`` tells journal streams to end."""
+    """One application's dependencies and mutable state: ``metrics`` holds the series
+    ``/metrics`` exports (the daemon's, or the application's own); ``closing`` tells
+    journal streams to end."""
 
     registry: Registry
     node: NodeInfo
     token_limit: int
-    requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+    metrics: Metrics = field(default_factory=Metrics)
     closing: bool = False
 
 

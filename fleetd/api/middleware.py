@@ -2,13 +2,14 @@
 
 Handlers only raise; this turns every outcome into an answer in fleet's shape, including
 what aiohttp's router refuses (unknown route 404, wrong method 405, body too large) and
-failures nobody anticipated, and counts the answers for ``/metrics``.
+failures nobody anticipated, and counts and times the answers for ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from aiohttp import web
 from fleetd.api.auth import TOKEN_RULES, authorized
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError, error_response
+from fleetd.metrics import UNMATCHED
 from fleetd.registry import is_unavailable
 from fleetd.registry.registry import RegistryError, UnitNotFound
 
@@ -43,8 +45,9 @@ def _check_access(request: web.Request) -> None:
 @web.middleware
 async def fleet_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token check (TCP), 503 while the node must not serve, fleet's error shape for every
-    failure, and the request counter."""
+    failure, and the request counter and duration (by route: its pattern, never the URL)."""
     state = api_state(request)
+    started = time.perf_counter()
     code = 500
     try:
         _check_access(request)
@@ -81,7 +84,14 @@ async def fleet_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("API %s %s failed", request.method, request.path)
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
     finally:
-        state.requests[(request.method, code)] += 1
+        state.metrics.api_request(request.method, _route(request), code, time.perf_counter() - started)
+
+
+def _route(request: web.Request) -> str:
+    """The pattern of the route that answered (``/fleet/v1/units/{name}``): a bounded label,
+    unlike the path; UNMATCHED when no route did."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
 
 
 __all__ = ["fleet_middleware"]

@@ -24,6 +24,7 @@ from fleetd.aio import cancel_and_wait, settle
 from fleetd.engine.history import machine_events, schedule_events
 from fleetd.engine.reconcile import ClusterView, schedule_changes
 from fleetd.history import HistoryRecorder, prune_history
+from fleetd.metrics import Metrics
 from fleetd.registry.registry import Leadership, NotLeader, Registry, Resync
 from fleetd.settings import Settings
 
@@ -56,6 +57,8 @@ class Engine:
     stats: EngineStats = field(default_factory=EngineStats)
     # where the leader's decisions go (fleetd.history); None records nothing
     history: HistoryRecorder | None = None
+    # the daemon's series (fleetd.metrics); by default the engine's own, unexported
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
@@ -228,7 +231,8 @@ class Engine:
             if self.view.force_resync:
                 await self._load()
                 self._dirty.clear()
-            await self._reconcile(leadership)
+            with self.metrics.engine_pass():
+                await self._reconcile(leadership)
 
     async def _reconcile(self, leadership: Leadership) -> None:
         started = time.perf_counter()
@@ -246,6 +250,7 @@ class Engine:
             raise
         if self.history is not None:
             self.history.record(schedule_events(changes.tasks, changes.reasons, time.time()))
+        self.metrics.scheduled(changes.tasks)
         # reflect our own writes now instead of waiting for their watch events
         self.view.record_own_writes(changes)
         for name, reason in changes.reasons.items():

@@ -316,7 +316,7 @@ def test_every_fleetd_reports_its_supervised_tasks_running(cluster: FleetCluster
         with urllib.request.urlopen(f"{host.endpoint}/metrics", timeout=10) as response:
             text = response.read().decode()
         return {
-            line.split('task="')[1].split('"')[0]: line.rsplit(" ", 1)[1]
+            line.split('task="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
             if line.startswith("fleet_task_up{")
         }
@@ -324,4 +324,4 @@ def test_every_fleetd_reports_its_supervised_tasks_running(cluster: FleetCluster
     for host in cluster.live_hosts():
         up = wait_until(lambda h=host: task_lines(h), 20, f"fleetd on {host.name} to report its tasks")
         assert set(up) == {"agent.keepalive", "agent.states", "agent.metadata", "agent.schedule", "engine"}, up
-        assert set(up.values()) == {"1"}, up
+        assert set(up.values()) == {1}, up
