@@ -135,6 +135,14 @@ class Cluster(Protocol):
         """The cluster's history (``GET /events``), oldest first, every page."""
         ...
 
+    def revisions(self, name: str) -> list[Record] | None:
+        """A unit's kept revisions, oldest first; None when the unit does not exist."""
+        ...
+
+    def unit_revision(self, name: str, number: int) -> Record | None:
+        """One revision with its ``options``; None when it is not kept."""
+        ...
+
     def follow_events(self, unit: str | None = None) -> Iterator[Record]:
         """The history, then each new event as it is recorded, without end."""
         ...
@@ -240,6 +248,18 @@ class ApiClient:
 
     def events(self, unit: str | None = None) -> list[Record]:
         return self._pages("/events", "events", {"unitName": unit} if unit else None)
+
+    def revisions(self, name: str) -> list[Record] | None:
+        response = self.request("GET", f"/units/{_quote(name)}/revisions")
+        if response.status == 404:
+            return None
+        return list((self._check(response, 200).json() or {}).get("revisions") or [])
+
+    def unit_revision(self, name: str, number: int) -> Record | None:
+        response = self.request("GET", f"/units/{_quote(name)}/revisions/{int(number)}")
+        if response.status == 404:
+            return None
+        return self._check(response, 200).json()
 
     def follow_events(self, unit: str | None = None) -> Iterator[Record]:
         query = {"follow": "true", **({"unitName": unit} if unit else {})}

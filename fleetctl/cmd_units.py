@@ -296,6 +296,10 @@ def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_cat(ctx: Context, args: argparse.Namespace) -> int:
+    if getattr(args, "revision", None) is not None:
+        from fleetctl.cmd_revisions import cat_revision
+
+        return cat_revision(ctx, args.units, args.revision)
     units = Units(ctx)
     names, errors = resolve_names(ctx, args.units, units)
     found = units.get_many(names)

@@ -155,9 +155,19 @@ COMMANDS: tuple[Command, ...] = (
         "Output the contents of a submitted unit",
         "<unit>...",
         "fleetctl.cmd_units:cmd_cat",
-        positional=(("units", "+", "UNIT"),),
-        description="Outputs the unit file that is currently loaded in the cluster. Useful to verify the correct "
-        "version of a unit is running. Prints the unit file as stored in the cluster (canonical form).",
+        (
+            Flag(
+                "revision",
+                "int",
+                "Show the unit file of this earlier revision instead (see 'fleetctl revisions').",
+                None,
+                metavar="N",
+            ),
+        ),
+        (("units", "+", "UNIT"),),
+        "Outputs the unit file that is currently loaded in the cluster. Useful to verify the correct "
+        "version of a unit is running. Prints the unit file as stored in the cluster (canonical form); "
+        "with --revision=N, the unit file the unit had at revision N.",
     ),
     Command(
         "destroy",
@@ -180,6 +190,17 @@ COMMANDS: tuple[Command, ...] = (
         positional=(("topic", "?", "COMMAND"),),
         description="Help provides help for any command in the application. Simply type fleetctl help "
         "[path to command] for full details.",
+    ),
+    Command(
+        "revisions",
+        "List the kept revisions of a unit",
+        "[options] <unit>",
+        "fleetctl.cmd_revisions:cmd_revisions",
+        (*_LIST,),
+        (("unit", 1, "UNIT"),),
+        "Lists the bodies a unit has had, oldest first: revision number, hash, when it was written and who "
+        "wrote it (the current one is marked). Every submit or replace keeps one; the newest 10 are kept "
+        "(fleetd's unit_revisions). Show one with 'fleetctl cat --revision=N UNIT'.",
     ),
     Command(
         "history",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -20,7 +21,8 @@ from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
 from fleetctl.transport import Transport, learnt_transport
 from fleetd.model.batch import BatchError
-from fleetd.model.history import event_json
+from fleetd.model.history import event_json, revision_events
+from fleetd.model.revisions import revision_json
 from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.submit import SubmitError, desired_state, submission
 from fleetd.model.wire import machine_json, select_states, state_json, units_json, unreadable_unit_json
@@ -31,6 +33,10 @@ from fleetd.registry.registry import RegistryError
 
 T = TypeVar("T")
 NOT_WRITTEN = "not written: the batch it was in was refused (see the other errors)"
+
+
+# a revision written by this driver says so (the API's say "API (fleetctl)")
+ORIGIN = "fleetctl --driver etcd"
 
 
 class EtcdClient:
@@ -121,10 +127,19 @@ class EtcdClient:
     def _put(self, name: str, options: list[Record] | None, desired: str, replace: bool) -> None:
         """One unit write, refused here (before any I/O) when the request is invalid."""
         try:
-            request = submission(name, desired_state(desired), options, replace=replace)
+            request = submission(name, desired_state(desired), options, replace=replace, origin=ORIGIN)
         except SubmitError as exc:
             raise FleetctlError(str(exc)) from None
-        self._run(self.registry.submit(request))
+        decision = self._run(self.registry.submit(request))
+        self._note_replaced([decision])
+
+    def _note_replaced(self, decisions: Sequence[Any]) -> None:
+        """History: a replaced body is ``revision-changed``, as the API records it (best
+        effort: the write is done)."""
+        events = revision_events(decisions, time.time())
+        if events:
+            with contextlib.suppress(FleetctlError):
+                self._run(self.registry.record_events(events))
 
     def create_unit(self, name: str, options: list[Record], desired: str) -> None:
         self._put(name, options, desired, replace=False)
@@ -146,7 +161,9 @@ class EtcdClient:
         for write in writes:
             try:
                 requests.append(
-                    submission(write.name, desired_state(write.desired), write.options, replace=write.replace)
+                    submission(
+                        write.name, desired_state(write.desired), write.options, replace=write.replace, origin=ORIGIN
+                    )
                 )
             except SubmitError as exc:
                 failures[write.name] = str(exc)
@@ -155,15 +172,15 @@ class EtcdClient:
         if not requests:
             return {}
 
-        async def submit() -> BatchError | None:
+        async def submit() -> BatchError | list[Any]:
             try:
-                await self.registry.submit_many(requests)
+                return await self.registry.submit_many(requests)
             except BatchError as exc:
                 return exc
-            return None
 
         refused = self._run(submit(), extra=len(requests) / 100)
-        if refused is None:
+        if not isinstance(refused, BatchError):
+            self._note_replaced(refused)
             return {}
         problems = {p.name: p.message for p in refused.problems}
         written = set(refused.written)
@@ -171,6 +188,16 @@ class EtcdClient:
 
     def destroy_units(self, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         return list(self._run(self.registry.destroy_units(names), extra=len(names) / 100)), {}
+
+    def revisions(self, name: str) -> list[Record] | None:
+        found = self._run(self.registry.revisions(name))
+        if not found and self._run(self.registry.get_unit(name)) is None:
+            return None
+        return [revision_json(r) for r in found]
+
+    def unit_revision(self, name: str, number: int) -> Record | None:
+        found = self._run(self.registry.unit_revision(name, number))
+        return None if found is None else {"name": name, **revision_json(found, with_options=True)}
 
     def events(self, unit: str | None = None) -> list[Record]:
         result: list[Record] = []

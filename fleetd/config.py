@@ -86,6 +86,8 @@ class Config:
     # Beyond fleet: the history's retention (GET /fleet/v1/events, fleetctl history): the
     # newest this many events, none older than this (the engine leader prunes).
     history_max_events: int = 10_000
+    # Beyond fleet: how many bodies of each unit to keep (fleetctl revisions, cat --revision)
+    unit_revisions: int = 10
     history_max_age: float = 7 * 24 * 3600.0
 
     def settings(self) -> Settings:
@@ -208,7 +210,7 @@ for _field in fields(Config):
         PARSERS[_field.name] = parse_duration
     elif _field.name in ("systemd_user", "disable_engine", "stop_units_on_exit", "api_require_token"):
         PARSERS[_field.name] = parse_bool
-    elif _field.name in ("token_limit", "verbosity", "history_max_events"):
+    elif _field.name in ("token_limit", "verbosity", "history_max_events", "unit_revisions"):
         PARSERS[_field.name] = _parse_int
     elif _field.name == "peer_port":
         PARSERS[_field.name] = _parse_port
@@ -233,6 +235,8 @@ def _apply(config: Config, name: str, raw: str, where: str) -> Config:
         raise ConfigError(f"{where}: {name}: must be positive")
     if name == "history_max_events" and value < 0:
         raise ConfigError(f"{where}: {name}: must be 0 or more (0 keeps no history)")
+    if name == "unit_revisions" and value < 1:
+        raise ConfigError(f"{where}: {name}: must be 1 or more (the current body is a revision too)")
     changes = {name: value}
     if name in _PARTNER:
         changes[_PARTNER[name]] = ""

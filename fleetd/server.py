@@ -265,7 +265,7 @@ class Daemon:
                 f"etcd_servers: {exc}", hint="use e.g. http://10.0.0.1:2379,http://10.0.0.2:2379"
             ) from exc
         etcd.observe = metrics.etcd_request
-        registry = EtcdRegistry(etcd, self.config.etcd_key_prefix)
+        registry = EtcdRegistry(etcd, self.config.etcd_key_prefix, self.config.unit_revisions)
         manager = SystemdManager(
             units_directory=self.config.units_directory.rstrip("/") or "/", user=self.config.systemd_user
         )

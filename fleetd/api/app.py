@@ -26,6 +26,7 @@ from fleetd.api.machines import list_machines, patch_machines
 from fleetd.api.metrics import metrics as metrics_handler
 from fleetd.api.middleware import fleet_middleware
 from fleetd.api.openapi import openapi_document
+from fleetd.api.revisions import get_revision, list_revisions
 from fleetd.api.state import STATE_WAITS, WaitSlots, get_state, list_states
 from fleetd.api.units import delete_unit, get_unit, list_units, put_unit
 from fleetd.metrics import Metrics
@@ -80,6 +81,8 @@ def make_app(
         app.router.add_get(f"{prefix}/units/{{name}}", get_unit)
         app.router.add_put(f"{prefix}/units/{{name}}", put_unit)
         app.router.add_delete(f"{prefix}/units/{{name}}", delete_unit)
+        app.router.add_get(f"{prefix}/units/{{name}}/revisions", list_revisions)
+        app.router.add_get(f"{prefix}/units/{{name}}/revisions/{{revision}}", get_revision)
         app.router.add_get(f"{prefix}/state", list_states)
         app.router.add_get(f"{prefix}/state/{{name}}", get_state)
         app.router.add_get(f"{prefix}/machines", list_machines)

@@ -16,6 +16,7 @@ entries): it is read here with its own bound, not aiohttp's per-request one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -25,6 +26,7 @@ from aiohttp import web
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError
 from fleetd.api.params import check_json
+from fleetd.api.revisions import note_replaced, origin_of
 from fleetd.model.batch import ABSENT, ACTION_WORDS, DESTROYED, BatchError, parse_batch
 from fleetd.model.limits import KIB, MAX_BATCH_BYTES, MAX_BATCH_UNITS, MAX_JSON_DEPTH
 from fleetd.model.submit import Refusal
@@ -105,9 +107,12 @@ async def post_batch(request: web.Request) -> web.Response:
         for request_ in batch.submissions:
             for warning in request_.warnings:
                 log.info("unit %s: %s", request_.name, warning)
-        decisions = await registry.submit_many(batch.submissions) if batch.submissions else []
+        origin = origin_of(request)
+        wanted = [dataclasses.replace(r, origin=origin) for r in batch.submissions]
+        decisions = await registry.submit_many(wanted) if wanted else []
     except BatchError as exc:
         return refusal(exc)
+    await note_replaced(registry, decisions)
     results = [{"name": d.stored.name, "result": ACTION_WORDS[d.action]} for d in decisions]
     for decision in decisions:
         for warning in decision.warnings:

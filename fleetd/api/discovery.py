@@ -224,6 +224,25 @@ RESOURCES: dict[str, Any] = {
         }
     },
     "Unplaceable": {"methods": {"List": {"httpMethod": "GET", "path": "unplaceable", "response": _ref("Unplaceable")}}},
+    "Revisions": {
+        "methods": {
+            "List": {
+                "httpMethod": "GET",
+                "path": "units/{unitName}/revisions",
+                "description": "the kept revisions of a unit, oldest first",
+                "parameters": {"unitName": {"type": "string", "location": "path", "required": True}},
+            },
+            "Get": {
+                "httpMethod": "GET",
+                "path": "units/{unitName}/revisions/{revision}",
+                "description": "one kept revision, with its options",
+                "parameters": {
+                    "unitName": {"type": "string", "location": "path", "required": True},
+                    "revision": {"type": "integer", "location": "path", "required": True},
+                },
+            },
+        }
+    },
     "Events": {
         "methods": {
             "List": {

@@ -107,6 +107,24 @@ SCHEMAS: dict[str, Any] = {
                 enum=_STATES,
             ),
             "machineID": _string("the machine it is placed on; empty when unplaced or global"),
+            "revision": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "beyond fleet: the number of its current body (see /units/{unitName}/revisions)",
+            },
+        },
+    },
+    "UnitRevision": {
+        "type": "object",
+        "required": ["revision", "hash", "time", "origin"],
+        "additionalProperties": False,
+        "properties": {
+            "name": _string(),
+            "revision": {"type": "integer", "minimum": 1},
+            "hash": _string("SHA-1 of the unit file"),
+            "time": _string("when it was written, RFC 3339 in UTC"),
+            "origin": _string("who wrote it, e.g. API (fleetctl), fleetctl --driver etcd"),
+            "options": {"type": "array", "items": _schema("UnitOption")},
         },
     },
     "UnitRequest": {
@@ -408,6 +426,7 @@ _UNIT_LINKS = {
     "GetUnit": _link("Units.Get", unitName="$request.path.unitName"),
     "DestroyUnit": _link("Units.Delete", unitName="$request.path.unitName"),
     "UnitStates": _link("UnitState.List", unitName="$request.path.unitName"),
+    "UnitRevisions": _link("Units.Revisions", unitName="$request.path.unitName"),
 }
 
 
@@ -735,6 +754,42 @@ PATHS: dict[str, Any] = {
                 },
                 "400",
                 "501",
+            ),
+        },
+    },
+    "/fleet/v1/units/{unitName}/revisions": {
+        "parameters": [_param("unitName")],
+        "get": {
+            "operationId": "Units.Revisions",
+            "summary": "the kept revisions of a unit, oldest first (beyond fleet)",
+            "responses": _responses(
+                {
+                    "200": _json(
+                        "its revisions (without their bodies)",
+                        {
+                            "type": "object",
+                            "required": ["revisions"],
+                            "additionalProperties": False,
+                            "properties": {"revisions": {"type": "array", "items": _schema("UnitRevision")}},
+                        },
+                    ),
+                    "404": _error("no such unit"),
+                },
+                "400",
+            ),
+        },
+    },
+    "/fleet/v1/units/{unitName}/revisions/{revision}": {
+        "parameters": [
+            _param("unitName"),
+            _path("revision", {"type": "integer", "minimum": 1, "maximum": 9_999_999_999}, "a revision number"),
+        ],
+        "get": {
+            "operationId": "Units.Revision",
+            "summary": "one kept revision of a unit, with its body (beyond fleet)",
+            "responses": _responses(
+                {"200": _json("the revision and its options", _schema("UnitRevision")), "404": _error("not kept")},
+                "400",
             ),
         },
     },

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -106,6 +107,25 @@ def decode_event(data: Any, event_id: str) -> HistoryEvent:
     return HistoryEvent(float(when), event, texts["unit"], texts["machine"], texts["reason"], revision, event_id)
 
 
+def revision_events(decisions: Iterable[Any], now: float) -> list[HistoryEvent]:
+    """``revision-changed`` for each replace among ``decisions`` (the model's
+    :class:`~fleetd.model.submit.Decision`): the new revision and who asked."""
+    from fleetd.model.submit import Action
+
+    return [
+        HistoryEvent(
+            now,
+            EventKind.REVISION_CHANGED,
+            d.stored.name,
+            "",
+            f"revision {d.stored.revision} by {d.origin or 'an unknown client'}",
+            d.stored.revision or None,
+        )
+        for d in decisions
+        if d.action is Action.REPLACE
+    ]
+
+
 def clipped(event: HistoryEvent) -> HistoryEvent:
     """``event`` with texts cut to what a stored event may hold (a reason may quote a
     long error)."""
@@ -126,4 +146,5 @@ __all__ = [
     "encode_event",
     "event_json",
     "event_time",
+    "revision_events",
 ]

@@ -44,13 +44,16 @@ def current_state(placed: Iterable[str], states: Mapping[str, UnitState]) -> str
 def unit_json(unit: StoredUnit, placed: list[str], states: Mapping[str, UnitState]) -> dict[str, Any]:
     """The API's unit object; ``placed``: machines it is scheduled on, ``states``: machine
     id -> its published state of this unit. Global units have no single machine."""
-    return {
+    body = {
         "name": unit.name,
         "options": unit.file.to_options(),
         "desiredState": str(unit.desired),
         "currentState": current_state(placed, states),
         "machineID": placed[0] if placed and not is_global_unit(unit.name, unit.file) else "",
     }
+    if unit.revision:  # beyond fleet's Unit (its client ignores fields it does not know)
+        body["revision"] = unit.revision
+    return body
 
 
 UNREADABLE = "unreadable"

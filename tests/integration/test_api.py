@@ -146,6 +146,7 @@ async def test_create_get_and_list_a_unit(client: TestClient, registry: Registry
         "desiredState": "launched",
         "currentState": "inactive",
         "machineID": "",
+        "revision": 1,  # beyond fleet: the number of its body (its first)
     }
     assert await response.json() == expected
     listing = await (await client.get("/fleet/v1/units")).json()

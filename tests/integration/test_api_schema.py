@@ -70,8 +70,12 @@ values = ["hello.service", "web@.service", "web@1.service", "web@2.service", "ev
 [dictionaries.machines]
 values = ["{LOCAL}", "{OTHER}"]
 
+[dictionaries.revisions]
+values = [1, 2]
+
 [parameters]
 "path.unitName" = {{ dictionary = "units", probability = 0.5 }}
+"path.revision" = {{ dictionary = "revisions", probability = 0.5 }}
 "query.unitName" = {{ dictionary = "units", probability = 0.5 }}
 "path.machineID" = {{ dictionary = "machines", probability = 0.7 }}
 "query.machineID" = {{ dictionary = "machines", probability = 0.5 }}
@@ -87,11 +91,11 @@ async def _seed(registry: Registry) -> None:
     lease = await registry.grant_lease(300)
     await registry.register_machine(MachineState(LOCAL, "127.0.0.1", {"role": "web"}), lease)
     await registry.register_machine(MachineState(OTHER, "127.0.0.2", {}), lease)
-    units = [
-        (StoredUnit("hello.service", parse_unit_file(SERVICE), DesiredState.LAUNCHED), False),
-        (StoredUnit("web@.service", parse_unit_file(TEMPLATE), DesiredState.INACTIVE), False),
-        (StoredUnit("web@1.service", parse_unit_file(TEMPLATE), DesiredState.LOADED), False),
-        (StoredUnit("everywhere.service", parse_unit_file(GLOBAL), DesiredState.LAUNCHED), True),
+    units = [  # revision 1 each (kept as a revision too: /units/{name}/revisions/1 answers)
+        (StoredUnit("hello.service", parse_unit_file(SERVICE), DesiredState.LAUNCHED, 1), False),
+        (StoredUnit("web@.service", parse_unit_file(TEMPLATE), DesiredState.INACTIVE, 1), False),
+        (StoredUnit("web@1.service", parse_unit_file(TEMPLATE), DesiredState.LOADED, 1), False),
+        (StoredUnit("everywhere.service", parse_unit_file(GLOBAL), DesiredState.LAUNCHED, 1), True),
     ]
     await registry.create_units(units)
     leadership = await registry.acquire_leadership(LOCAL, lease)
