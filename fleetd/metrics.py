@@ -170,6 +170,15 @@ class _State:
             for state in (*ACTIVE_STATES, *sorted(set(by_state) - set(ACTIVE_STATES))):
                 units.add_metric([state], by_state.get(state, 0))
             yield units
+        if m.dbus is not None:
+            errors = CounterMetricFamily(
+                "fleet_systemd_dbus_errors",
+                "D-Bus calls to systemd that failed (error reply, no reply in time, bus lost), by method.",
+                labels=["method"],
+            )
+            for method, count in sorted(m.dbus.errors.items()):
+                errors.add_metric([method], count)
+            yield errors
 
     def _engine(self) -> Iterator[Metric]:
         engine = self.metrics.engine
@@ -205,7 +214,7 @@ class Metrics:
     ``process=True`` (the daemon) adds prometheus-client's process and platform collectors.
     The parts that hold state are plugged in by whoever builds them: ``node`` and
     ``store`` (the fleet registry, for its count of bad records) by the API's ``make_app``,
-    ``engine`` and ``agent`` by the daemon.
+    ``engine``, ``agent`` and ``dbus`` by the daemon.
     """
 
     def __init__(self, *, process: bool = False) -> None:
@@ -215,6 +224,7 @@ class Metrics:
         self.store: RegistrySource | None = None
         self.engine: Any = None  # fleetd.engine.Engine (above this layer)
         self.agent: Any = None  # fleetd.agent.Agent (idem)
+        self.dbus: Any = None  # the systemd adapter's bus: its ``errors`` Counter, by D-Bus method
         self.registry_up: int | None = None  # unknown until an etcd request ended
         # engine
         self.engine_pass_seconds = Histogram(
@@ -239,7 +249,7 @@ class Metrics:
         )
         self.systemd_errors = Counter(
             "fleet_agent_systemd_errors",
-            "systemd operations of the agent that failed (D-Bus errors and unit file errors), by operation.",
+            "systemd operations of the agent that failed as a whole (unit file errors, bus lost), by operation.",
             ["operation"],
             registry=r,
         )

@@ -283,7 +283,7 @@ class Daemon:
             self.peer_identity = make_identity(self.machine_id)
         history = HistoryRecorder(registry)
         agent = Agent(registry, manager, self.machine_state(), settings, lease_file=lease_file, history=history)
-        agent.executor.metrics, metrics.agent = metrics, agent
+        agent.executor.metrics, metrics.agent, metrics.dbus = metrics, agent, manager.bus
         agent.supervisor.start("history", history.run)
         node = NodeState(self.machine_id, agent, self.config.systemd_user)
         try:  # bound before the loops start, so "address in use" leaves nothing running

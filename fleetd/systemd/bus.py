@@ -149,6 +149,7 @@ class SystemdBus:
         self.call_timeout = call_timeout
         self.reconnect_wait = reconnect_wait
         self.calls: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()  # calls of call() that failed, by member (for /metrics)
         self.in_flight = 0
         self.peak_in_flight = 0
         self.connects = 0  # successful connects, the first one included
@@ -350,10 +351,14 @@ class SystemdBus:
                         raise SystemdUnavailable(f"{member}: not connected")
                     return await self._raw_call(bus, SYSTEMD, path, interface, member, signature, body, timeout)
                 except SystemdUnavailable:
+                    self.errors[member] += 1
                     if self._closed or attempt == 2:
                         raise
                     if self._bus is bus:
                         self.drop()
+                except SystemdError:
+                    self.errors[member] += 1
+                    raise
                 finally:
                     self.in_flight -= 1
         raise AssertionError("unreachable")

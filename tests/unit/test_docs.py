@@ -90,6 +90,7 @@ def test_metrics_doc_names_every_metric() -> None:
         reasons={},
     )
     metrics.agent = SimpleNamespace(states=SimpleNamespace(published={}))
+    metrics.dbus = SimpleNamespace(errors={"StartUnit": 1})
     metrics.etcd_request("get", 0.001, None)
     names = {
         family.name + ("_total" if family.type == "counter" else "")

@@ -15,6 +15,7 @@ from typing import Any
 import aetcd.exceptions
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from dbus_fast import MessageType
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetd.aio import TaskHealth
@@ -27,6 +28,7 @@ from fleetd.registry import MemoryRegistry
 from fleetd.registry.etcd import Etcd, EtcdConfig
 from fleetd.scheduler import JobInfo, MachineInfo, Snapshot, Unplace, plan
 from fleetd.settings import Settings
+from fleetd.systemd.bus import SystemdBus, SystemdCallError
 from fleetlab.simcluster import SimCluster, SimEngine
 from fleetlab.wait import wait_until_async
 
@@ -333,3 +335,30 @@ async def test_each_app_has_its_own_series() -> None:
     ]
     assert counts[0][("GET", "200")] == 2
     assert ("GET", "200") not in counts[1]  # the other app's scrape only
+
+
+# -- D-Bus -----------------------------------------------------------------------------------------
+
+
+class ErrorBus:
+    """A connected bus on which systemd answers every call with an error."""
+
+    connected = True
+
+    async def call(self, msg: Any) -> Any:
+        return SimpleNamespace(
+            message_type=MessageType.ERROR, error_name="org.freedesktop.systemd1.NoSuchUnit", body=["no such unit"]
+        )
+
+
+async def test_failed_dbus_calls_are_counted_by_method() -> None:
+    bus = SystemdBus("unix:path=/nonexistent", on_signal=lambda msg: None)
+    bus._bus = ErrorBus()  # type: ignore[assignment]  # no D-Bus here: the fake answers
+    bus._ready.set()
+    metrics = Metrics()
+    metrics.dbus = bus
+    assert value(metrics, "fleet_systemd_dbus_errors_total", method="StartUnit") == 0
+    for _ in range(2):
+        with pytest.raises(SystemdCallError):
+            await bus.call("StartUnit", "ss", ["x.service", "replace"])
+    assert value(metrics, "fleet_systemd_dbus_errors_total", method="StartUnit") == 2
