@@ -51,7 +51,11 @@ TEXT = "text/plain"
 _STATES = [str(state) for state in DesiredState]
 # A unit name as fleetd.model.names accepts it, as far as a pattern can say: the "@" rules
 # for templates are checked by the server (400), so the pattern is never stricter than it.
-UNIT_NAME_PATTERN = r"^[A-Za-z0-9:_.-][A-Za-z0-9:_.@-]*\.(" + "|".join(sorted(UNIT_SUFFIXES)) + ")$"
+UNIT_NAME_PATTERN = (
+    r"^([A-Za-z0-9:_]|\\x[0-9a-fA-F]{2})([A-Za-z0-9:_.@-]|\\x[0-9a-fA-F]{2})*\.("
+    + "|".join(sorted(UNIT_SUFFIXES))
+    + ")$"
+)
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:

@@ -85,7 +85,9 @@ DEFAULT_SUFFIX = "service"
 #: patterns, or a literal name would be matched differently by the two.
 GLOB_CHARS = frozenset("*?[")
 
-_BAD_CHAR_RE = re.compile(r"[^A-Za-z0-9:_.@-]")
+# systemd's own characters; a backslash only as systemd-escape writes it (``\x2d``):
+# fleet took such names (e.g. ``mnt-data\x2dold.mount``), and nothing else needs one
+_BAD_CHAR_RE = re.compile(r"\\x[0-9a-fA-F]{2}|([^A-Za-z0-9:_.@-])")
 _SPECIFIER_RE = re.compile(r"%(.)", re.DOTALL)
 
 
@@ -102,9 +104,9 @@ def validate_unit_name(name: str) -> None:
         raise UnitNameError(
             f'invalid unit name "{shown}": longer than {MAX_NAME_LENGTH} characters ({len(name)})', name
         )
-    bad = _BAD_CHAR_RE.search(name)
+    bad = next((m for m in _BAD_CHAR_RE.finditer(name) if m.group(1)), None)
     if bad:
-        raise _invalid(name, f"invalid character {bad.group()!r} (allowed: A-Z a-z 0-9 : _ . @ -)")
+        raise _invalid(name, f"invalid character {bad.group(1)!r} (allowed: A-Z a-z 0-9 : _ . @ - and \\xHH escapes)")
     if name[0] in "-.":
         # "-H..." would be read as an option by systemctl; ".x" is a hidden file
         raise _invalid(name, f'must not start with "{name[0]}"')

@@ -180,3 +180,13 @@ SPECIFIERS = [
 @pytest.mark.parametrize(("value", "name", "expected"), SPECIFIERS)
 def test_expand_specifiers(value: str, name: str, expected: str) -> None:
     assert expand_specifiers(value, name) == expected
+
+
+def test_systemd_escapes_are_accepted_and_no_other_backslash() -> None:
+    # what systemd-escape writes (fleet took such names); any other backslash is refused
+    for name in (r"mnt-data\x2dold.mount", r"web@a\x2fb.service", r"\x2dleading.service"):
+        assert is_valid_unit_name(name), name
+    for name in (r"a\b.service", r"a\x2.service", "a\\.service"):
+        with pytest.raises(UnitNameError, match="invalid character") as refused:
+            validate_unit_name(name)
+        assert "\\xHH escapes" in str(refused.value)
