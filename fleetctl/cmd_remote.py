@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -22,7 +21,7 @@ from fleetctl.context import Context
 from fleetctl.errors import ApiError, FleetctlError, NotReachable, UsageError
 from fleetctl.follow import Follower
 from fleetctl.output import is_global, machine_legend
-from fleetctl.transport import API, ConnectFailed, Transport, error_message, unauthorized_hint
+from fleetctl.transport import API, ConnectFailed, Transport, error_message, iter_lines, unauthorized_hint
 from fleetctl.tunnel import ensure_known_hosts_dir, jump_spec, ssh_options
 from fleetd.model.state import short_id
 
@@ -217,14 +216,6 @@ def _follow(
     return follower.run({t.machine_id for t in targets}, machines)
 
 
-def _lines(response: object) -> Iterator[str]:
-    while True:
-        line = response.readline()  # type: ignore[attr-defined]
-        if not line:
-            return
-        yield line.decode("utf-8", "replace").rstrip("\n")
-
-
 def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
     if args.lines < 0:
         raise UsageError("--lines must be 0 or more", "journal")
@@ -258,7 +249,7 @@ def cmd_journal(ctx: Context, args: argparse.Namespace) -> int:
             report(ctx, [str(exc)])
             return failure_code(exc)
         try:
-            for line in _lines(response):
+            for line in iter_lines(response):  # type: ignore[arg-type]
                 ctx.out.write(line + "\n")
                 ctx.out.flush()
         finally:
@@ -285,7 +276,7 @@ def _journal_many(ctx: Context, targets: list[Target], args: argparse.Namespace)
                 errors.append(str(exc))
             return
         try:
-            lines.extend(prefix + line for line in _lines(response))
+            lines.extend(prefix + line for line in iter_lines(response))  # type: ignore[arg-type]
         except OSError as exc:
             with lock:
                 errors.append(f"reading the journal from {short_id(target.machine_id)} failed: {exc}")

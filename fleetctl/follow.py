@@ -16,12 +16,13 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleetctl.client import Record
 from fleetctl.context import Context
 from fleetctl.errors import FleetctlError
+from fleetctl.transport import iter_lines
 from fleetd.model.state import short_id
 
 WAIT_SECONDS = 5.0  # one long-poll (the API caps it anyway)
@@ -117,7 +118,7 @@ class Follower:
         try:
             if reader.stopped.is_set():
                 return
-            for line in _lines(response):
+            for line in iter_lines(response):  # type: ignore[arg-type]
                 if reader.stopped.is_set() or self.broken_pipe.is_set():
                     return
                 self.emit(prefix + line)
@@ -206,14 +207,6 @@ class Follower:
             else:
                 self.emit(f"-- {self.name} moved to {self.legend(machine_id)} --")
             self.start_reader(machine_id, self.lines)
-
-
-def _lines(response: object) -> Iterator[str]:
-    while True:
-        line = response.readline()  # type: ignore[attr-defined]
-        if not line:
-            return
-        yield line.decode("utf-8", "replace").rstrip("\n")
 
 
 __all__ = ["Follower"]
