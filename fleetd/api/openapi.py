@@ -843,10 +843,19 @@ PATHS: dict[str, Any] = {
     "/metrics": {
         "get": {
             "operationId": "Metrics.Get",
-            "summary": "Prometheus metrics of the cluster and of this fleetd's API (beyond fleet)",
-            "description": "Answers even while this fleetd must not serve, to show that state.",
+            "summary": "Prometheus metrics of this fleetd, and of the cluster on the engine leader (beyond fleet)",
+            "description": (
+                "Answers even while this fleetd must not serve, to show that state. Reads nothing from etcd. "
+                "OpenMetrics when Accept asks for application/openmetrics-text; every series is in docs/metrics.md."
+            ),
             "responses": {
-                "200": {"description": "Prometheus text format 0.0.4", "content": {TEXT: {"schema": _string()}}},
+                "200": {
+                    "description": "Prometheus text format 0.0.4, or OpenMetrics 1.0",
+                    "content": {
+                        TEXT: {"schema": _string()},
+                        "application/openmetrics-text": {"schema": _string()},
+                    },
+                },
                 "401": _ref("responses", "Unauthorized"),
             },
         }
