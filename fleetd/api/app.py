@@ -20,7 +20,7 @@ from fleetd.api.batch import post_batch
 from fleetd.api.context import DEFAULT_TOKEN_LIMIT, STATE, ApiState, NodeInfo
 from fleetd.api.discovery import discovery_document
 from fleetd.api.errors import ApiError
-from fleetd.api.events import EVENT_FOLLOWS, EventFollows, list_events
+from fleetd.api.events import EVENT_FOLLOWS, list_events
 from fleetd.api.extensions import JOURNAL_FOLLOWS, FollowSlots, journal, list_unplaceable, status
 from fleetd.api.machines import list_machines, patch_machines
 from fleetd.api.metrics import metrics as metrics_handler
@@ -67,7 +67,7 @@ def make_app(
     app[STATE] = ApiState(registry, node, max(1, int(token_limit)), metrics)
     app[TOKEN_RULES] = TokenRules()
     app[JOURNAL_FOLLOWS] = FollowSlots()
-    app[EVENT_FOLLOWS] = EventFollows()
+    app[EVENT_FOLLOWS] = FollowSlots()
     app[STATE_WAITS] = WaitSlots()
 
     async def stop_streams(app: web.Application) -> None:

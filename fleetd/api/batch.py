@@ -17,7 +17,6 @@ entries): it is read here with its own bound, not aiohttp's per-request one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any
 
@@ -25,10 +24,10 @@ from aiohttp import web
 
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError
-from fleetd.api.params import check_json
+from fleetd.api.params import parse_json
 from fleetd.api.revisions import note_replaced, origin_of
 from fleetd.model.batch import ABSENT, ACTION_WORDS, DESTROYED, BatchError, parse_batch
-from fleetd.model.limits import KIB, MAX_BATCH_BYTES, MAX_BATCH_UNITS, MAX_JSON_DEPTH
+from fleetd.model.limits import KIB, MAX_BATCH_BYTES, MAX_BATCH_UNITS
 from fleetd.model.submit import Refusal
 
 log = logging.getLogger("fleetd.api")
@@ -56,16 +55,7 @@ async def _read_json(request: web.Request) -> Any:
             raise _too_large("batch request body is larger than the limit")
         parts.append(part)
     raw = b"".join(parts)
-    if not raw.strip():
-        raise ApiError(400, "request body is empty; expected JSON")
-    try:
-        document = json.loads(raw)
-    except RecursionError:
-        raise ApiError(400, f"JSON in request body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON in request body: {exc}") from None
-    check_json(document)
-    return document
+    return parse_json(raw)
 
 
 def _check_content_type(request: web.Request) -> None:

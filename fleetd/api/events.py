@@ -13,30 +13,22 @@ import asyncio
 import contextlib
 import json
 import re
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError
+from fleetd.api.extensions import FollowSlots, take_slot
 from fleetd.api.paging import BadPageToken, decode_token, encode_token
 from fleetd.api.params import page_size, query_bool, unit_name
 from fleetd.model.history import HistoryEvent, event_json
-from fleetd.model.limits import MAX_JOURNAL_FOLLOWS
 
 RESOURCE = "events"
 FOLLOW_RETRY_AFTER = 5
 
 
-@dataclass
-class EventFollows:
-    """The event streams this fleetd serves now; each holds a watch and a connection."""
-
-    limit: int = MAX_JOURNAL_FOLLOWS
-    holders: set[int] = field(default_factory=set)
-
-
-EVENT_FOLLOWS = web.AppKey("fleet_event_follows", EventFollows)
+# the event streams this fleetd serves now (each holds a watch and a connection)
+EVENT_FOLLOWS = web.AppKey("fleet_event_follows", FollowSlots)
 
 
 _EVENT_ID = re.compile(r"\d{16}(-[0-9a-f]{8}-[0-9a-f]{8})?")
@@ -76,13 +68,7 @@ async def list_events(request: web.Request) -> web.StreamResponse:
 async def _follow(request: web.Request, unit: str | None, after: str) -> web.StreamResponse:
     state = api_state(request)
     slots = request.app[EVENT_FOLLOWS]
-    if len(slots.holders) >= slots.limit:
-        raise ApiError(
-            429,
-            f"this fleetd already streams {len(slots.holders)} event follows (the limit is {slots.limit}); try later",
-            {"Retry-After": str(FOLLOW_RETRY_AFTER)},
-        )
-    slots.holders.add(id(request))
+    take_slot(slots, request, "event follows")
     try:
         # the stored events, page by page; the revision of the first read is where the
         # watch starts, so an event recorded meanwhile is shown by the watch (once: ids
@@ -128,4 +114,4 @@ async def _follow(request: web.Request, unit: str | None, after: str) -> web.Str
         slots.holders.discard(id(request))
 
 
-__all__ = ["EVENT_FOLLOWS", "EventFollows", "list_events"]
+__all__ = ["EVENT_FOLLOWS", "list_events"]

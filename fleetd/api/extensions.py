@@ -48,19 +48,24 @@ class FollowSlots:
 JOURNAL_FOLLOWS = web.AppKey("fleet_journal_follows", FollowSlots)
 
 
-def _take_follow_slot(request: web.Request) -> None:
-    """Count this request as a follow until :func:`journal` returns; 429 when all are taken."""
-    slots = request.app.get(JOURNAL_FOLLOWS)
-    if slots is None:
-        return
+def take_slot(slots: FollowSlots, request: web.Request, what: str) -> None:
+    """Count ``request`` as one of ``slots``' streams (the caller releases it when the
+    stream ends); 429 naming ``what`` when all are taken."""
     if slots.active >= slots.limit:
         raise ApiError(
             429,
-            f"this fleetd already streams {slots.active} journals with follow (the limit is {slots.limit}); "
+            f"this fleetd already streams {slots.active} {what} (the limit is {slots.limit}); "
             "try again later, or read without follow",
             {"Retry-After": str(FOLLOW_RETRY_AFTER)},
         )
     slots.holders.add(id(request))
+
+
+def _take_follow_slot(request: web.Request) -> None:
+    """Count this request as a follow until :func:`journal` returns; 429 when all are taken."""
+    slots = request.app.get(JOURNAL_FOLLOWS)
+    if slots is not None:
+        take_slot(slots, request, "journals with follow")
 
 
 async def list_unplaceable(request: web.Request) -> web.Response:
@@ -210,4 +215,5 @@ __all__ = [
     "list_unplaceable",
     "owner_of",
     "status",
+    "take_slot",
 ]

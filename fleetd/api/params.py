@@ -76,6 +76,12 @@ async def json_body(request: web.Request) -> Any:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise body_too_large() from None
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON: empty, malformed, too deep or not UTF-8 is a 400 naming
+    the problem (every body of this API is read through here)."""
     if not raw.strip():
         raise ApiError(400, "request body is empty; expected JSON")
     try:
@@ -168,6 +174,7 @@ __all__ = [
     "listing",
     "page",
     "page_size",
+    "parse_json",
     "query_bool",
     "query_int",
     "unit_name",
