@@ -44,6 +44,9 @@ MAX_HEALTHY_DEADLINE = 86400.0
 MAX_INSTANCES = 2000
 MAX_REASON_CHARS = 1000
 MAX_BODIES = 64
+# units one step replaces at most: a step is one etcd transaction (at most 128 operations,
+# a unit's replace up to five); a larger max_parallel or revert takes several steps
+STEP_UNITS = 20
 
 ORIGIN_UPDATE = "update"
 ORIGIN_ROLLBACK = "rollback"
@@ -52,10 +55,12 @@ ORIGIN_REVERT = "update revert"
 
 class UpdateState(StrEnum):
     """Where an update stands. ``pending``: written by a client, not yet taken up by the
-    engine; ``running``: being rolled out; the rest are final."""
+    engine; ``running``: being rolled out; ``reverting``: stopped, the changed instances
+    returning to their previous bodies; the rest are final."""
 
     PENDING = "pending"
     RUNNING = "running"
+    REVERTING = "reverting"  # stopped; returning the changed instances, a batch a step
     FINISHED = "finished"
     REVERTED = "reverted"
     FAILED = "failed"  # stopped without revert (--no-auto-revert)
@@ -304,6 +309,8 @@ def next_step(
     if record.state is UpdateState.PENDING:
         record = replace(record, state=UpdateState.RUNNING, changed=now)
         events.append(_event(record, EventKind.UPDATE_STARTED, now, _started_reason(record)))
+    if record.state is UpdateState.REVERTING:
+        return _revert(record, now, events)
     params = record.params
     instances = dict(record.instances)
     for name, progress in instances.items():
@@ -325,7 +332,7 @@ def next_step(
         events.append(_event(done, EventKind.UPDATE_FINISHED, now, f"{len(instances)} instances on the new body"))
         replaces = {record.name: record.target} if record.template else {}
         return Step(done, replaces, record.kind, events)
-    chosen = pending[: max(0, params.max_parallel - updating)]
+    chosen = pending[: min(STEP_UNITS, max(0, params.max_parallel - updating))]
     for name in chosen:
         instances[name] = replace(instances[name], phase=Phase.UPDATING, since=now)
     changed = instances != dict(record.instances) or bool(events)
@@ -336,20 +343,32 @@ def next_step(
 
 
 def _stop(record: UpdateRecord, reason: str, now: float, events: list[HistoryEvent]) -> Step:
-    """Stop the update: revert every instance it changed to its previous body (all at
-    once: the previous body is the one known to work), or leave them as they are."""
+    """Stop the update: revert every instance it changed to its previous body (the one
+    known to work; as fast as steps allow, not max_parallel at a time), or leave them."""
     if not record.params.auto_revert:
         failed = replace(record, state=UpdateState.FAILED, reason=reason, changed=now)
         events.append(_event(failed, EventKind.UPDATE_FINISHED, now, f"stopped without revert: {reason}"))
         return Step(failed, {}, record.kind, events)
+    return _revert(replace(record, state=UpdateState.REVERTING, reason=reason, changed=now), now, events)
+
+
+def _revert(record: UpdateRecord, now: float, events: list[HistoryEvent]) -> Step:
+    """Return up to :data:`STEP_UNITS` changed instances to their previous bodies; once
+    none is left the update is ``reverted``."""
     instances = dict(record.instances)
     replaces: dict[str, UnitFile] = {}
     for name, progress in instances.items():
+        if len(replaces) == STEP_UNITS:
+            break
         if progress.phase in (Phase.UPDATING, Phase.HEALTHY):
             replaces[name] = record.bodies[progress.previous_hash]
             instances[name] = replace(progress, phase=Phase.REVERTED, since=now)
-    reverted = replace(record, instances=instances, state=UpdateState.REVERTED, reason=reason, changed=now)
-    events.append(_event(reverted, EventKind.UPDATE_REVERTED, now, f"{len(replaces)} instances reverted: {reason}"))
+    left = any(p.phase in (Phase.UPDATING, Phase.HEALTHY) for p in instances.values())
+    state = UpdateState.REVERTING if left else UpdateState.REVERTED
+    reverted = replace(record, instances=instances, state=state, changed=now)
+    if not left:
+        count = sum(1 for p in instances.values() if p.phase is Phase.REVERTED)
+        events.append(_event(reverted, EventKind.UPDATE_REVERTED, now, f"{count} instances reverted: {record.reason}"))
     return Step(reverted, replaces, ORIGIN_REVERT, events)
 
 

@@ -20,6 +20,7 @@ from fleetd.model.revisions import UnitRevision, decode_revision, encode_revisio
 from fleetd.model.state import MachineState, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile
+from fleetd.model.update import UpdateRecord, decode_update, encode_update
 
 
 class RecordError(ValueError):
@@ -59,6 +60,19 @@ def decode_stored_unit(raw: bytes, what: str = "unit record") -> StoredUnit:
         return StoredUnit(data["name"], file, DesiredState(data["desiredState"]), revision)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RecordError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def encode_update_record(record: UpdateRecord) -> bytes:
+    return dumps(encode_update(record))
+
+
+def decode_update_record(raw: bytes, what: str) -> UpdateRecord:
+    try:
+        return decode_update(_object(raw, what))
+    except RecordError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise RecordError(f"{what}: {exc}") from None
 
 
 def encode_unit_revision(revision: UnitRevision) -> bytes:

@@ -37,6 +37,11 @@ class NotLeader(RegistryError):
     """An engine write was refused because this engine no longer holds leadership."""
 
 
+class UpdateConflict(RegistryError):
+    """An update record was not as the writer read it: another update of the unit is in
+    progress, or another writer (an engine of another term, a client) changed it first."""
+
+
 class Resync(Exception):
     """A watch could not resume (its history was compacted): reload from a fresh read.
 

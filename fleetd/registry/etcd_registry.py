@@ -22,6 +22,8 @@ from fleetd.model.revisions import UnitRevision
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Refusal, Submission, gave_up
 from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import UnitFile
+from fleetd.model.update import UpdateRecord
 from fleetd.registry.codec import (
     PEER_SECRET_BYTES,
     EventIds,
@@ -32,12 +34,14 @@ from fleetd.registry.codec import (
     decode_state,
     decode_stored_unit,
     decode_unit_revision,
+    decode_update_record,
     encode_machine,
     encode_metadata,
     encode_peer_secret,
     encode_state,
     encode_unit,
     encode_unit_revision,
+    encode_update_record,
 )
 from fleetd.registry.errors import (
     LeaseNotFound,
@@ -49,6 +53,7 @@ from fleetd.registry.errors import (
     UnitExists,
     UnitNotFound,
     UnreadableRecord,
+    UpdateConflict,
 )
 from fleetd.registry.etcd import (
     MAX_TXN_BYTES,
@@ -635,6 +640,80 @@ class EtcdRegistry(EtcdHistory, Registry):
         async for batch in self._etcd.watch_prefix(prefix, revision):
             yield [self._unit_event(e.key, e.key[len(prefix) :], e.value, "global unit") for e in batch]
 
+    # rolling updates --------------------------------------------------------------------
+
+    def _update(self, kv: KeyValue) -> tuple[UpdateRecord, int]:
+        try:
+            return decode_update_record(kv.value, f"update {kv.key}"), kv.mod_revision
+        except RecordError as exc:
+            raise UnreadableRecord(self._bad("update", kv.key, kv.value, exc)) from None
+
+    async def create_update(self, record: UpdateRecord, replacing: int = 0) -> int:
+        etcd, key = self._etcd, self._keys.update(record.name)
+        guard = etcd.cmp_mod(key, replacing) if replacing else etcd.cmp_absent(key)
+        ok, responses = await etcd.txn([guard], [etcd.op_put(key, encode_update_record(record)), etcd.op_get(key)])
+        if not ok:
+            raise UpdateConflict(f"an update of {record.name} is in progress, or changed since it was read")
+        return _mod_revision(responses[-1])
+
+    async def get_update(self, name: str) -> tuple[UpdateRecord, int] | None:
+        kv = await self._etcd.get(self._keys.update(name))
+        return None if kv is None else self._update(kv)
+
+    async def updates(self) -> tuple[list[tuple[UpdateRecord, int]], dict[str, str]]:
+        prefix = self._keys.updates
+        items, _ = await self._etcd.get_prefix(prefix)
+        found: list[tuple[UpdateRecord, int]] = []
+        errors: dict[str, str] = {}
+        for kv in items:
+            try:
+                found.append(self._update(kv))
+            except UnreadableRecord as exc:
+                errors[kv.key[len(prefix) :]] = str(exc)
+        return found, errors
+
+    async def advance_update(
+        self,
+        leadership: Leadership,
+        record: UpdateRecord,
+        version: int,
+        replaces: Mapping[str, UnitFile],
+        origin: str,
+    ) -> tuple[int, dict[str, int]]:
+        etcd, keys = self._etcd, self._keys
+        key = keys.update(record.name)
+        for _ in range(MAX_ATTEMPTS):
+            compare = [etcd.cmp_create(keys.leader, leadership.create_revision), etcd.cmp_mod(key, version)]
+            ops: list[Any] = []
+            numbers: dict[str, int] = {}
+            for name, body in replaces.items():
+                kv = await etcd.get(keys.unit(name))
+                if kv is None:
+                    continue
+                try:
+                    current = self._unit(name, kv.value, "unit")
+                except RecordError as exc:
+                    self._bad("unit", kv.key, kv.value, exc)
+                    continue
+                new = replace(current, file=body, revision=current.revision + 1)
+                compare.append(etcd.cmp_mod(kv.key, kv.mod_revision))
+                ops += self._unit_ops(new, False, origin)
+                value = encode_unit(new)
+                global_key = keys.global_unit(name)
+                ops.append(etcd.txn_op([etcd.cmp_present(global_key)], [etcd.op_put(global_key, value)]))
+                numbers[name] = new.revision
+            ops += [etcd.op_put(key, encode_update_record(record)), etcd.op_get(key)]
+            ok, responses = await etcd.txn(compare, ops, [etcd.op_get(keys.leader), etcd.op_get(key)])
+            if ok:
+                return _mod_revision(responses[-1]), numbers
+            leader, stored = responses[0], responses[1]
+            if not leader or int(leader[0][1].create_revision) != leadership.create_revision:
+                raise NotLeader(f"engine on {leadership.machine_id} lost leadership; update step refused")
+            if not stored or int(stored[0][1].mod_revision) != version:
+                raise UpdateConflict(f"the update of {record.name} changed since it was read")
+            # a unit changed under us (a client's write): read it again and retry
+        raise RegistryError(f"the units of the update of {record.name} kept changing; will try again")
+
     # the engine -------------------------------------------------------------------------
 
     async def acquire_leadership(self, machine_id: str, lease: int) -> Leadership | None:
@@ -734,6 +813,13 @@ class EtcdRegistry(EtcdHistory, Registry):
     async def watch_placements(self, revision: int) -> AsyncIterator[list[PlacementEvent]]:
         async for batch in self._etcd.watch_prefix(self._keys.schedule, revision):
             yield [self._placement_event(e.key, e.value) for e in batch]
+
+
+def _mod_revision(response: Any) -> int:
+    """The mod revision of the key a transaction's get read (its last operation)."""
+    if not response:
+        raise RegistryError("the record just written cannot be read back")
+    return int(response[0][1].mod_revision)
 
 
 def _op_runs(units: Sequence[tuple[int, int]]) -> list[range]:

@@ -12,6 +12,7 @@
 <prefix>peer/secret                 key that signs requests between fleetds (created once)
 <prefix>events/<id>                 history: one decision each, ids in time order (pruned)
 <prefix>revisions/<name>/<n>        a unit's bodies, n zero-padded (the newest few kept)
+<prefix>updates/<name>              a rolling update of a unit or template (engine-driven)
 ```
 
 Per-machine schedule prefixes let an agent watch only its own placements; the engine
@@ -71,6 +72,13 @@ class Keys:
 
     def revision(self, name: str, number: int) -> str:
         return f"{self.prefix}revisions/{name}/{number:010d}"
+
+    @property
+    def updates(self) -> str:
+        return f"{self.prefix}updates/"
+
+    def update(self, name: str) -> str:
+        return f"{self.prefix}updates/{name}"
 
     @property
     def events(self) -> str:

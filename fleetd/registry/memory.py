@@ -33,7 +33,16 @@ from fleetd.model.revisions import UnitRevision
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import Action, Decision, Submission
 from fleetd.model.unit import DesiredState
-from fleetd.registry.codec import PEER_SECRET_BYTES, EventIds, event_id_before
+from fleetd.model.unitfile import UnitFile
+from fleetd.model.update import UpdateRecord
+from fleetd.registry.codec import (
+    PEER_SECRET_BYTES,
+    EventIds,
+    RecordError,
+    decode_update_record,
+    encode_update_record,
+    event_id_before,
+)
 from fleetd.registry.errors import (
     LeaseNotFound,
     MachineIdInUse,
@@ -43,6 +52,7 @@ from fleetd.registry.errors import (
     UnitExists,
     UnitNotFound,
     UnreadableRecord,
+    UpdateConflict,
 )
 from fleetd.registry.registry import ClusterRead, Leadership, MachineEvent, PlacementEvent, Registry, UnitEvent
 
@@ -52,6 +62,7 @@ UNITS, GLOBALS, MACHINES, METADATA, SCHEDULE, STATES, LEADER, UNPLACEABLE, PEER,
     "units", "global", "machines", "machine-metadata", "schedule", "states", "leader", "unplaceable", "peer",
     "events", "revisions",
 )  # fmt: skip
+UPDATES = "updates"
 
 
 @dataclass
@@ -433,6 +444,70 @@ class MemoryRegistry(Registry):
     async def watch_global_units(self, revision: int) -> AsyncIterator[list[UnitEvent]]:
         async for batch in self._watch(lambda k: k[0] == GLOBALS, revision):
             yield [UnitEvent(c.key[1], c.value) for c in batch]
+
+    # -- rolling updates ------------------------------------------------------------------
+    # stored encoded, as etcd holds them, so what is read back is decoded (and checked)
+
+    def corrupt_update(self, name: str, raw: bytes = b'{"name": 7}') -> None:
+        """Store an unreadable update record, as a hand edit could."""
+        self._commit([((UPDATES, name), raw, 0)])
+
+    def _update(self, name: str, entry: _Entry) -> tuple[UpdateRecord, int]:
+        try:
+            return decode_update_record(entry.value, f"update {name}"), entry.mod_revision
+        except RecordError as exc:
+            raise UnreadableRecord(str(exc)) from None
+
+    async def create_update(self, record: UpdateRecord, replacing: int = 0) -> int:
+        await self._request()
+        entry = self._store.get((UPDATES, record.name))
+        if (entry.mod_revision if entry is not None else 0) != replacing:
+            raise UpdateConflict(f"an update of {record.name} is in progress, or changed since it was read")
+        return self._commit([((UPDATES, record.name), encode_update_record(record), 0)])
+
+    async def get_update(self, name: str) -> tuple[UpdateRecord, int] | None:
+        await self._request()
+        entry = self._store.get((UPDATES, name))
+        return None if entry is None else self._update(name, entry)
+
+    async def updates(self) -> tuple[list[tuple[UpdateRecord, int]], dict[str, str]]:
+        await self._request()
+        found: list[tuple[UpdateRecord, int]] = []
+        errors: dict[str, str] = {}
+        for key, entry in self._items(UPDATES):
+            try:
+                found.append(self._update(key[1], entry))
+            except UnreadableRecord as exc:
+                errors[key[1]] = str(exc)
+        return found, errors
+
+    async def advance_update(
+        self,
+        leadership: Leadership,
+        record: UpdateRecord,
+        version: int,
+        replaces: Mapping[str, UnitFile],
+        origin: str,
+    ) -> tuple[int, dict[str, int]]:
+        await self._request()
+        leader = self._store.get((LEADER,))
+        if leader is None or leader.create_revision != leadership.create_revision:
+            raise NotLeader(f"engine on {leadership.machine_id} lost leadership; update step refused")
+        entry = self._store.get((UPDATES, record.name))
+        if entry is None or entry.mod_revision != version:
+            raise UpdateConflict(f"the update of {record.name} changed since it was read")
+        changes: list[tuple[Key, Any, int]] = []
+        numbers: dict[str, int] = {}
+        for name, body in replaces.items():
+            unit = self._store.get((UNITS, name))
+            if unit is None or isinstance(unit.value, _Unreadable):
+                continue
+            new = replace(unit.value, file=body, revision=unit.value.revision + 1)
+            is_global = (GLOBALS, name) in self._store
+            changes += self._unit_changes(new, is_global, origin)
+            numbers[name] = new.revision
+        changes.append(((UPDATES, record.name), encode_update_record(record), 0))
+        return self._commit(changes), numbers
 
     # -- the engine -----------------------------------------------------------------------
 

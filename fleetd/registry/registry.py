@@ -32,6 +32,8 @@ from fleetd.model.revisions import UnitRevision
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Submission, decide, gave_up, template_to_read
 from fleetd.model.unit import DesiredState
+from fleetd.model.unitfile import UnitFile
+from fleetd.model.update import UpdateRecord
 from fleetd.registry.errors import (
     LeaseNotFound,
     MachineIdInUse,
@@ -42,6 +44,7 @@ from fleetd.registry.errors import (
     UnitExists,
     UnitNotFound,
     UnreadableRecord,
+    UpdateConflict,
 )
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "UnitExists",
     "UnitNotFound",
     "UnreadableRecord",
+    "UpdateConflict",
 ]
 
 
@@ -374,6 +378,45 @@ class Registry(ABC):
     @abstractmethod
     async def unit_revision(self, name: str, number: int) -> UnitRevision | None:
         """One kept revision; None when it is not (or no longer) kept."""
+
+    # rolling updates --------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_update(self, record: UpdateRecord, replacing: int = 0) -> int:
+        """Store a new update record for ``record.name``: only if there is none
+        (``replacing`` 0), or only if the one there is still at version ``replacing`` (a
+        finished update read by the caller); :class:`UpdateConflict` otherwise, nothing
+        written. Returns the record's version (what :meth:`advance_update` compares)."""
+
+    @abstractmethod
+    async def get_update(self, name: str) -> tuple[UpdateRecord, int] | None:
+        """The update record of ``name`` and its version; None when there is none;
+        :class:`UnreadableRecord` when the stored record cannot be read."""
+
+    @abstractmethod
+    async def updates(self) -> tuple[list[tuple[UpdateRecord, int]], dict[str, str]]:
+        """Every readable update record with its version, by name, and name -> why for
+        the records that cannot be read (reported, never raised: the engine goes on)."""
+
+    @abstractmethod
+    async def advance_update(
+        self,
+        leadership: Leadership,
+        record: UpdateRecord,
+        version: int,
+        replaces: Mapping[str, UnitFile],
+        origin: str,
+    ) -> tuple[int, dict[str, int]]:
+        """One step of an update, all or nothing: store ``record`` (its next state) only
+        if the stored one is still at ``version`` and ``leadership`` still holds, and in
+        the same transaction give each unit in ``replaces`` that body (its desired state
+        kept, its revision one more, a revision record with ``origin``; its global copy
+        too if it has one), each only if unchanged since this method read it. A unit that
+        is gone or unreadable is skipped. So a step is written once, by the leader of the
+        moment, whoever else (a deposed engine, a client) tries the same.
+
+        Returns the record's new version and each replaced unit's new revision. Raises
+        :class:`NotLeader` or :class:`UpdateConflict`: then nothing was written."""
 
     # history ----------------------------------------------------------------------------
 

@@ -609,3 +609,88 @@ async def test_each_body_is_a_revision_kept_up_to_the_limit_and_gone_with_the_un
     assert await registry.revisions("r.service") == []
     await registry.submit(submission("r.service", DesiredState.LOADED, bodies[0].to_options()))
     assert [r.revision for r in await registry.revisions("r.service")] == [1]  # a new unit starts again
+
+
+# -- rolling updates --------------------------------------------------------------------------
+
+
+def _update_record(name: str = "web@.service") -> Any:
+    from fleetd.model.update import Current, UpdateParams, new_update
+
+    named = Current(name, BODY, 1, False)
+    instances = [Current(f"web@{i}.service", BODY, 1, True) for i in (1, 2)]
+    return new_update(name, OTHER_BODY, named, instances, UpdateParams(), 1000.0)
+
+
+async def _corrupt_update(registry: Registry, name: str) -> None:
+    if isinstance(registry, MemoryRegistry):
+        registry.corrupt_update(name)
+    else:
+        assert isinstance(registry, EtcdRegistry)
+        await registry._etcd.put(registry._keys.update(name), b'{"name": 7}')
+
+
+async def test_an_update_record_is_created_once_and_replaced_only_when_read(registry: Registry) -> None:
+    from dataclasses import replace
+
+    from fleetd.model.update import UpdateState
+    from fleetd.registry.errors import UpdateConflict
+
+    assert await registry.get_update("web@.service") is None
+    record = _update_record()
+    version = await registry.create_update(record)
+    assert await registry.get_update("web@.service") == (record, version)
+    with pytest.raises(UpdateConflict):  # one update of a unit at a time
+        await registry.create_update(record)
+    with pytest.raises(UpdateConflict):  # replacing needs the version read
+        await registry.create_update(record, version + 100)
+    done = replace(record, state=UpdateState.FINISHED)
+    newer = await registry.create_update(done, version)
+    assert newer > version and await registry.get_update("web@.service") == (done, newer)
+    found, errors = await registry.updates()
+    assert found == [(done, newer)] and errors == {}
+
+
+async def test_an_update_step_is_fenced_conditional_and_replaces_units_with_it(registry: Registry) -> None:
+    from dataclasses import replace
+
+    from fleetd.model.update import UpdateState
+    from fleetd.registry.errors import UpdateConflict
+
+    for name in ("web@1.service", "web@2.service"):
+        await registry.create_unit(StoredUnit(name, BODY, DesiredState.LAUNCHED, 1), False, "test")
+    record = _update_record()
+    version = await registry.create_update(record)
+    lease = await registry.grant_lease(30)
+    leadership = await registry.acquire_leadership("m1", lease)
+    assert leadership is not None
+    running = replace(record, state=UpdateState.RUNNING)
+    version2, numbers = await registry.advance_update(
+        leadership, running, version, {"web@1.service": OTHER_BODY, "gone@1.service": OTHER_BODY}, "update"
+    )
+    assert numbers == {"web@1.service": 2} and version2 > version
+    changed = await registry.get_unit("web@1.service")
+    assert changed == StoredUnit("web@1.service", OTHER_BODY, DesiredState.LAUNCHED, 2)
+    kept = await registry.unit_revision("web@1.service", 2)
+    assert kept is not None and kept.origin == "update" and kept.file == OTHER_BODY
+    assert await registry.get_update("web@.service") == (running, version2)
+    # the same step again (a second writer that read the same version) is refused whole
+    with pytest.raises(UpdateConflict):
+        await registry.advance_update(leadership, running, version, {"web@2.service": OTHER_BODY}, "update")
+    assert (await registry.get_unit("web@2.service")) == StoredUnit("web@2.service", BODY, DesiredState.LAUNCHED, 1)
+    # a deposed engine writes nothing
+    await registry.revoke_lease(lease)
+    with pytest.raises(NotLeader):
+        await registry.advance_update(leadership, running, version2, {"web@2.service": OTHER_BODY}, "update")
+    assert (await registry.get_unit("web@2.service")).revision == 1  # type: ignore[union-attr]
+    assert await registry.get_update("web@.service") == (running, version2)
+
+
+async def test_an_unreadable_update_record_is_reported_not_raised_from_listings(registry: Registry) -> None:
+    record = _update_record()
+    version = await registry.create_update(record)
+    await _corrupt_update(registry, "db.service")
+    found, errors = await registry.updates()
+    assert found == [(record, version)] and list(errors) == ["db.service"] and "name" in errors["db.service"]
+    with pytest.raises(UnreadableRecord):
+        await registry.get_update("db.service")

@@ -12,6 +12,7 @@ from fleetd.model.state import UnitState
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.model.update import (
     ORIGIN_REVERT,
+    STEP_UNITS,
     Current,
     Phase,
     UpdateError,
@@ -185,3 +186,22 @@ def test_a_plain_unit_update_replaces_the_unit_itself() -> None:
         3.0,
     )  # type: ignore[arg-type]
     assert done.record is not None and done.record.state is UpdateState.FINISHED and done.replaces == {}
+
+
+def test_large_steps_are_split_so_one_transaction_holds_each() -> None:
+    record = template_update(50, max_parallel=50, min_healthy=0, healthy_deadline=30)
+    step = next_step(record, {}, 100.0)
+    assert len(step.replaces) == STEP_UNITS
+    record = step.record
+    assert record is not None
+    step = next_step(record, {}, 100.5)
+    assert len(step.replaces) == STEP_UNITS and step.record is not None
+    # the deadline passes: the revert also goes a step's worth at a time
+    step = next_step(step.record, {}, 200.0)
+    assert step.record is not None and step.record.state is UpdateState.REVERTING
+    assert len(step.replaces) == STEP_UNITS and not step.events
+    step = next_step(step.record, {}, 200.1)
+    assert step.record is not None and step.record.state is UpdateState.REVERTED
+    assert len(step.replaces) == 2 * STEP_UNITS - STEP_UNITS
+    assert [e.event for e in step.events] == [EventKind.UPDATE_REVERTED]
+    assert "40 instances reverted" in step.events[0].reason
