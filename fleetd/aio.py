@@ -4,7 +4,6 @@ long-lived tasks (not used by the pure layers)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -18,14 +17,18 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     """Cancel every task, then wait for each to finish, whatever it ends with.
 
     Loops own their helper tasks; stopping a loop must not leave any of them running nor
-    let one task's failure hide the others' cleanup.
+    let one task's failure hide the others' cleanup. The caller's own cancellation still
+    reaches it: swallowing it here once left a standby engine campaigning for ever while
+    fleetd stopped (its children are cancelled all the same).
     """
     pending = list(tasks)
     for task in pending:
         task.cancel()
+    if pending:
+        await asyncio.wait(pending)
     for task in pending:
-        with contextlib.suppress(BaseException):
-            await task
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it ended with is not an error of ours
 
 
 # -- supervision --------------------------------------------------------------------------

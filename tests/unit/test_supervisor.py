@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from fleetd.aio import Supervisor
+from fleetd.aio import Supervisor, cancel_and_wait
 from fleetlab.wait import wait_until_async
 
 
@@ -101,3 +101,28 @@ async def test_a_cancelled_error_nobody_asked_for_restarts_the_task() -> None:
         assert "other than stop" in (supervisor.tasks["t"].last_error or "")
     finally:
         await supervisor.stop()
+
+
+async def test_cancel_and_wait_lets_its_callers_own_cancellation_through() -> None:
+    # a loop stopping its helpers must itself stay stoppable: a child with slow cleanup
+    # once kept the caller (a standby engine) running after fleetd asked it to stop
+    started, cleaning, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow_to_stop() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaning.set()
+            await release.wait()
+            raise
+
+    child = asyncio.create_task(slow_to_stop())
+    await started.wait()
+    caller = asyncio.create_task(cancel_and_wait([child]))
+    await cleaning.wait()  # the caller now waits for the child's cleanup
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(caller, 5)
+    release.set()
+    await asyncio.gather(child, return_exceptions=True)
