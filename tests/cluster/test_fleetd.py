@@ -310,7 +310,7 @@ def test_crashed_host_units_move_within_ttl_and_nothing_else_moves(cluster: Flee
 
 
 def test_every_fleetd_reports_its_supervised_tasks_running(cluster: FleetCluster) -> None:
-    """On real hosts: each fleetd's /metrics lists the agent's tasks and the engine, all up."""
+    """On real hosts: each fleetd's /metrics lists the agent's tasks, the history writer and the engine, all up."""
 
     def task_lines(host: FleetHost) -> dict[str, str]:
         with urllib.request.urlopen(f"{host.endpoint}/metrics", timeout=10) as response:
@@ -323,5 +323,6 @@ def test_every_fleetd_reports_its_supervised_tasks_running(cluster: FleetCluster
 
     for host in cluster.live_hosts():
         up = wait_until(lambda h=host: task_lines(h), 20, f"fleetd on {host.name} to report its tasks")
-        assert set(up) == {"agent.keepalive", "agent.states", "agent.metadata", "agent.schedule", "engine"}, up
+        tasks = {"agent.keepalive", "agent.states", "agent.metadata", "agent.schedule", "history", "engine"}
+        assert set(up) == tasks, up
         assert set(up.values()) == {1}, up
