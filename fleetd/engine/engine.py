@@ -23,6 +23,7 @@ from typing import Any
 from fleetd.aio import cancel_and_wait, settle
 from fleetd.engine.history import machine_events, schedule_events
 from fleetd.engine.reconcile import ClusterView, schedule_changes
+from fleetd.engine.updates import Updater
 from fleetd.history import HistoryRecorder, prune_history
 from fleetd.metrics import Metrics
 from fleetd.registry.registry import Leadership, NotLeader, Registry, Resync
@@ -67,6 +68,7 @@ class Engine:
         self.view = ClusterView()
         self.reasons: dict[str, str] = {}
         self.leadership: Leadership | None = None
+        self.updater: Updater | None = None  # the current term's (rolling updates)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -136,6 +138,9 @@ class Engine:
             if self.history is not None:  # the leader keeps the history within its retention
                 keep, age = self.settings.history_keep, self.settings.history_max_age
                 tasks.append(asyncio.create_task(prune_history(self.registry, keep, age)))
+            # rolling updates (fleetd/engine/updates.py); a refused step ends the term
+            self.updater = Updater(registry, leadership, self.history)
+            tasks.append(asyncio.create_task(self.updater.run(lost, self._dirty)))
             await self._plan_loop(leadership, lost)
         finally:
             await cancel_and_wait(tasks)

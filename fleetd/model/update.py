@@ -29,7 +29,9 @@ from typing import Any
 
 from fleetd.model.history import EventKind, HistoryEvent
 from fleetd.model.names import parse_unit_name
-from fleetd.model.state import UnitState
+from fleetd.model.requirements import parse_requirements
+from fleetd.model.state import StoredUnit, UnitState
+from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile
 
 # defaults and bounds of the parameters (seconds); the bounds keep a hostile or mistyped
@@ -179,6 +181,28 @@ class Current:
     revision: int
     launched: bool
     is_global: bool = False
+
+
+def current_of(unit: StoredUnit) -> Current:
+    """What an update needs of a stored unit. A global unit is one whose body says
+    ``Global=true`` (for a template, each instance's own reading of it)."""
+    try:
+        is_global = parse_requirements(unit.file, unit.name)[0].global_
+    except ValueError:
+        is_global = False  # unreadable [X-Fleet]: the engine reports it; it is no global unit
+    return Current(unit.name, unit.file, unit.revision, unit.desired is DesiredState.LAUNCHED, is_global)
+
+
+def check_target(name: str, target: UnitFile) -> None:
+    """The target body must be one the unit could be submitted with (``UpdateError``)."""
+    from fleetd.model.unit import build_unit
+
+    try:
+        unit, _ = build_unit(name, target)
+    except ValueError as exc:
+        raise UpdateError(f"the new body of {name}: {exc}") from None
+    if unit.requirements.global_:
+        raise UpdateError(f"the new body of {name} makes it a global unit: a rolling update cannot do that")
 
 
 def new_update(
@@ -561,6 +585,8 @@ __all__ = [
     "UpdateRecord",
     "UpdateState",
     "check_params",
+    "check_target",
+    "current_of",
     "decode_update",
     "describe",
     "encode_update",

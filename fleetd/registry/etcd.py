@@ -251,6 +251,12 @@ class Etcd:
         result = await self._call("get_prefix", prefix.encode(), keys_only=True)
         return [kv.key.decode() for kv in result], int(result.header.revision)
 
+    async def versions_prefix(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` with its mod revision, without values: for a reader
+        that re-reads only the records that changed since it last read them."""
+        result = await self._call("get_prefix", prefix.encode(), keys_only=True)
+        return {kv.key.decode(): int(kv.mod_revision) for kv in result}
+
     async def get_page(
         self, start: str, end: str, limit: int, keys_only: bool = False
     ) -> tuple[list[KeyValue], bool, int]:

@@ -672,6 +672,11 @@ class EtcdRegistry(EtcdHistory, Registry):
                 errors[kv.key[len(prefix) :]] = str(exc)
         return found, errors
 
+    async def update_versions(self) -> dict[str, int]:
+        prefix = self._keys.updates
+        versions = await self._etcd.versions_prefix(prefix)
+        return {key[len(prefix) :]: version for key, version in versions.items()}
+
     async def advance_update(
         self,
         leadership: Leadership,

@@ -481,6 +481,10 @@ class MemoryRegistry(Registry):
                 errors[key[1]] = str(exc)
         return found, errors
 
+    async def update_versions(self) -> dict[str, int]:
+        await self._request()
+        return {key[1]: entry.mod_revision for key, entry in self._items(UPDATES)}
+
     async def advance_update(
         self,
         leadership: Leadership,

@@ -28,12 +28,21 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetd.model.history import HistoryEvent
+from fleetd.model.names import parse_unit_name
 from fleetd.model.revisions import UnitRevision
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.submit import MAX_ATTEMPTS, Action, Decision, Submission, decide, gave_up, template_to_read
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile
-from fleetd.model.update import UpdateRecord
+from fleetd.model.update import (
+    ORIGIN_UPDATE,
+    UpdateError,
+    UpdateParams,
+    UpdateRecord,
+    check_target,
+    current_of,
+    new_update,
+)
 from fleetd.registry.errors import (
     LeaseNotFound,
     MachineIdInUse,
@@ -381,6 +390,50 @@ class Registry(ABC):
 
     # rolling updates --------------------------------------------------------------------
 
+    async def begin_update(
+        self,
+        name: str,
+        target: UnitFile,
+        params: UpdateParams,
+        now: float,
+        *,
+        kind: str = ORIGIN_UPDATE,
+        target_revision: int | None = None,
+        origin: str = "",
+    ) -> tuple[UpdateRecord, int]:
+        """Start a rolling update of ``name`` to ``target`` (the API's and ``fleetctl
+        --driver etcd``'s one way to): read the unit and, for a template, its instances,
+        let the model build the record (:func:`fleetd.model.update.new_update`: refusals
+        raise ``UpdateError``), and store it, only if no update of ``name`` is in
+        progress (:class:`UpdateConflict` otherwise). The engine leader does the rest."""
+        check_target(name, target)
+        for _ in range(MAX_ATTEMPTS):
+            existing = await self.get_update(name)
+            if existing is not None and not existing[0].state.final:
+                raise UpdateConflict(f"an update of {name} is already {existing[0].state}; wait for it to end")
+            named = await self.get_unit(name)
+            instances = []
+            if parse_unit_name(name).is_template:
+                instances = [
+                    u for u in await self.units() if parse_unit_name(u.name).template == name and u.name != name
+                ]
+            record = new_update(
+                name,
+                target,
+                None if named is None else current_of(named),
+                [current_of(u) for u in instances],
+                params,
+                now,
+                kind=kind,
+                target_revision=target_revision,
+                origin=origin,
+            )
+            try:
+                return record, await self.create_update(record, existing[1] if existing else 0)
+            except UpdateConflict:
+                continue  # another client got there first: look again
+        raise UpdateError(f"the update record of {name} kept changing; try again")
+
     @abstractmethod
     async def create_update(self, record: UpdateRecord, replacing: int = 0) -> int:
         """Store a new update record for ``record.name``: only if there is none
@@ -397,6 +450,11 @@ class Registry(ABC):
     async def updates(self) -> tuple[list[tuple[UpdateRecord, int]], dict[str, str]]:
         """Every readable update record with its version, by name, and name -> why for
         the records that cannot be read (reported, never raised: the engine goes on)."""
+
+    @abstractmethod
+    async def update_versions(self) -> dict[str, int]:
+        """name -> version of every update record, without reading the records (the
+        engine looks every half second and reads only those that changed)."""
 
     @abstractmethod
     async def advance_update(

@@ -649,6 +649,7 @@ async def test_an_update_record_is_created_once_and_replaced_only_when_read(regi
     assert newer > version and await registry.get_update("web@.service") == (done, newer)
     found, errors = await registry.updates()
     assert found == [(done, newer)] and errors == {}
+    assert await registry.update_versions() == {"web@.service": newer}
 
 
 async def test_an_update_step_is_fenced_conditional_and_replaces_units_with_it(registry: Registry) -> None:
