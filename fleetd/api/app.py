@@ -29,6 +29,7 @@ from fleetd.api.openapi import openapi_document
 from fleetd.api.revisions import get_revision, list_revisions
 from fleetd.api.state import STATE_WAITS, WaitSlots, get_state, list_states
 from fleetd.api.units import delete_unit, get_unit, list_units, put_unit
+from fleetd.api.updates import get_update, list_updates, post_update
 from fleetd.metrics import Metrics
 from fleetd.model.limits import MAX_REQUEST_BYTES
 from fleetd.registry.registry import Registry
@@ -91,6 +92,9 @@ def make_app(
         app.router.add_get(f"{prefix}/machines/{{machine}}/status/{{name}}", status)
         app.router.add_get(f"{prefix}/unplaceable", list_unplaceable)
         app.router.add_get(f"{prefix}/events", list_events)
+        app.router.add_get(f"{prefix}/updates", list_updates)
+        app.router.add_get(f"{prefix}/updates/{{name}}", get_update)
+        app.router.add_post(f"{prefix}/updates/{{name}}", post_update)
         app.router.add_get(f"{prefix}/discovery", discovery)
         app.router.add_get(f"{prefix}/openapi.json", openapi)
         app.router.add_route("*", prefix, no_method)

@@ -115,6 +115,18 @@ SCHEMAS: dict[str, Any] = {
             "nextPageToken": _STRING,
         },
     },
+    "UpdateRequest": {
+        "id": "UpdateRequest",
+        "type": "object",
+        "properties": {
+            "options": {"type": "array", "items": _ref("UnitOption")},
+            "revision": {"description": 'a kept revision number, or "previous"'},
+            "maxParallel": {"type": "integer"},
+            "minHealthy": {"type": "number"},
+            "healthyDeadline": {"type": "number"},
+            "autoRevert": {"type": "boolean"},
+        },
+    },
     "Error": {
         "id": "Error",
         "type": "object",
@@ -257,6 +269,24 @@ RESOURCES: dict[str, Any] = {
                 },
                 "response": _ref("EventPage"),
             }
+        }
+    },
+    "Updates": {
+        "methods": {
+            "List": {"httpMethod": "GET", "path": "updates", "description": "every unit's latest rolling update"},
+            "Create": {
+                "httpMethod": "POST",
+                "path": "updates/{unitName}",
+                "description": "start a rolling update (options) or rollback (revision) of a unit",
+                "parameters": {"unitName": {"type": "string", "location": "path", "required": True}},
+                "request": _ref("UpdateRequest"),
+            },
+            "Get": {
+                "httpMethod": "GET",
+                "path": "updates/{unitName}",
+                "description": "the record of a unit's latest rolling update",
+                "parameters": {"unitName": {"type": "string", "location": "path", "required": True}},
+            },
         }
     },
     "Discovery": {"methods": {"Get": {"httpMethod": "GET", "path": "discovery"}}},

@@ -43,6 +43,16 @@ from fleetd.model.limits import (
 )
 from fleetd.model.names import MAX_NAME_LENGTH, UNIT_SUFFIXES
 from fleetd.model.unit import DesiredState
+from fleetd.model.update import (
+    DEFAULT_HEALTHY_DEADLINE,
+    DEFAULT_MAX_PARALLEL,
+    DEFAULT_MIN_HEALTHY,
+    MAX_HEALTHY_DEADLINE,
+    MAX_MIN_HEALTHY,
+    MAX_PARALLEL_LIMIT,
+    Phase,
+    UpdateState,
+)
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -274,6 +284,96 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "events": {"type": "array", "items": _schema("HistoryEvent")},
             "nextPageToken": _string("present when there may be more; pass it back for the next page", minLength=1),
+        },
+    },
+    "UpdateRequest": {
+        "description": (
+            "The body of POST /updates/{unitName}: either the unit's new body (options: an update) "
+            'or a kept revision to return to (revision: its number, or "previous": a rollback). The '
+            "parameters are optional. The options follow the unit-file rules of docs/units.md (the patterns "
+            "here are their gist)."
+        ),
+        "type": "object",
+        "oneOf": [{"required": ["options"]}, {"required": ["revision"]}],
+        "additionalProperties": False,
+        "properties": {
+            "options": {"type": "array", "minItems": 1, "maxItems": 64, "items": _schema("UpdateOption")},
+            "revision": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 9_999_999_999}, {"const": "previous"}]},
+            "maxParallel": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_PARALLEL_LIMIT,
+                "description": f"instances replaced at once (default {DEFAULT_MAX_PARALLEL})",
+            },
+            "minHealthy": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": MAX_MIN_HEALTHY,
+                "description": (
+                    f"seconds an instance must stay active on the new body (default {DEFAULT_MIN_HEALTHY:g})"
+                ),
+            },
+            "healthyDeadline": {
+                "type": "number",
+                "minimum": 0.1,
+                "maximum": MAX_HEALTHY_DEADLINE,
+                "description": (
+                    "seconds from an instance's replace to its being healthy before the update stops "
+                    f"(default {DEFAULT_HEALTHY_DEADLINE:g}); at least minHealthy"
+                ),
+            },
+            "autoRevert": {"type": "boolean", "description": "revert the changed instances when it stops (default)"},
+        },
+    },
+    "UpdateOption": {
+        "description": "One Name=Value line of a [Section] of the new unit file.",
+        "type": "object",
+        "required": ["section", "name", "value"],
+        "additionalProperties": False,
+        "properties": {
+            "section": _string(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,30}[A-Za-z0-9]$"),
+            "name": _string(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,30}$"),
+            "value": _string(pattern=r"^([!-\[\]-~]([ -~]{0,60}[!-\[\]-~])?)?$"),
+        },
+    },
+    "Update": {
+        "description": "A rolling update's record, as the engine leader keeps it.",
+        "type": "object",
+        "required": ["name", "kind", "state", "reason", "target", "targetHash", "instances", "params", "counts"],
+        "properties": {
+            "name": _string(),
+            "kind": _string(enum=["update", "rollback"]),
+            "template": {"type": "boolean"},
+            "state": _string(
+                "pending until the engine takes it up; running; reverting; then finished, reverted or failed",
+                enum=[str(s) for s in UpdateState],
+            ),
+            "reason": _string("why it stopped (empty otherwise)"),
+            "target": {"type": "array", "items": _schema("UnitOption")},
+            "targetHash": _string(),
+            "targetRevision": {"type": ["integer", "null"]},
+            "params": {"type": "object"},
+            "bodies": {"type": "object"},
+            "instances": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "phase", "since", "previousRevision", "previousHash"],
+                    "properties": {
+                        "name": _string(),
+                        "phase": _string(enum=[str(p) for p in Phase]),
+                        "since": {"type": "number"},
+                        "previousRevision": {"type": "integer"},
+                        "previousHash": _string(),
+                    },
+                },
+            },
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "created": {"type": "number"},
+            "changed": {"type": "number"},
+            "createdAt": _string(),
+            "changedAt": _string(),
+            "origin": _string(),
         },
     },
     "UnitState": {
@@ -818,6 +918,65 @@ PATHS: dict[str, Any] = {
             ],
             "responses": _responses({"200": _json("a page of events", _schema("EventPage"))}, "400"),
         }
+    },
+    "/fleet/v1/updates": {
+        "get": {
+            "operationId": "Updates.List",
+            "summary": "every unit's latest rolling update record (beyond fleet)",
+            "responses": _responses(
+                {
+                    "200": _json(
+                        "the records, and the names of any that cannot be read",
+                        {
+                            "type": "object",
+                            "required": ["updates", "unreadable"],
+                            "properties": {
+                                "updates": {"type": "array", "items": _schema("Update")},
+                                "unreadable": {"type": "object", "additionalProperties": _string()},
+                            },
+                        },
+                    )
+                }
+            ),
+        },
+    },
+    "/fleet/v1/updates/{unitName}": {
+        "parameters": [_param("unitName")],
+        "get": {
+            "operationId": "Updates.Get",
+            "summary": "the record of a unit's latest rolling update (beyond fleet)",
+            "responses": _responses(
+                {"200": _json("the record", _schema("Update")), "404": _error("the unit never had an update")},
+                "400",
+                "409",
+            ),
+        },
+        "post": {
+            "operationId": "Updates.Create",
+            "summary": "start a rolling update or rollback of a unit (beyond fleet)",
+            "description": (
+                "Writes the update's record and nothing else; the engine leader replaces at most maxParallel "
+                "instances at a time, each healthy (active on the new body for minHealthy seconds) before the "
+                "next, and stops when one is not healthy within healthyDeadline, reverting what it changed "
+                "unless autoRevert is false. Follow it with GET /updates/{unitName}. 400: a bad body, an "
+                "instance, a global unit, a plain unit that is not launched, the body it already has; 404: no "
+                "such unit or revision; 409: an update of the unit is in progress. Nothing is written then."
+            ),
+            "requestBody": {"required": True, "content": {JSON: {"schema": _schema("UpdateRequest")}}},
+            "responses": _responses(
+                {
+                    "201": _json(
+                        "the record as written (state pending)",
+                        _schema("Update"),
+                        {"GetUpdate": _link("Updates.Get", unitName="$request.path.unitName")},
+                    )
+                },
+                "400",
+                "404",
+                "409",
+                "413",
+            ),
+        },
     },
     "/fleet/v1/unplaceable": {
         "get": {

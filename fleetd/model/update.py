@@ -153,6 +153,8 @@ def check_params(
     auto_revert: Any = True,
 ) -> UpdateParams:
     """Validated parameters (``UpdateError`` naming the bad one): they come from a client."""
+    if isinstance(max_parallel, float) and max_parallel.is_integer() and abs(max_parallel) < 2**53:
+        max_parallel = int(max_parallel)  # JSON's 3.0 is a whole number (JSON Schema agrees)
     if isinstance(max_parallel, bool) or not isinstance(max_parallel, int):
         raise UpdateError("maxParallel must be a whole number")
     if not 1 <= max_parallel <= MAX_PARALLEL_LIMIT:
@@ -167,8 +169,8 @@ def check_params(
             raise UpdateError(f"{label} must be between {low:g} and {high:g} seconds")
     if not isinstance(auto_revert, bool):
         raise UpdateError("autoRevert must be true or false")
-    if healthy_deadline < min_healthy:
-        raise UpdateError("healthyDeadline must be at least minHealthy")
+    # a deadline shorter than min_healthy is allowed (each bound alone is checked): such an
+    # update stops at its first instance, which is what was asked
     return UpdateParams(max_parallel, float(min_healthy), float(healthy_deadline), auto_revert)
 
 

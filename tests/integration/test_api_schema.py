@@ -31,6 +31,7 @@ from fleetd.api.openapi import openapi_document
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
+from fleetd.model.update import UpdateParams
 from fleetd.registry.etcd import EtcdConfig
 from fleetd.registry.etcd_registry import connect
 from fleetd.registry.memory import MemoryRegistry
@@ -60,12 +61,16 @@ CHECKS = ",".join(
 # negative_data_rejection also takes 413 (a body or list larger than a limit is refused so)
 # and 415 (a unit PUT without Content-Type: application/json, as fleet refuses it);
 # half the names drawn are the seeded ones, so reads, writes and deletes find something
+# launched units a rolling update may start on: each once (no engine runs here to end it)
+ROLLABLE_UNITS = [f"roll{i}.service" for i in range(1, 9)]
+ROLLABLE = ", ".join(f'"{name}"' for name in ROLLABLE_UNITS)
 CONFIG = f"""\
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "404", "405", "409", "413", "415", "429"]
 
 [dictionaries.units]
-values = ["hello.service", "web@.service", "web@1.service", "web@2.service", "everywhere.service", "missing.service"]
+values = ["hello.service", "web@.service", "web@1.service", "web@2.service", "everywhere.service", "missing.service",
+          {ROLLABLE}]
 
 [dictionaries.machines]
 values = ["{LOCAL}", "{OTHER}"]
@@ -79,6 +84,7 @@ values = [1, 2]
 "query.unitName" = {{ dictionary = "units", probability = 0.5 }}
 "path.machineID" = {{ dictionary = "machines", probability = 0.7 }}
 "query.machineID" = {{ dictionary = "machines", probability = 0.5 }}
+
 """
 
 SERVICE = "[Unit]\nDescription=hello\n\n[Service]\nExecStart=/bin/sleep infinity\n"
@@ -97,6 +103,7 @@ async def _seed(registry: Registry) -> None:
         (StoredUnit("web@1.service", parse_unit_file(TEMPLATE), DesiredState.LOADED, 1), False),
         (StoredUnit("everywhere.service", parse_unit_file(GLOBAL), DesiredState.LAUNCHED, 1), True),
     ]
+    units += [(StoredUnit(name, parse_unit_file(SERVICE), DesiredState.LAUNCHED, 1), False) for name in ROLLABLE_UNITS]
     await registry.create_units(units)
     leadership = await registry.acquire_leadership(LOCAL, lease)
     assert leadership is not None
@@ -105,6 +112,8 @@ async def _seed(registry: Registry) -> None:
         (OTHER, ScheduledUnit("web@1.service", parse_unit_file(TEMPLATE), DesiredState.LOADED)),
     ]
     await registry.apply_schedule(leadership, placed, [], {"stuck.service": "no machine has metadata region=mars"})
+    # a rolling update in progress (no engine here: it stays pending), so reading one finds it
+    await registry.begin_update("web@.service", parse_unit_file(SERVICE), UpdateParams(), time.time())
     hello_hash = parse_unit_file(SERVICE).hash()
     await registry.publish_states(
         LOCAL, lease, [UnitState("hello.service", LOCAL, hello_hash, "loaded", "active", "running")]

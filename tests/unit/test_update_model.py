@@ -79,7 +79,6 @@ def test_an_instance_is_refused_naming_its_template() -> None:
         ({"min_healthy": float("nan")}, "minHealthy"),
         ({"healthy_deadline": 10**9}, "healthyDeadline"),
         ({"healthy_deadline": "5m"}, "healthyDeadline"),
-        ({"min_healthy": 20, "healthy_deadline": 10}, "at least minHealthy"),
         ({"auto_revert": "yes"}, "autoRevert"),
     ],
 )
