@@ -143,6 +143,15 @@ class Cluster(Protocol):
         """One revision with its ``options``; None when it is not kept."""
         ...
 
+    def start_update(self, name: str, body: Record) -> Record:
+        """Start a rolling update or rollback of ``name`` (``POST /updates/{name}``'s body:
+        options or revision, and parameters); the record as written."""
+        ...
+
+    def update_record(self, name: str) -> Record | None:
+        """The record of ``name``'s latest rolling update; None when it never had one."""
+        ...
+
     def follow_events(self, unit: str | None = None) -> Iterator[Record]:
         """The history, then each new event as it is recorded, without end."""
         ...
@@ -257,6 +266,18 @@ class ApiClient:
 
     def unit_revision(self, name: str, number: int) -> Record | None:
         response = self.request("GET", f"/units/{_quote(name)}/revisions/{int(number)}")
+        if response.status == 404:
+            return None
+        return self._check(response, 200).json()
+
+    def start_update(self, name: str, body: Record) -> Record:
+        response = self.request("POST", f"/updates/{_quote(name)}", body)
+        if response.status == 404 and "not found: POST" in error_message(response.status, response.body):
+            raise FleetctlError("this fleetd has no rolling updates (POST /updates): upgrade it")
+        return self._check(response, 201).json()
+
+    def update_record(self, name: str) -> Record | None:
+        response = self.request("GET", f"/updates/{_quote(name)}")
         if response.status == 404:
             return None
         return self._check(response, 200).json()

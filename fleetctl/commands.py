@@ -136,6 +136,26 @@ _ATTEMPTS = Flag(
     metavar="N",
 )
 
+_UPDATE = (
+    Flag("max-parallel", "int", "Replace at most N instances at a time.", 1, metavar="N"),
+    Flag(
+        "min-healthy",
+        "str",
+        "How long an instance must be active on its new body to count as healthy (e.g. 10s).",
+        "10s",
+        metavar="DURATION",
+    ),
+    Flag(
+        "healthy-deadline",
+        "str",
+        "Stop the update when an instance is not healthy this long after its replace (e.g. 5m).",
+        "5m",
+        metavar="DURATION",
+    ),
+    Flag("no-auto-revert", "bool", "When the update stops, leave the changed instances as they are.", False),
+    Flag("no-block", "bool", "Start the update and exit without following it.", False),
+)
+
 
 @dataclass(frozen=True)
 class Command:
@@ -216,6 +236,34 @@ COMMANDS: tuple[Command, ...] = (
         "started, stopped or failed, and which machines joined or were lost. With units (names or globs such "
         "as 'web@*'), only their events; a destroyed unit's history is still shown. --output json prints a "
         "list of {time, unit, machine, event, reason, revision} objects (with -f, one object per line).",
+    ),
+    Command(
+        "update",
+        "Replace a unit's body instance by instance, each healthy before the next",
+        "[options] <file>...",
+        "fleetctl.cmd_update:cmd_update",
+        (*_UPDATE,),
+        (("files", "+", "FILE"),),
+        "Rolling update: each FILE (a template such as web@.service, or a plain launched unit) becomes the "
+        "new body of every launched instance, at most --max-parallel at a time, each active on the new body "
+        "for --min-healthy before the next; then the template itself. An instance not healthy within "
+        "--healthy-deadline stops the update and, unless --no-auto-revert, returns the changed instances to "
+        "their previous bodies (exit status 1, with the reason). The engine leader carries it out: "
+        "interrupting fleetctl does not stop it. "
+        "Global units are not supported yet. See docs/updates.md.",
+    ),
+    Command(
+        "rollback",
+        "Return a unit to a kept revision by a rolling update",
+        "[options] <unit>",
+        "fleetctl.cmd_update:cmd_rollback",
+        (
+            Flag("to", "int", "The revision to return to (default: the one before the current).", None, metavar="N"),
+            *_UPDATE,
+        ),
+        (("unit", 1, "UNIT"),),
+        "A rolling update (as 'fleetctl update', with the same options) whose new body is the unit's kept "
+        "revision N (see 'fleetctl revisions'), by default the one before its current revision.",
     ),
     Command(
         "journal",

@@ -25,6 +25,8 @@ from fleetd.model.history import event_json, revision_events
 from fleetd.model.revisions import revision_json
 from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.submit import SubmitError, desired_state, submission
+from fleetd.model.unitfile import UnitFile
+from fleetd.model.update import ORIGIN_ROLLBACK, ORIGIN_UPDATE, UpdateError, check_params, update_json
 from fleetd.model.wire import machine_json, select_states, state_json, units_json, unreadable_unit_json
 from fleetd.registry import is_unavailable
 from fleetd.registry.etcd import EtcdConfig
@@ -198,6 +200,36 @@ class EtcdClient:
     def unit_revision(self, name: str, number: int) -> Record | None:
         found = self._run(self.registry.unit_revision(name, number))
         return None if found is None else {"name": name, **revision_json(found, with_options=True)}
+
+    def start_update(self, name: str, body: Record) -> Record:
+        """As ``POST /updates/{name}`` does it (fleetctl builds a valid body)."""
+        try:
+            params = check_params(
+                body.get("maxParallel", 1),
+                body.get("minHealthy", 10.0),
+                body.get("healthyDeadline", 300.0),
+                body.get("autoRevert", True),
+            )
+            if "options" in body:
+                target, kind, number = UnitFile.from_options(body["options"]), ORIGIN_UPDATE, None
+            else:
+                wanted = body.get("revision")
+                target, number = self._run(
+                    self.registry.rollback_target(name, None if wanted == "previous" else int(wanted))
+                )
+                kind = ORIGIN_ROLLBACK
+            record, _ = self._run(
+                self.registry.begin_update(
+                    name, target, params, time.time(), kind=kind, target_revision=number, origin=ORIGIN
+                )
+            )
+        except UpdateError as exc:
+            raise FleetctlError(str(exc)) from None
+        return update_json(record)
+
+    def update_record(self, name: str) -> Record | None:
+        found = self._run(self.registry.get_update(name))
+        return None if found is None else update_json(found[0])
 
     def events(self, unit: str | None = None) -> list[Record]:
         result: list[Record] = []

@@ -29,6 +29,7 @@ from fleetd.model.update import (
     ORIGIN_ROLLBACK,
     ORIGIN_UPDATE,
     UpdateError,
+    UpdateNotFound,
     check_params,
     update_json,
 )
@@ -56,20 +57,15 @@ async def _target(request: web.Request, name: str, body: dict[str, Any]) -> tupl
             raise ApiError(400, f"options: {exc}") from None
     registry = api_state(request).registry
     wanted = body["revision"]
-    if wanted == PREVIOUS:
-        unit = await registry.get_unit(name)
-        if unit is None:
-            raise ApiError(404, f"unit {name} not found")
-        older = [r for r in await registry.revisions(name) if r.revision < unit.revision]
-        if not older:
-            raise ApiError(404, f"unit {name} has no kept revision before its current one ({unit.revision})")
-        return older[-1].file, ORIGIN_ROLLBACK, older[-1].revision
-    if isinstance(wanted, bool) or not isinstance(wanted, int) or not 1 <= wanted <= 9_999_999_999:
+    if wanted != PREVIOUS and (
+        isinstance(wanted, bool) or not isinstance(wanted, int) or not 1 <= wanted <= 9_999_999_999
+    ):
         raise ApiError(400, f'revision must be a whole number of at least 1 or "{PREVIOUS}"')
-    kept = await registry.unit_revision(name, wanted)
-    if kept is None:
-        raise ApiError(404, f"unit {name} has no kept revision {wanted}")
-    return kept.file, ORIGIN_ROLLBACK, wanted
+    try:
+        file, number = await registry.rollback_target(name, None if wanted == PREVIOUS else wanted)
+    except UpdateNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    return file, ORIGIN_ROLLBACK, number
 
 
 async def post_update(request: web.Request) -> web.Response:
@@ -96,8 +92,7 @@ async def post_update(request: web.Request) -> web.Response:
             name, target, params, time.time(), kind=kind, target_revision=revision, origin=origin_of(request)
         )
     except UpdateError as exc:
-        status = 404 if str(exc).endswith("not found") else 400
-        raise ApiError(status, str(exc)) from None
+        raise ApiError(404 if isinstance(exc, UpdateNotFound) else 400, str(exc)) from None
     # UpdateConflict (another update in progress) is a RegistryError: the middleware's 409
     return web.json_response(update_json(record), status=201)
 

@@ -143,6 +143,10 @@ class UpdateError(ValueError):
     """A request for an update that cannot be carried out; the message says why."""
 
 
+class UpdateNotFound(UpdateError):
+    """The unit, or the revision to roll back to, does not exist (or is no longer kept)."""
+
+
 # -- creating one --------------------------------------------------------------------------
 
 
@@ -227,7 +231,7 @@ def new_update(
     instance (update its template), the body it already has."""
     info = parse_unit_name(name)
     if named is None:
-        raise UpdateError(f"unit {name} not found")
+        raise UpdateNotFound(f"unit {name} not found")
     if info.is_instance:
         raise UpdateError(f"{name} is an instance of {info.template}: update the template, {info.template}")
     if named.is_global or any(i.is_global for i in instances):
@@ -583,6 +587,7 @@ __all__ = [
     "Phase",
     "Step",
     "UpdateError",
+    "UpdateNotFound",
     "UpdateParams",
     "UpdateRecord",
     "UpdateState",

@@ -37,6 +37,7 @@ from fleetd.model.unitfile import UnitFile
 from fleetd.model.update import (
     ORIGIN_UPDATE,
     UpdateError,
+    UpdateNotFound,
     UpdateParams,
     UpdateRecord,
     check_target,
@@ -433,6 +434,22 @@ class Registry(ABC):
             except UpdateConflict:
                 continue  # another client got there first: look again
         raise UpdateError(f"the update record of {name} kept changing; try again")
+
+    async def rollback_target(self, name: str, number: int | None = None) -> tuple[UnitFile, int]:
+        """The body of kept revision ``number`` of ``name`` and its number; None: the newest
+        kept one before the unit's current revision. ``UpdateNotFound`` says what is missing."""
+        if number is None:
+            unit = await self.get_unit(name)
+            if unit is None:
+                raise UpdateNotFound(f"unit {name} not found")
+            older = [r for r in await self.revisions(name) if r.revision < unit.revision]
+            if not older:
+                raise UpdateNotFound(f"unit {name} has no kept revision before its current one ({unit.revision})")
+            return older[-1].file, older[-1].revision
+        kept = await self.unit_revision(name, number)
+        if kept is None:
+            raise UpdateNotFound(f"unit {name} has no kept revision {number}")
+        return kept.file, number
 
     @abstractmethod
     async def create_update(self, record: UpdateRecord, replacing: int = 0) -> int:
