@@ -230,21 +230,26 @@ def new_update(
     plain unit that is not launched (there is nothing to watch become healthy), an
     instance (update its template), the body it already has."""
     info = parse_unit_name(name)
-    if named is None:
-        raise UpdateNotFound(f"unit {name} not found")
     if info.is_instance:
         raise UpdateError(f"{name} is an instance of {info.template}: update the template, {info.template}")
-    if named.is_global or any(i.is_global for i in instances):
+    instances = list(instances)
+    # a template need not be stored: instances started from a local template file are
+    # units of their own (the template is then left absent when the update finishes)
+    if named is None and not (info.is_template and instances):
+        raise UpdateNotFound(f"unit {name} not found")
+    if (named is not None and named.is_global) or any(i.is_global for i in instances):
         raise UpdateError(f"a rolling update of a global unit ({name}) is not supported yet")
     if info.is_template:
         chosen = sorted((i for i in instances if i.launched), key=lambda i: _instance_key(i.name))
     else:
+        assert named is not None
         if not named.launched:
             raise UpdateError(f"unit {name} is not launched: a rolling update needs running instances")
         chosen = [named]
     if len(chosen) > MAX_INSTANCES:
         raise UpdateError(f"{len(chosen)} instances: at most {MAX_INSTANCES} in one update")
-    if named.file.hash() == target.hash() and all(i.file.hash() == target.hash() for i in chosen):
+    same = named is None or named.file.hash() == target.hash()
+    if same and all(i.file.hash() == target.hash() for i in chosen):
         raise UpdateError(f"{name} already has this body")
     bodies: dict[str, UnitFile] = {}
     progress: dict[str, InstanceProgress] = {}

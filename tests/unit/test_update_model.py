@@ -204,3 +204,11 @@ def test_large_steps_are_split_so_one_transaction_holds_each() -> None:
     assert len(step.replaces) == 2 * STEP_UNITS - STEP_UNITS
     assert [e.event for e in step.events] == [EventKind.UPDATE_REVERTED]
     assert "40 instances reverted" in step.events[0].reason
+
+
+def test_a_template_that_is_not_stored_updates_its_instances() -> None:
+    instances = [Current("web@1.service", OLD, 1, True)]
+    record = new_update("web@.service", NEW, None, instances, UpdateParams(), 1.0)
+    assert list(record.instances) == ["web@1.service"] and record.template
+    with pytest.raises(UpdateError, match="not found"):
+        new_update("web@.service", NEW, None, [], UpdateParams(), 1.0)
