@@ -198,7 +198,9 @@ class _State:
         yield _gauge("fleet_machines_total", "Live machines in the cluster.", len(view.machines))
         yield _gauge("fleet_units_unplaceable", "Units the engine cannot place.", len(engine.reasons))
         yield _gauge("fleet_units_unreadable", "Unit records that cannot be read.", len(view.invalid))
-        yield _gauge("fleet_engine_updates_in_progress", "Rolling updates in progress (always 0: not built yet).", 0)
+        updater = getattr(engine, "updater", None)  # the term's rolling updates (from its last look)
+        running = updater.running if updater is not None else 0
+        yield _gauge("fleet_engine_updates_in_progress", "Rolling updates pending, running or reverting.", running)
 
 
 def _gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:

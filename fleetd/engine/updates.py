@@ -61,6 +61,11 @@ class Updater:
         self._active_since: dict[str, dict[str, float]] = {}
         self.steps = 0  # written steps (for tests)
 
+    @property
+    def running(self) -> int:
+        """Updates not yet ended, as of the last look (the metrics' gauge)."""
+        return sum(1 for _, record in self._known.values() if record is not None and not record.state.final)
+
     async def run(self, lost: asyncio.Event, wake: asyncio.Event) -> None:
         """Until cancelled (the term ends). A write that finds the term over sets ``lost``
         and ``wake`` (the engine's plan loop then steps down, as for a refused schedule)."""

@@ -228,3 +228,19 @@ async def test_an_unreadable_record_is_reported_and_other_updates_go_on(
         assert runner.leading.is_set()
     assert record.state is UpdateState.FINISHED  # type: ignore[attr-defined]
     assert "rolling update of db.service: unreadable record" in caplog.text
+
+
+async def test_the_leader_exports_how_many_updates_are_in_progress(cluster: tuple[MemoryRegistry, FakeAgents]) -> None:
+    registry, _ = cluster
+    params = check_params(max_parallel=1, min_healthy=0.3, healthy_deadline=10)
+    async with engine(registry) as runner:
+        runner.metrics.engine = runner
+
+        def gauge() -> float | None:
+            return runner.metrics.registry.get_sample_value("fleet_engine_updates_in_progress")
+
+        await wait_until_async(lambda: gauge() == 0, 5, "the leader to export 0 updates")
+        await registry.begin_update("web@.service", NEW, params, 1.0)
+        await wait_until_async(lambda: gauge() == 1, 5, "one update in progress")
+        await final_record(registry)
+        await wait_until_async(lambda: gauge() == 0, 5, "none in progress once it finished")
