@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import parse_unit_file
 from fleetd.registry.registry import Registry
 from fleetd.settings import Settings
+from fleetlab.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +138,29 @@ def test_bad_arguments_are_refused(fleet: Fleet, tmp_path: Path, argv: list[str]
     (tmp_path / "web@.service").write_text(V2)
     result = fleetctl(*argv, env=env, cwd=tmp_path)
     assert result.code != 0 and fragment in result.err
+
+
+def test_a_fleetctl_killed_while_following_neither_loses_nor_repeats_the_update(cluster: Fleet, tmp_path: Path) -> None:
+    (tmp_path / "web@.service").write_text(V2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+    env["FLEETCTL_ENDPOINT"] = cluster.add_api(M1, token=None).unix
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    argv = [sys.executable, "-m", "fleetctl.main", "update", "--min-healthy=0.5s", "web@.service"]
+    follower = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert "started: 3 instances" in follower.stdout.readline()  # the record is written
+    finally:
+        follower.send_signal(signal.SIGKILL)
+        follower.wait(10)
+    registry = cluster.registry
+    assert registry is not None
+
+    def ended() -> str | None:
+        found = cluster.run(registry.get_update("web@.service"))
+        return str(found[0].state) if found is not None and found[0].state.final else None
+
+    assert wait_until(ended, 20, "the update to end without its fleetctl") == "finished"
+    # each instance replaced exactly once, then the template
+    v2 = parse_unit_file(V2).contents
+    assert bodies(cluster) == dict.fromkeys(["web@.service", *NAMES], (v2, 2))
