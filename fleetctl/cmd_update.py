@@ -1,4 +1,5 @@
-"""``fleetctl update FILE...`` and ``fleetctl rollback UNIT``: rolling updates.
+"""``fleetctl update FILE...``, ``fleetctl rollback UNIT`` and ``fleetctl update-status
+UNIT``: rolling updates.
 
 Both only ask for an update (``POST /fleet/v1/updates/{unit}``) and follow its record
 (``GET /fleet/v1/updates/{unit}``): the engine leader carries it out, so a fleetctl that
@@ -18,7 +19,8 @@ from fleetctl.arguments import unit_name
 from fleetctl.client import Record
 from fleetctl.context import Context
 from fleetctl.errors import FleetctlError, UsageError
-from fleetctl.unit_plan import read_unit_file
+from fleetctl.output import dump_json
+from fleetctl.unit_plan import read_unit_file, report
 from fleetctl.waiting import Progress
 
 POLL = 0.5  # seconds between looks at a record being followed
@@ -73,6 +75,37 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
         raise UsageError("--to must be a revision number (1 or more)", "rollback")
     body = {"revision": "previous" if args.to is None else args.to, **_params(args, "rollback")}
     return _run(ctx, [(name, body)], args.no_block, "rollback")
+
+
+def cmd_update_status(ctx: Context, args: argparse.Namespace) -> int:
+    """Where a unit's latest update stands; with --wait, follow it to its end (the way
+    back after the fleetctl that started it was interrupted)."""
+    try:
+        name = unit_name(args.unit[0])
+    except FleetctlError as exc:
+        raise UsageError(str(exc), "update-status") from None
+    record = ctx.cluster.update_record(name)
+    if record is None:
+        return report(ctx, [f"unit {name} has no update"])
+    if args.wait and str(record.get("state")) not in FINAL:
+        return _follow(ctx, name)
+    if args.output == "json":
+        ctx.out.write(dump_json(record))
+    else:
+        ctx.print(_summary(name, record))
+        for instance in record.get("instances") or []:
+            ctx.print(
+                f"  {instance.get('name')}\t{instance.get('phase')}\t(was revision {instance.get('previousRevision')})"
+            )
+    state = str(record.get("state"))
+    return 1 if state in ("reverted", "failed") else 0
+
+
+def _summary(name: str, record: Record) -> str:
+    revision = record.get("targetRevision")
+    target = f"revision {revision}" if revision else f"body {str(record.get('targetHash') or '')[:7]}"
+    reason = f": {record.get('reason')}" if record.get("reason") else ""
+    return f"{record.get('kind')} of {name} to {target}: {record.get('state')}{reason}"
 
 
 def _run(ctx: Context, bodies: list[tuple[str, Record]], no_block: bool, what: str) -> int:
@@ -130,4 +163,4 @@ def _follow(ctx: Context, name: str) -> int:
         time.sleep(POLL)
 
 
-__all__ = ["cmd_rollback", "cmd_update", "parse_duration"]
+__all__ = ["cmd_rollback", "cmd_update", "cmd_update_status", "parse_duration"]

@@ -266,6 +266,20 @@ COMMANDS: tuple[Command, ...] = (
         "revision N (see 'fleetctl revisions'), by default the one before its current revision.",
     ),
     Command(
+        "update-status",
+        "Show where a unit's latest rolling update stands",
+        "[options] <unit>",
+        "fleetctl.cmd_update:cmd_update_status",
+        (
+            Flag("wait", "bool", "Follow the update until it ends (exit status 1 when it stopped).", False),
+            Flag("output", "choice", "Output format: table or json.", "table", short="o", choices=("table", "json")),
+        ),
+        (("unit", 1, "UNIT"),),
+        "Prints the state of the unit's latest update or rollback (and why it stopped), and each "
+        "instance's phase; --output json prints the record. With --wait, follows an update still in "
+        "progress as 'fleetctl update' does: the way back to it after that fleetctl was interrupted.",
+    ),
+    Command(
         "journal",
         "Print the journal of a unit in the cluster to stdout",
         "[options] <unit>",

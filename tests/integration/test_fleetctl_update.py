@@ -160,7 +160,17 @@ def test_a_fleetctl_killed_while_following_neither_loses_nor_repeats_the_update(
         found = cluster.run(registry.get_update("web@.service"))
         return str(found[0].state) if found is not None and found[0].state.final else None
 
+    # another fleetctl follows it to its end
+    env_api = {"FLEETCTL_ENDPOINT": env["FLEETCTL_ENDPOINT"]}
+    result = fleetctl("update-status", "--wait", "web@.service", env=env_api)
+    assert result.code == 0 and "finished" in result.out, result.err
     assert wait_until(ended, 20, "the update to end without its fleetctl") == "finished"
+    status = fleetctl("update-status", "web@.service", env=env_api)
+    assert status.code == 0 and status.out.startswith("update of web@.service to body")
+    assert status.out.count("\thealthy\t") == 3
+    assert fleetctl("update-status", "-o", "json", "web@.service", env=env_api).out.count('"phase"') == 3
+    missing = fleetctl("update-status", "web@1.service", env=env_api)
+    assert missing.code == 1 and "unit web@1.service has no update" in missing.err
     # each instance replaced exactly once, then the template
     v2 = parse_unit_file(V2).contents
     assert bodies(cluster) == dict.fromkeys(["web@.service", *NAMES], (v2, 2))
