@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetlab.fleetcluster import FleetCluster
+from fleetlab.fleetcluster import FleetCluster, FleetHost
 from fleetlab.wait import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -49,10 +49,12 @@ Conflicts=web@*.service
 """
 
 
-def fleetctl(cluster: FleetCluster, cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def fleetctl(
+    cluster: FleetCluster, cwd: Path, *args: str, timeout: float = 60, host: FleetHost | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
     env["PYTHONPATH"] = str(ROOT)
-    env["FLEETCTL_ENDPOINT"] = cluster.hosts[0].endpoint
+    env["FLEETCTL_ENDPOINT"] = (host or cluster.hosts[0]).endpoint
     return subprocess.run(
         [sys.executable, "-m", "fleetctl.main", *args],
         cwd=cwd,
@@ -152,3 +154,31 @@ def test_an_update_that_cannot_stay_up_is_reverted_and_fleetctl_says_why(cluster
     assert revisions(cluster) == {"web@1.service": 3, "web@2.service": 1, "web@3.service": 1}
     history = fleetctl(cluster, launched, "history", "-o", "json", "web@.service", "web@1.service")
     assert "update-reverted" in history.stdout and "update revert" in history.stdout
+
+
+def test_the_engine_leader_lost_mid_update_the_next_one_finishes_it_without_repeating_a_step(
+    cluster: FleetCluster, launched: Path
+) -> None:
+    (launched / "web@.service").write_text(BODY.format(version="v2"))
+    with Sampler(cluster) as sampler:
+        result = fleetctl(cluster, launched, "update", "--no-block", "--min-healthy=2s", "web@.service")
+        assert result.returncode == 0, result.stderr
+
+        def one_healthy() -> bool:
+            return cluster.api("/fleet/v1/updates/web@.service")["counts"]["healthy"] >= 1
+
+        wait_until(one_healthy, 30, "one instance healthy")
+        leader_id = cluster.engine_leader()
+        leader = next(h for h in cluster.hosts if h.machine_id == leader_id)
+        leader.kill_fleetd()  # SIGKILL: its engine lease runs out; systemd restarts it after 1 s
+        other = next(h for h in cluster.hosts if h is not leader)
+        follow = fleetctl(cluster, launched, "update-status", "--wait", "web@.service", host=other)
+    print(
+        f"\nleader {leader.name} killed mid-update; the update {follow.stdout.strip()!r}; "
+        f"new leader {cluster.engine_leader()}; min active {min(sampler.counts)} over {len(sampler.counts)} samples"
+    )
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    assert "finished" in follow.stdout
+    assert min(sampler.counts) >= 2, sampler.counts
+    wait_until(lambda: set(descriptions(cluster).values()) == {f"v2 {i}" for i in (1, 2, 3)}, 20, "v2 everywhere")
+    assert revisions(cluster) == dict.fromkeys(NAMES, 2)  # each instance replaced exactly once
