@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # none does (how soon a new update starts)
 UPDATE_POLL = 0.2
 IDLE_POLL = 0.5
+# up to this many instances waited for are read one by one, more in one read of all states
+FEW = 16
 
 
 class Updater:
@@ -114,9 +116,14 @@ class Updater:
 
     async def _advance(self, record: UpdateRecord, version: int) -> None:
         waiting = [name for name, p in record.instances.items() if p.phase is Phase.UPDATING]
-        states: dict[str, list[UnitState]] = {}
-        for name in waiting:
-            states[name] = await self.registry.unit_states(name)
+        states: dict[str, list[UnitState]] = {name: [] for name in waiting}
+        if len(waiting) <= FEW:  # a few reads of one unit each, else one read of them all
+            for name in waiting:
+                states[name] = await self.registry.unit_states(name)
+        elif waiting:
+            for state in await self.registry.unit_states():
+                if state.name in states:
+                    states[state.name].append(state)
         now = self.clock()
         seen = observe(record, states, self._active_since.get(record.name, {}), now)
         self._active_since[record.name] = seen

@@ -244,3 +244,42 @@ async def test_the_leader_exports_how_many_updates_are_in_progress(cluster: tupl
         await wait_until_async(lambda: gauge() == 1, 5, "one update in progress")
         await final_record(registry)
         await wait_until_async(lambda: gauge() == 0, 5, "none in progress once it finished")
+
+
+async def test_an_update_of_many_instances_goes_a_step_at_a_time_and_reads_their_states_at_once() -> None:
+    from fleetd.engine.updates import FEW, Updater
+    from fleetd.model.update import STEP_UNITS
+
+    registry = MemoryRegistry()
+    names = [f"big@{i}.service" for i in range(1, 2 * STEP_UNITS + 1)]
+    assert len(names) > FEW
+    for name in names:
+        await registry.create_unit(StoredUnit(name, OLD, DesiredState.LAUNCHED, 1), False, "test")
+    lease = await registry.grant_lease(600)
+    leadership = await registry.acquire_leadership("e1", lease)
+    assert leadership is not None
+    now = [100.0]
+    updater = Updater(registry, leadership, None, clock=lambda: now[0])
+    params = check_params(max_parallel=len(names), min_healthy=1, healthy_deadline=60)
+    await registry.begin_update("big@.service", NEW, params, now[0])
+
+    async def counts() -> dict[str, int]:
+        found = await registry.get_update("big@.service")
+        assert found is not None
+        return found[0].counts()
+
+    await updater.pass_once()
+    assert (await counts())["updating"] == STEP_UNITS  # one transaction's worth
+    await updater.pass_once()
+    assert (await counts())["updating"] == len(names)
+    active = [UnitState(name, MACHINE, NEW.hash(), "loaded", "active", "running") for name in names]
+    await registry.publish_states(MACHINE, lease, active)
+    requests = registry.requests
+    await updater.pass_once()  # seen active: the clock starts
+    assert registry.requests - requests < 10  # the states in one read, not one each
+    now[0] += 1.5
+    await updater.pass_once()  # healthy, and the update finishes
+    await updater.pass_once()
+    found = await registry.get_update("big@.service")
+    assert found is not None and found[0].state is UpdateState.FINISHED
+    assert {(await registry.get_unit(name)).revision for name in names} == {2}  # type: ignore[union-attr]
