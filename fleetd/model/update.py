@@ -27,11 +27,11 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from fleetd.model.history import EventKind, HistoryEvent
+from fleetd.model.history import EventKind, HistoryEvent, event_time
 from fleetd.model.names import parse_unit_name
 from fleetd.model.requirements import parse_requirements
 from fleetd.model.state import StoredUnit, UnitState
-from fleetd.model.unit import DesiredState
+from fleetd.model.unit import DesiredState, build_unit
 from fleetd.model.unitfile import UnitFile
 
 # defaults and bounds of the parameters (seconds); the bounds keep a hostile or mistyped
@@ -201,8 +201,6 @@ def current_of(unit: StoredUnit) -> Current:
 
 def check_target(name: str, target: UnitFile) -> None:
     """The target body must be one the unit could be submitted with (``UpdateError``)."""
-    from fleetd.model.unit import build_unit
-
     try:
         unit, _ = build_unit(name, target)
     except ValueError as exc:
@@ -573,8 +571,6 @@ def _file(options: Any, what: str) -> UnitFile:
 def update_json(record: UpdateRecord) -> dict[str, Any]:
     """The API's form: the stored one with the target's hash and the phase counts, the
     times in RFC 3339 beside the numbers (people read one, programs the other)."""
-    from fleetd.model.history import event_time
-
     body = encode_update(record)
     body["targetHash"] = record.target_hash
     body["counts"] = record.counts()
