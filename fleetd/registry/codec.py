@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from fleetd.model.history import HistoryEvent, decode_event, encode_event
 from fleetd.model.limits import MAX_PEER_CERT_BYTES
@@ -21,6 +21,8 @@ from fleetd.model.state import MachineState, StoredUnit, UnitState
 from fleetd.model.unit import DesiredState
 from fleetd.model.unitfile import UnitFile
 from fleetd.model.update import UpdateRecord, decode_update, encode_update
+
+T = TypeVar("T")
 
 
 class RecordError(ValueError):
@@ -66,13 +68,19 @@ def encode_update_record(record: UpdateRecord) -> bytes:
     return dumps(encode_update(record))
 
 
-def decode_update_record(raw: bytes, what: str) -> UpdateRecord:
+def _checked(raw: bytes, what: str, decode: Callable[[dict[str, Any]], T]) -> T:
+    """``decode`` of the JSON object in ``raw``; whatever it refuses becomes a RecordError
+    naming the record."""
     try:
-        return decode_update(_object(raw, what))
+        return decode(_object(raw, what))
     except RecordError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise RecordError(f"{what}: {exc}") from None
+
+
+def decode_update_record(raw: bytes, what: str) -> UpdateRecord:
+    return _checked(raw, what, decode_update)
 
 
 def encode_unit_revision(revision: UnitRevision) -> bytes:
@@ -80,12 +88,7 @@ def encode_unit_revision(revision: UnitRevision) -> bytes:
 
 
 def decode_unit_revision(raw: bytes, what: str) -> UnitRevision:
-    try:
-        return decode_revision(_object(raw, what))
-    except RecordError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise RecordError(f"{what}: {exc}") from None
+    return _checked(raw, what, decode_revision)
 
 
 def encode_machine(machine: MachineState) -> bytes:
@@ -177,13 +180,7 @@ def encode_history_event(event: HistoryEvent) -> bytes:
 
 
 def decode_history_event(raw: bytes, event_id: str) -> HistoryEvent:
-    what = f"event {event_id}"
-    try:
-        return decode_event(_object(raw, what), event_id)
-    except ValueError as exc:
-        if isinstance(exc, RecordError):
-            raise
-        raise RecordError(f"{what}: {exc}") from None
+    return _checked(raw, f"event {event_id}", lambda data: decode_event(data, event_id))
 
 
 class EventIds:
