@@ -36,9 +36,10 @@ from fleetd.registry.registry import Leadership, NotLeader, Registry, Unreadable
 log = logging.getLogger(__name__)
 
 # seconds between looks while an update runs (health is judged at this grain), and while
-# none does (how soon a new update starts)
+# none does (how soon a new update starts: at 0.5 s the looks alone cost an idle leader
+# 0.2 % of a core, measured with bench/agent_idle.py)
 UPDATE_POLL = 0.2
-IDLE_POLL = 0.5
+IDLE_POLL = 2.0
 # up to this many instances waited for are read one by one, more in one read of all states
 FEW = 16
 

@@ -471,7 +471,7 @@ class Registry(ABC):
     @abstractmethod
     async def update_versions(self) -> dict[str, int]:
         """name -> version of every update record, without reading the records (the
-        engine looks every half second and reads only those that changed)."""
+        engine looks every few seconds and reads only those that changed)."""
 
     @abstractmethod
     async def advance_update(
