@@ -21,7 +21,7 @@ from fleetctl.config import DEFAULT_ENDPOINT, Config, Endpoint, parse_endpoint
 from fleetctl.errors import FleetctlError, NotReachable
 from fleetctl.transport import Transport, learnt_transport
 from fleetd.model.batch import BatchError
-from fleetd.model.history import event_json, revision_events
+from fleetd.model.history import event_json
 from fleetd.model.revisions import revision_json
 from fleetd.model.state import StoredUnit, UnitState
 from fleetd.model.submit import SubmitError, desired_state, submission
@@ -132,16 +132,7 @@ class EtcdClient:
             request = submission(name, desired_state(desired), options, replace=replace, origin=ORIGIN)
         except SubmitError as exc:
             raise FleetctlError(str(exc)) from None
-        decision = self._run(self.registry.submit(request))
-        self._note_replaced([decision])
-
-    def _note_replaced(self, decisions: Sequence[Any]) -> None:
-        """History: a replaced body is ``revision-changed``, as the API records it (best
-        effort: the write is done)."""
-        events = revision_events(decisions, time.time())
-        if events:
-            with contextlib.suppress(FleetctlError):
-                self._run(self.registry.record_events(events))
+        self._run(self.registry.submit(request))
 
     def create_unit(self, name: str, options: list[Record], desired: str) -> None:
         self._put(name, options, desired, replace=False)
@@ -182,7 +173,6 @@ class EtcdClient:
 
         refused = self._run(submit(), extra=len(requests) / 100)
         if not isinstance(refused, BatchError):
-            self._note_replaced(refused)
             return {}
         problems = {p.name: p.message for p in refused.problems}
         written = set(refused.written)

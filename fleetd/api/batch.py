@@ -25,7 +25,7 @@ from aiohttp import web
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError
 from fleetd.api.params import parse_json
-from fleetd.api.revisions import note_replaced, origin_of
+from fleetd.api.revisions import origin_of
 from fleetd.model.batch import ABSENT, ACTION_WORDS, DESTROYED, BatchError, parse_batch
 from fleetd.model.limits import KIB, MAX_BATCH_BYTES, MAX_BATCH_UNITS
 from fleetd.model.submit import Refusal
@@ -102,7 +102,6 @@ async def post_batch(request: web.Request) -> web.Response:
         decisions = await registry.submit_many(wanted) if wanted else []
     except BatchError as exc:
         return refusal(exc)
-    await note_replaced(registry, decisions)
     results = [{"name": d.stored.name, "result": ACTION_WORDS[d.action]} for d in decisions]
     for decision in decisions:
         for warning in decision.warnings:

@@ -19,7 +19,7 @@ from aiohttp import web
 from fleetd.api.context import api_state
 from fleetd.api.errors import ApiError, refused
 from fleetd.api.params import json_body, listing, page, query_bool, unit_name
-from fleetd.api.revisions import note_replaced, origin_of
+from fleetd.api.revisions import origin_of
 from fleetd.model.errors import UnitFileError
 from fleetd.model.limits import MAX_UNIT_BYTES, options_size, too_large
 from fleetd.model.submit import Action, Refusal, Submission, SubmitError, desired_state, submission
@@ -127,7 +127,6 @@ async def _apply(registry: Registry, request: Submission, replace_asked: bool) -
     decision = await registry.submit(request)
     for warning in decision.warnings:
         log.info("unit %s: %s", request.name, warning)
-    await note_replaced(registry, [decision])
     if decision.action is Action.CREATE or (decision.action is Action.REPLACE and not replace_asked):
         return 201
     return 204

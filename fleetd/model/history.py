@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
+
+from fleetd.model.submit import Action, Decision
 
 
 class EventKind(StrEnum):
@@ -107,20 +109,23 @@ def decode_event(data: Any, event_id: str) -> HistoryEvent:
     return HistoryEvent(float(when), event, texts["unit"], texts["machine"], texts["reason"], revision, event_id)
 
 
-def revision_events(decisions: Iterable[Any], now: float) -> list[HistoryEvent]:
-    """``revision-changed`` for each replace among ``decisions`` (the model's
-    :class:`~fleetd.model.submit.Decision`): the new revision and who asked."""
-    from fleetd.model.submit import Action
+def revision_changed(name: str, revision: int, origin: str, now: float) -> HistoryEvent:
+    """``revision-changed``: unit ``name`` has a new body, revision ``revision``, written
+    by ``origin`` (a client, or an update step)."""
+    return HistoryEvent(
+        now,
+        EventKind.REVISION_CHANGED,
+        name,
+        "",
+        f"revision {revision} by {origin or 'an unknown client'}",
+        revision or None,
+    )
 
+
+def revision_events(decisions: Iterable[Decision], now: float) -> list[HistoryEvent]:
+    """``revision-changed`` for each replace among ``decisions``."""
     return [
-        HistoryEvent(
-            now,
-            EventKind.REVISION_CHANGED,
-            d.stored.name,
-            "",
-            f"revision {d.stored.revision} by {d.origin or 'an unknown client'}",
-            d.stored.revision or None,
-        )
+        revision_changed(d.stored.name, d.stored.revision, d.origin, now)
         for d in decisions
         if d.action is Action.REPLACE
     ]
@@ -131,8 +136,6 @@ def clipped(event: HistoryEvent) -> HistoryEvent:
     long error)."""
     if len(event.reason) <= MAX_REASON_CHARS and len(event.unit) <= MAX_NAME_CHARS:
         return event
-    from dataclasses import replace
-
     return replace(event, reason=event.reason[: MAX_REASON_CHARS - 1] + "…", unit=event.unit[:MAX_NAME_CHARS])
 
 
@@ -146,5 +149,6 @@ __all__ = [
     "encode_event",
     "event_json",
     "event_time",
+    "revision_changed",
     "revision_events",
 ]

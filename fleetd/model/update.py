@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from fleetd.model.history import EventKind, HistoryEvent, event_time
+from fleetd.model.history import EventKind, HistoryEvent, event_time, revision_changed
 from fleetd.model.names import parse_unit_name
 from fleetd.model.requirements import parse_requirements
 from fleetd.model.state import StoredUnit, UnitState
@@ -420,10 +420,7 @@ def _event(record: UpdateRecord, kind: EventKind, now: float, reason: str) -> Hi
 
 def replaced_events(revisions: Mapping[str, int], origin: str, now: float) -> list[HistoryEvent]:
     """``revision-changed`` for each unit an update step replaced, with its new revision."""
-    return [
-        HistoryEvent(now, EventKind.REVISION_CHANGED, name, "", f"revision {number} by {origin}", number or None)
-        for name, number in revisions.items()
-    ]
+    return [revision_changed(name, number, origin, now) for name, number in revisions.items()]
 
 
 # -- the stored form -----------------------------------------------------------------------

@@ -405,7 +405,9 @@ class EtcdRegistry(EtcdHistory, Registry):
             pending = [r for r in pending if r.name in overtaken]
         if pending:
             raise BatchError([Problem(r.name, Refusal.BUSY, gave_up(r.name).message) for r in pending], written)
-        return [done[r.name] for r in requests]
+        decisions = [done[r.name] for r in requests]
+        await self.note_replaced(decisions)
+        return decisions
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:
         etcd, keys = self._etcd, self._keys

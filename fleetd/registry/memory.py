@@ -288,6 +288,7 @@ class MemoryRegistry(Registry):
                     changes.append(((GLOBALS, unit.name), unit, 0))
         # one commit: the fake never splits a batch (etcd may, see Registry.submit_many)
         self._commit(changes)
+        await self.note_replaced(decisions)
         return decisions
 
     async def destroy_units(self, names: Sequence[str]) -> list[str]:

@@ -23,11 +23,13 @@ The guarantees every implementation gives:
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fleetd.model.history import HistoryEvent
+from fleetd.model.history import HistoryEvent, revision_events
 from fleetd.model.names import parse_unit_name
 from fleetd.model.revisions import UnitRevision
 from fleetd.model.state import MachineState, ScheduledUnit, StoredUnit, UnitState
@@ -56,6 +58,8 @@ from fleetd.registry.errors import (
     UnreadableRecord,
     UpdateConflict,
 )
+
+log = logging.getLogger("fleetd.registry")
 
 __all__ = [
     "ClusterRead",
@@ -219,8 +223,21 @@ class Registry(ABC):
                     await self.set_desired_state(name, request.desired)
                 except UnitNotFound:
                     continue
+            await self.note_replaced([decision])
             return decision
         raise gave_up(name)
+
+    async def note_replaced(self, decisions: Iterable[Decision]) -> None:
+        """History: each replace among ``decisions`` as ``revision-changed`` (the new
+        revision and who asked), for every writer of units alike (the API, fleetctl's etcd
+        driver). Best effort: the units are written already, so a failure is logged."""
+        events = revision_events(decisions, time.time())
+        if not events:
+            return
+        try:
+            await self.record_events(events)
+        except Exception as exc:  # noqa: BLE001 - the history must not fail a done write
+            log.warning("history: cannot record %d replaced units: %s", len(events), exc)
 
     @abstractmethod
     async def submit_many(self, requests: Sequence[Submission]) -> list[Decision]:

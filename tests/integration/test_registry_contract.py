@@ -604,6 +604,10 @@ async def test_each_body_is_a_revision_kept_up_to_the_limit_and_gone_with_the_un
     kept = await registry.revisions("r.service")
     assert [r.revision for r in kept] == list(range(4, 14)) and kept[-1].file == bodies[-1]
     assert (await registry.get_unit("r.service")).revision == 13  # type: ignore[union-attr]
+    # each replace, by submit or submit_many, is in the history with its revision
+    events, _, _ = await registry.events(unit="r.service")
+    changed = [(e.revision, e.reason) for e in events if e.event == "revision-changed"]
+    assert changed == [(n, f"revision {n} by an unknown client") for n in range(2, 14)]
     assert await registry.unit_revision("r.service", 3) is None
     await registry.destroy_unit("r.service")
     assert await registry.revisions("r.service") == []
