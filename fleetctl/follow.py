@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from fleetctl.client import Record
 from fleetctl.context import Context
 from fleetctl.errors import FleetctlError
+from fleetctl.output import is_global, machine_legend
 from fleetctl.transport import iter_lines
 from fleetd.model.state import short_id
 
@@ -88,8 +89,6 @@ class Follower:
                 self.broken_pipe.set()
 
     def legend(self, machine_id: str) -> str:
-        from fleetctl.output import machine_legend
-
         return machine_legend(machine_id, self.machines, False)
 
     # -- readers --------------------------------------------------------------------------
@@ -149,8 +148,6 @@ class Follower:
         record = cluster.unit(self.name)
         if record is None:
             return None, new_index
-        from fleetctl.output import is_global
-
         if is_global(record):
             where = {str(s.get("machineID")) for s in states if s.get("machineID")}
         else:

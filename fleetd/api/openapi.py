@@ -83,6 +83,20 @@ def _string(description: str = "", **extra: Any) -> dict[str, Any]:
     return schema
 
 
+def _page(field: str, item: str, token: str = "") -> dict[str, Any]:
+    """One page of a fleet list: ``field`` holds ``item`` objects, ``nextPageToken`` the
+    place to go on from (``token`` says when it is present)."""
+    return {
+        "type": "object",
+        "required": [field],
+        "additionalProperties": False,
+        "properties": {
+            field: {"type": "array", "items": _schema(item)},
+            "nextPageToken": _string(token, minLength=1),
+        },
+    }
+
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "description": "Every error fleetd answers, whatever the route (fleet's shape).",
@@ -255,15 +269,7 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
-    "UnitPage": {
-        "type": "object",
-        "required": ["units"],
-        "additionalProperties": False,
-        "properties": {
-            "units": {"type": "array", "items": _schema("Unit")},
-            "nextPageToken": _string("present when there are more; pass it back for the next page", minLength=1),
-        },
-    },
+    "UnitPage": _page("units", "Unit", "present when there are more; pass it back for the next page"),
     "HistoryEvent": {
         "type": "object",
         "required": ["time", "unit", "machine", "event", "reason", "revision"],
@@ -277,15 +283,7 @@ SCHEMAS: dict[str, Any] = {
             "revision": {"type": ["integer", "null"], "minimum": 0, "description": "the unit's revision, when known"},
         },
     },
-    "EventPage": {
-        "type": "object",
-        "required": ["events"],
-        "additionalProperties": False,
-        "properties": {
-            "events": {"type": "array", "items": _schema("HistoryEvent")},
-            "nextPageToken": _string("present when there may be more; pass it back for the next page", minLength=1),
-        },
-    },
+    "EventPage": _page("events", "HistoryEvent", "present when there may be more; pass it back for the next page"),
     "UpdateRequest": {
         "description": (
             "The body of POST /updates/{unitName}: either the unit's new body (options: an update) "
@@ -389,15 +387,7 @@ SCHEMAS: dict[str, Any] = {
             "systemdSubState": _string(),
         },
     },
-    "UnitStatePage": {
-        "type": "object",
-        "required": ["states"],
-        "additionalProperties": False,
-        "properties": {
-            "states": {"type": "array", "items": _schema("UnitState")},
-            "nextPageToken": _string(minLength=1),
-        },
-    },
+    "UnitStatePage": _page("states", "UnitState"),
     "Machine": {
         "type": "object",
         "required": ["id", "primaryIP", "metadata"],
@@ -408,15 +398,7 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object", "additionalProperties": _string()},
         },
     },
-    "MachinePage": {
-        "type": "object",
-        "required": ["machines"],
-        "additionalProperties": False,
-        "properties": {
-            "machines": {"type": "array", "items": _schema("Machine")},
-            "nextPageToken": _string(minLength=1),
-        },
-    },
+    "MachinePage": _page("machines", "Machine"),
     "MetadataValue": {
         "description": 'A metadata value: a string, or {"value": string} as fleet\'s own client sends it.',
         "anyOf": [
